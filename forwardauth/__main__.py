@@ -1,0 +1,3 @@
+from forwardauth.cli import main
+
+raise SystemExit(main())

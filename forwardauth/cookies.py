@@ -1,0 +1,19 @@
+"""Set-Cookie values with the flags the spec requires, built in one place."""
+
+from __future__ import annotations
+
+from forwardauth.config import SessionConfig
+
+
+def set_cookie(cfg: SessionConfig, name: str, value: str, max_age: int, path: str = "/") -> str:
+    parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max(0, int(max_age))}", "HttpOnly",
+             f"SameSite={cfg.same_site}"]
+    if cfg.secure:
+        parts.append("Secure")
+    if cfg.domain and not name.startswith("__Host-"):
+        parts.append(f"Domain={cfg.domain}")
+    return "; ".join(parts)
+
+
+def clear_cookie(cfg: SessionConfig, name: str, path: str = "/") -> str:
+    return set_cookie(cfg, name, "", 0, path)

@@ -1,0 +1,15 @@
+"""Errors that carry where they came from, so an operator can find the line."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A configuration problem: names the file, the place (rule, field) and the value.
+
+    Several problems are collected and reported together so one `check` run
+    shows everything that is wrong.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

@@ -1,0 +1,158 @@
+"""The key ring: the first key seals, every listed key opens.
+
+Master secrets are never used directly: each purpose (session cookies,
+login-state cookies, secrets at rest, ...) gets its own key derived with
+HKDF-SHA256, so a key used for one thing cannot be abused for another.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+SECRET_BYTES = 32
+
+
+class KeyRingError(ValueError):
+    pass
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Strict base64url decoding (no padding, no stray characters)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    secret: bytes = field(repr=False)
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    keys: tuple[Key, ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise KeyRingError("key ring is empty")
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise KeyRingError("key ids must be unique")
+        for k in self.keys:
+            if not KEY_ID_RE.match(k.id):
+                raise KeyRingError(f"key id {k.id!r} must be 1-32 of A-Z a-z 0-9 _ -")
+            if len(k.secret) < SECRET_BYTES:
+                raise KeyRingError(f"key {k.id!r}: secret must be at least {SECRET_BYTES} bytes")
+        object.__setattr__(self, "_by_id", {k.id: k for k in self.keys})
+        object.__setattr__(self, "_derived", {})
+
+    @property
+    def current(self) -> Key:
+        return self.keys[0]
+
+    def get(self, key_id: str) -> Key | None:
+        return self._by_id.get(key_id)  # type: ignore[attr-defined]
+
+    def derive(self, key_id: str, purpose: str, length: int = 32) -> bytes:
+        """The subkey of `key_id` for `purpose` (memoised; HKDF is not free)."""
+        cache: dict = self._derived  # type: ignore[attr-defined]
+        ck = (key_id, purpose, length)
+        out = cache.get(ck)
+        if out is None:
+            key = self._by_id[key_id]  # type: ignore[attr-defined]
+            out = HKDF(
+                algorithm=hashes.SHA256(),
+                length=length,
+                salt=b"forwardauth key ring v1",
+                info=purpose.encode("utf-8"),
+            ).derive(key.secret)
+            cache[ck] = out
+        return out
+
+    # --- files -----------------------------------------------------------
+
+    @classmethod
+    def from_entries(cls, entries: list, where: str) -> "KeyRing":
+        if not isinstance(entries, list) or not entries:
+            raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
+        keys = []
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not isinstance(e.get("secret"), str):
+                raise KeyRingError(f"{where}[{i}]: each key needs string fields 'id' and 'secret'")
+            try:
+                secret = b64d(e["secret"])
+            except ValueError:
+                raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): secret is not base64url") from None
+            keys.append(Key(e["id"], secret, float(e.get("created", 0) or 0)))
+        return cls(tuple(keys))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KeyRing":
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise KeyRingError(f"{p}: key ring file not found (make one: forwardauth keys generate -o {p})") from None
+        except (OSError, ValueError) as exc:
+            raise KeyRingError(f"{p}: cannot read key ring: {exc.__class__.__name__}") from None
+        if not isinstance(data, dict):
+            raise KeyRingError(f"{p}: key ring must be a JSON object with a 'keys' list")
+        return cls.from_entries(data.get("keys"), f"{p}: keys")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "keys": [{"id": k.id, "secret": b64e(k.secret), "created": int(k.created)} for k in self.keys],
+            },
+            indent=2,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Written atomically with mode 0600: a key ring is a secret."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=p.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json() + "\n")
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def new_key(existing: tuple[Key, ...] = ()) -> Key:
+    taken = {k.id for k in existing}
+    while True:
+        kid = "k" + secrets.token_hex(4)
+        if kid not in taken:
+            return Key(kid, secrets.token_bytes(SECRET_BYTES), time.time())
+
+
+def generate() -> KeyRing:
+    return KeyRing((new_key(),))
+
+
+def rotate(ring: KeyRing) -> KeyRing:
+    """A ring whose new first key seals; the old keys still open."""
+    return KeyRing((new_key(ring.keys),) + ring.keys)

@@ -1,0 +1,227 @@
+"""Route policy: ordered rules, first match wins, indexed by host.
+
+A request is matched only against the rules that can apply to its host (exact
+host rules, wildcard rules for each parent domain, and host-less rules),
+merged back into file order, so thousands of rules cost a dictionary lookup
+plus the few rules of that host, not a scan of the whole file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Iterator
+
+from cachetools import LRUCache
+
+
+class Action(str, Enum):
+    ANONYMOUS = "anonymous"
+    DENY = "deny"
+    LEVEL = "level"
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """One entry of a rule's `paths`: a segment-aware prefix, a glob or a regex."""
+
+    source: str
+    kind: str  # "prefix" | "glob" | "regex"
+    regex: re.Pattern[str] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "PathPattern":
+        """Raises ValueError naming what is wrong with the pattern."""
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"path pattern must be a non-empty string, got {text!r}")
+        if text.startswith("re:"):
+            try:
+                return cls(text, "regex", re.compile(text[3:]))
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {text[3:]!r}: {exc}") from None
+        if not text.startswith("/"):
+            raise ValueError(f"path pattern must start with '/' or 're:', got {text!r}")
+        if any(c in text for c in "*?["):
+            return cls(text, "glob", _glob_to_regex(text))
+        return cls(text, "prefix")
+
+    def matches(self, path: str) -> bool:
+        if self.kind == "prefix":
+            p = self.source
+            if p.endswith("/"):
+                return path.startswith(p) or path == p[:-1]
+            return path == p or path.startswith(p + "/")
+        assert self.regex is not None
+        if self.kind == "regex":
+            return self.regex.match(path) is not None
+        return self.regex.fullmatch(path) is not None
+
+
+def _glob_to_regex(glob: str) -> re.Pattern[str]:
+    """`*` stays inside one segment, `**` crosses segments, `?` is one character."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = glob.find("]", i + 1)
+            if j == -1:
+                raise ValueError(f"unclosed '[' in glob {glob!r}")
+            body = glob[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy rule, validated. `index` is its position in the file (0-based)."""
+
+    index: int
+    hosts: tuple[str, ...] = ()
+    paths: tuple[PathPattern, ...] = ()
+    methods: frozenset[str] | None = None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    action: Action = Action.DENY
+    level: str | None = None
+    methods_levels: tuple[tuple[str, str], ...] = ()
+    max_age: float | None = None
+    users: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"rules[{self.index}]" + (f" ({self.name})" if self.name else "")
+
+    def required_level(self, method: str) -> str | None:
+        """The level this rule needs for `method`; None when the method is not allowed."""
+        if self.methods_levels:
+            return dict(self.methods_levels).get(method)
+        return self.level
+
+    def mismatch(self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> str | None:
+        """Why this rule does not match, or None when it does (used by explain)."""
+        if self.hosts and not any(host_matches(h, host) for h in self.hosts):
+            return f"host {host!r} is not one of {list(self.hosts)}"
+        if self.paths and not any(p.matches(path) for p in self.paths):
+            return f"path {path!r} matches none of {[p.source for p in self.paths]}"
+        if self.methods is not None and method not in self.methods:
+            return f"method {method} is not one of {sorted(self.methods)}"
+        if self.networks:
+            if client is None or not any(client in n for n in self.networks):
+                return f"client {client} is in none of {[str(n) for n in self.networks]}"
+        return None
+
+    def matches(self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> bool:
+        if self.paths and not any(p.matches(path) for p in self.paths):
+            return False
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.networks and (client is None or not any(client in n for n in self.networks)):
+            return False
+        # Hosts are already guaranteed by the index; checked last for direct callers.
+        return not self.hosts or any(host_matches(h, host) for h in self.hosts)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """`*.example.com` matches one or more labels below example.com, not example.com itself."""
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    default: Action = Action.DENY
+    _exact: dict[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _wild: dict[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _any: tuple[Rule, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def build(cls, rules: Iterable[Rule], default: Action = Action.DENY) -> "Policy":
+        rules = tuple(rules)
+        exact: dict[str, list[Rule]] = {}
+        wild: dict[str, list[Rule]] = {}
+        any_host: list[Rule] = []
+        for r in rules:
+            if not r.hosts:
+                any_host.append(r)
+                continue
+            for h in dict.fromkeys(r.hosts):
+                if h.startswith("*."):
+                    wild.setdefault(h[1:], []).append(r)
+                else:
+                    exact.setdefault(h, []).append(r)
+        p = cls(
+            rules,
+            default,
+            {k: tuple(v) for k, v in exact.items()},
+            {k: tuple(v) for k, v in wild.items()},
+            tuple(any_host),
+        )
+        object.__setattr__(p, "_cache", LRUCache(maxsize=4096))
+        return p
+
+    def candidates(self, host: str) -> tuple[Rule, ...]:
+        """The rules that may apply to `host`, in file order (memoised per host)."""
+        cache: LRUCache = self._cache  # type: ignore[attr-defined]
+        found = cache.get(host)
+        if found is None:
+            found = tuple(self._gather(host))
+            cache[host] = found
+        return found
+
+    def _gather(self, host: str) -> Iterator[Rule]:
+        lists: list[tuple[Rule, ...]] = []
+        if host in self._exact:
+            lists.append(self._exact[host])
+        dot = host.find(".")
+        while dot != -1:
+            suffix = host[dot:]
+            if suffix in self._wild:
+                lists.append(self._wild[suffix])
+            dot = host.find(".", dot + 1)
+        lists.append(self._any)
+        seen: set[int] = set()
+        for r in heapq.merge(*lists, key=lambda r: r.index):
+            if r.index not in seen:
+                seen.add(r.index)
+                yield r
+
+    def match(self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> Rule | None:
+        """The first rule that matches, or None (then `default` applies)."""
+        for r in self.candidates(host):
+            if r.matches(host, path, method, client):
+                return r
+        return None
+
+    def explain(
+        self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None
+    ) -> tuple[Rule | None, list[tuple[Rule, str]]]:
+        """The matching rule and, for each earlier candidate, why it did not match."""
+        skipped: list[tuple[Rule, str]] = []
+        for r in self.candidates(host):
+            why = r.mismatch(host, path, method, client)
+            if why is None:
+                return r, skipped
+            skipped.append((r, why))
+        return None, skipped

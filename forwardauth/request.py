@@ -1,0 +1,247 @@
+"""The original request, rebuilt from a proxy's forwarded headers and normalised.
+
+Each proxy describes the request it is asking about in its own headers; this
+module turns them into one `OriginalRequest` and refuses anything malformed.
+The path is normalised the way a permissive upstream app would see it
+(percent-decoded, dot segments resolved, repeated slashes folded), so that
+`/public/..%2fadmin` is matched as `/admin`, not as a public path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import unquote_to_bytes, urlsplit
+
+MAX_URL = 8192
+MAX_HOST = 253
+_HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_CTL_RE = re.compile(r"[\x00-\x20\x7f]")
+
+
+class BadRequest(ValueError):
+    """A malformed forwarded header. The message is safe to show to the client."""
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class OriginalRequest:
+    method: str
+    scheme: str
+    host: str  # lower case, no port, no trailing dot
+    port: int | None
+    path: str  # normalised, for matching
+    raw_uri: str  # path + query as sent, for redirects back
+    client: IPAddress | None
+    accept: str = ""
+
+    @property
+    def url(self) -> str:
+        default = {"http": 80, "https": 443}[self.scheme]
+        netloc = _bracket(self.host) if self.port in (None, default) else f"{_bracket(self.host)}:{self.port}"
+        return f"{self.scheme}://{netloc}{self.raw_uri}"
+
+    @property
+    def is_browser_navigation(self) -> bool:
+        """GET/HEAD that accepts HTML: a person in a browser, who can be redirected."""
+        return self.method in ("GET", "HEAD") and "text/html" in self.accept
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def normalise_path(raw_path: str) -> str:
+    """Decoded, dot segments resolved, slashes folded. Raises BadRequest."""
+    if not raw_path.startswith("/"):
+        raise BadRequest("path must start with '/'")
+    try:
+        decoded = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not valid UTF-8 after percent-decoding") from None
+    if "\x00" in decoded or _has_ctl(decoded):
+        raise BadRequest("path contains control characters")
+    decoded = decoded.replace("\\", "/")
+    out: list[str] = []
+    for seg in decoded.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    trailing = decoded.endswith("/") or decoded.endswith("/.") or decoded.endswith("/..")
+    path = "/" + "/".join(out)
+    if trailing and out:
+        path += "/"
+    return path
+
+
+def _has_ctl(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def parse_host(value: str) -> tuple[str, int | None]:
+    """Host header value -> (host, port). Raises BadRequest."""
+    value = value.strip()
+    if not value or len(value) > MAX_HOST + 8:
+        raise BadRequest("missing or oversized host")
+    port: int | None = None
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1:
+            raise BadRequest("malformed host")
+        host, rest = value[1:end], value[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadRequest("malformed host") from None
+        if rest:
+            if not rest.startswith(":"):
+                raise BadRequest("malformed host")
+            port = _port(rest[1:])
+        return host.lower(), port
+    host, colon, p = value.partition(":")
+    if colon:
+        port = _port(p)
+    host = host.lower()
+    if not _HOST_RE.match(host):
+        raise BadRequest("malformed host")
+    return host.rstrip("."), port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadRequest("malformed port")
+    return int(text)
+
+
+def parse_method(value: str | None) -> str:
+    if value is None or not _METHOD_RE.match(value.strip().upper()):
+        raise BadRequest("missing or malformed method header")
+    return value.strip().upper()
+
+
+def parse_uri(value: str | None) -> str:
+    """An origin-form request target (`/path?query`). Raises BadRequest."""
+    if not value:
+        raise BadRequest("missing original URI header")
+    if len(value) > MAX_URL:
+        raise BadRequest("original URI too long")
+    if not value.startswith("/") or _CTL_RE.search(value):
+        raise BadRequest("original URI must be a path like /a/b?c")
+    return value
+
+
+def client_address(
+    forwarded_for: str | None, peer: IPAddress | None, trusted: tuple
+) -> IPAddress | None:
+    """The client: the rightmost X-Forwarded-For entry that is not a trusted proxy.
+
+    Entries left of the first untrusted hop are client-controlled and ignored.
+    """
+    if not forwarded_for:
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        try:
+            addr = ipaddress.ip_address(hop.strip("[]"))
+        except ValueError:
+            raise BadRequest("malformed X-Forwarded-For") from None
+        if not any(addr in net for net in trusted):
+            return addr
+    try:
+        return ipaddress.ip_address(hops[0].strip("[]"))
+    except ValueError:
+        raise BadRequest("malformed X-Forwarded-For") from None
+
+
+def build(
+    *,
+    method: str | None,
+    scheme: str | None,
+    host: str | None,
+    uri: str | None,
+    forwarded_for: str | None,
+    peer: IPAddress | None,
+    trusted: tuple,
+    accept: str | None,
+) -> OriginalRequest:
+    """Validate each part and assemble the original request."""
+    scheme = (scheme or "http").strip().lower()
+    if scheme not in ("http", "https"):
+        raise BadRequest("forwarded proto must be http or https")
+    if not host:
+        raise BadRequest("missing original host header")
+    h, port = parse_host(host)
+    raw_uri = parse_uri(uri)
+    path = normalise_path(raw_uri.split("?", 1)[0].split("#", 1)[0])
+    if accept is not None and len(accept) > 2048:
+        accept = accept[:2048]
+    return OriginalRequest(
+        method=parse_method(method),
+        scheme=scheme,
+        host=h,
+        port=port,
+        path=path,
+        raw_uri=raw_uri,
+        client=client_address(forwarded_for, peer, trusted),
+        accept=accept or "",
+    )
+
+
+def from_url(url: str) -> tuple[str, str, str]:
+    """(scheme, host[:port], uri) from an absolute URL like nginx's X-Original-URL."""
+    if len(url) > MAX_URL:
+        raise BadRequest("original URL too long")
+    if _CTL_RE.search(url):
+        raise BadRequest("original URL contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BadRequest("original URL is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        raise BadRequest("original URL must be an absolute http(s) URL")
+    uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.netloc, uri
+
+
+def headers_nginx(headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+    """nginx auth_request: X-Original-URL, or X-Original-URI + Host; X-Original-Method."""
+    url = headers.get("X-Original-URL")
+    if url:
+        scheme, host, uri = from_url(url)
+    else:
+        scheme = headers.get("X-Forwarded-Proto") or "http"
+        host = headers.get("X-Forwarded-Host") or headers.get("Host")
+        uri = headers.get("X-Original-URI")
+    return build(
+        method=headers.get("X-Original-Method"),
+        scheme=scheme,
+        host=host,
+        uri=uri,
+        forwarded_for=headers.get("X-Forwarded-For") or headers.get("X-Real-IP"),
+        peer=peer,
+        trusted=trusted,
+        accept=headers.get("Accept"),
+    )
+
+
+def headers_forwarded(headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+    """Traefik forwardAuth and Caddy forward_auth: X-Forwarded-Method/-Proto/-Host/-Uri/-For."""
+    return build(
+        method=headers.get("X-Forwarded-Method"),
+        scheme=headers.get("X-Forwarded-Proto"),
+        host=headers.get("X-Forwarded-Host"),
+        uri=headers.get("X-Forwarded-Uri"),
+        forwarded_for=headers.get("X-Forwarded-For"),
+        peer=peer,
+        trusted=trusted,
+        accept=headers.get("Accept"),
+    )

@@ -1,0 +1,133 @@
+"""Turning a decision into the answer a proxy understands. Pure: values in, values out.
+
+The proxies differ only in what they do with a 302 from the auth endpoint:
+Traefik and Caddy pass it to the browser, nginx's auth_request cannot, so
+nginx gets a 401 and its `error_page` does the redirect, using the
+`X-Forwardauth-Location` header sent here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from forwardauth.config import Config
+from forwardauth.decision import Decision, Outcome
+from forwardauth.durations import format_duration
+from forwardauth.request import OriginalRequest
+from forwardauth.session import Session
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+IDENTITY_HEADERS = {
+    "x-auth-request": {
+        "user": "X-Auth-Request-User",
+        "email": "X-Auth-Request-Email",
+        "groups": "X-Auth-Request-Groups",
+        "level": "X-Auth-Request-Level",
+        "name": "X-Auth-Request-Name",
+        "auth_time": "X-Auth-Request-Auth-Time",
+    },
+    "remote": {
+        "user": "Remote-User",
+        "email": "Remote-Email",
+        "groups": "Remote-Groups",
+        "name": "Remote-Name",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def clean(value: str) -> str:
+    """Header-safe: control characters (CR, LF, ...) removed."""
+    return _UNSAFE.sub("", value)
+
+
+def identity_headers(cfg: Config, session: Session) -> list[tuple[str, str]]:
+    values = {
+        "user": session.sub,
+        "email": session.email or "",
+        "groups": cfg.headers.groups_separator.join(session.groups),
+        "level": session.level,
+        "name": session.name or "",
+        "auth_time": str(int(session.auth_time)),
+    }
+    out = []
+    for s in cfg.headers.sets:
+        for key, header in IDENTITY_HEADERS[s].items():
+            out.append((header, clean(values[key])))
+    return out
+
+
+def start_url(cfg: Config, target: str) -> str:
+    return f"{cfg.server.public_url}/oauth2/start?rd={quote(target, safe='')}"
+
+
+def challenge(cfg: Config, decision: Decision) -> str:
+    realm = cfg.server.realm
+    if decision.outcome is not Outcome.INSUFFICIENT_LEVEL or decision.required_level is None:
+        return f'Bearer realm="{realm}"'
+    parts = [
+        f'Bearer realm="{realm}"',
+        'error="insufficient_user_authentication"',
+        f'error_description="{_description(decision)}"',
+    ]
+    acr = cfg.levels[decision.required_level].acr
+    if acr:
+        parts.append(f'acr_values="{" ".join(acr)}"')
+    if decision.max_age is not None:
+        parts.append(f"max_age={int(decision.max_age)}")
+    return ", ".join(parts)
+
+
+def _description(decision: Decision) -> str:
+    if decision.max_age is not None:
+        return f"Level {decision.required_level} proven within {format_duration(decision.max_age)} is required"
+    return f"Level {decision.required_level} is required"
+
+
+def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: bool) -> Answer:
+    """`redirects`: the proxy passes a 302 to the browser (Traefik, Caddy)."""
+    o = decision.outcome
+    if o is Outcome.ALLOW:
+        assert decision.session is not None
+        return Answer(200, tuple(identity_headers(cfg, decision.session)), "OK\n")
+    if o is Outcome.ANONYMOUS:
+        return Answer(200, (), "OK\n")
+    if o is Outcome.DENIED:
+        return Answer(403, (), "403 Forbidden: denied by policy\n")
+    if o is Outcome.FORBIDDEN:
+        return Answer(403, (), "403 Forbidden: your account is not allowed here\n")
+
+    location = start_url(cfg, req.url)
+    headers: list[tuple[str, str]] = [("X-Forwardauth-Location", location)]
+    if decision.required_level:
+        headers.append(("X-Forwardauth-Required-Level", decision.required_level))
+    if redirects and req.is_browser_navigation:
+        return Answer(302, tuple(headers) + (("Location", location),), "")
+    headers.append(("WWW-Authenticate", challenge(cfg, decision)))
+    if o is Outcome.INSUFFICIENT_LEVEL:
+        body = {
+            "error": "insufficient_user_authentication",
+            "error_description": _description(decision),
+            "required_level": decision.required_level,
+        }
+        if decision.max_age is not None:
+            body["max_age"] = int(decision.max_age)
+    else:
+        body = {"error": "unauthorized", "error_description": "Sign-in required",
+                "required_level": decision.required_level}
+    return Answer(401, tuple(headers), json.dumps(body) + "\n", "application/json")
+
+
+def bad_request(message: str) -> Answer:
+    return Answer(400, (), f"400 Bad Request: {message}\n")

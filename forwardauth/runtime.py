@@ -1,0 +1,52 @@
+"""Everything built once from a validated config: the objects the hot path uses.
+
+A reload builds a new Runtime and swaps it in whole; a bad config never
+replaces a good one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from forwardauth.config import Config
+from forwardauth.errors import ConfigError
+from forwardauth.keyring import KeyRing, KeyRingError
+from forwardauth.sealing import Sealer
+from forwardauth.session import SessionCodec
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    keyring: KeyRing
+    codec: SessionCodec
+
+    @classmethod
+    def build(cls, config: Config) -> "Runtime":
+        try:
+            if config.keys.file:
+                ring = KeyRing.load(resolve_path(config, config.keys.file))
+            else:
+                ring = KeyRing.from_entries(list(config.keys.inline), f"{config.path}: keys.inline")
+        except KeyRingError as exc:
+            raise ConfigError([str(exc)]) from None
+        codec = SessionCodec(
+            Sealer(ring, "session:" + config.session.cookie_name),
+            config.levels,
+            config.session.lifetime,
+            config.session.idle_timeout,
+        )
+        return cls(config, ring, codec)
+
+
+def resolve_path(config: Config, path: str) -> Path:
+    """Relative paths in a config file are relative to that file."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(config.path).parent / p
+
+
+def resolve_state_url(config: Config) -> str:
+    if config.state.startswith("sqlite://"):
+        return "sqlite://" + str(resolve_path(config, config.state[len("sqlite://") :]))
+    return config.state

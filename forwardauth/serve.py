@@ -1,0 +1,116 @@
+"""Running the server: uvloop, worker processes on one port, reload on SIGHUP, TLS.
+
+With several workers each process binds the same port with SO_REUSEPORT and
+the kernel spreads connections; the parent only supervises and forwards
+signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from forwardauth import keyring
+from forwardauth.config import Config, load_config, parse_config
+from forwardauth.runtime import Runtime
+from forwardauth.server import CTX, build_app
+
+log = logging.getLogger("forwardauth")
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+
+
+def embedded_default(var_dir: Path) -> Config:
+    """The built-in config, with dev keys generated on first start."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    keys = var_dir / "keys.json"
+    if not keys.exists():
+        keyring.generate().save(keys)
+        log.warning("generated development keys", extra={"fields": {"file": str(keys)}})
+    text = DEFAULT_CONFIG.read_text().replace("{var}", str(var_dir.resolve()))
+    return parse_config(text, f"{DEFAULT_CONFIG} (embedded default)")
+
+
+def _loop_factory():
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop
+
+
+async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.synchronize.Event | None") -> None:
+    cfg = runtime.config.server
+    app = build_app(runtime)
+    ctx = app[CTX]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    ssl_ctx = None
+    if cfg.tls_cert and cfg.tls_key:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_port=reuse_port, ssl_context=ssl_ctx,
+                       backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ctx.reload)
+    log.info("listening", extra={"fields": {"address": f"{cfg.listen_host}:{cfg.listen_port}", "pid": os.getpid(),
+                                            "tls": bool(ssl_ctx)}})
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await runner.cleanup()
+
+
+def run_worker(config: Config, reuse_port: bool, ready=None) -> None:
+    from forwardauth import logs
+
+    logs.setup()
+    runtime = Runtime.build(config)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(runtime, reuse_port, ready))
+
+
+def serve(config: Config, workers: int) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code."""
+    Runtime.build(config)  # fail here, in the parent, on a bad key ring
+    if workers <= 1:
+        run_worker(config, reuse_port=False)
+        return 0
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=run_worker, args=(config, True), daemon=False) for _ in range(workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGHUP, forward)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for p in procs:
+        p.join()
+        code = code or (p.exitcode or 0)
+    return code
+
+
+def load_or_default(path: str | None, var_dir: str) -> Config:
+    if path:
+        return load_config(path)
+    return embedded_default(Path(var_dir))
+

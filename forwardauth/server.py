@@ -1,0 +1,185 @@
+"""The aiohttp adapter: proxy subrequest in, core decision, proxy answer out.
+
+Handlers here only translate; the deciding happens in `decision`. The hot
+path (cookie present, allow) opens the cookie, checks the in-memory
+revocation snapshot, matches the policy and answers: no disk, no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+
+from forwardauth import request as reqmod
+from forwardauth import responses
+from forwardauth.config import load_config
+from forwardauth.cookies import set_cookie
+from forwardauth.decision import Decision, Outcome, decide
+from forwardauth.errors import ConfigError
+from forwardauth.metrics import DECISIONS, metrics_handler
+from forwardauth.revocation import Revocations
+from forwardauth.runtime import Runtime, resolve_state_url
+from forwardauth.session import Session
+from forwardauth.state import StateStore, open_store
+
+log = logging.getLogger("forwardauth")
+
+
+@dataclass
+class Context:
+    """What every handler shares. `runtime` is swapped whole on reload."""
+
+    runtime: Runtime
+    store: StateStore
+    revocations: Revocations = field(default_factory=Revocations)
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def reload(self) -> bool:
+        path = self.runtime.config.path
+        try:
+            rt = Runtime.build(load_config(path))
+        except ConfigError as exc:
+            log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
+            return False
+        if rt.config.state != self.runtime.config.state:
+            log.warning("state URL changes need a restart; keeping the current store")
+        self.runtime = rt
+        log.info("configuration reloaded", extra={"fields": {"rules": len(rt.config.policy.rules)}})
+        return True
+
+
+CTX = web.AppKey("ctx", Context)
+
+# Later parts (sign-in pages, tokens, ...) add routes with hooks here:
+# hook(app, ctx) is called once when the app is built.
+APP_HOOKS: list[Callable[[web.Application, Context], None]] = []
+
+
+def peer_address(request: web.Request) -> reqmod.IPAddress | None:
+    try:
+        return ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
+
+
+def current_session(ctx: Context, cookies: Any, now: float) -> tuple[Session | None, str, bool]:
+    """(session, reason, refresh due) from the request's cookies, revocation applied."""
+    rt = ctx.runtime
+    opened = rt.codec.open(cookies.get(rt.config.session.cookie_name), now)
+    s = opened.session
+    if s is not None and ctx.revocations.is_revoked(s.sub, s.sid, s.iat):
+        return None, "revoked", False
+    return s, opened.reason, opened.refresh
+
+
+def session_cookie(ctx: Context, session: Session, now: float) -> str:
+    rt = ctx.runtime
+    value = rt.codec.seal(session)
+    return set_cookie(rt.config.session, rt.config.session.cookie_name, value, int(session.exp - now))
+
+
+def _respond(ans: responses.Answer) -> web.Response:
+    resp = web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0])
+    for k, v in ans.headers:
+        resp.headers.add(k, v)
+    return resp
+
+
+def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redirects: bool):
+    async def handle(request: web.Request) -> web.Response:
+        ctx = request.app[CTX]
+        cfg = ctx.runtime.config
+        peer = peer_address(request)
+        trusted = cfg.server.trusted_proxies
+        if peer is None or not any(peer in n for n in trusted):
+            DECISIONS.labels(endpoint, "untrusted_peer").inc()
+            return web.Response(status=403, text=f"403 Forbidden: {peer} is not in server.trusted_proxies\n")
+        try:
+            req = parse(request.headers, peer, trusted)
+        except reqmod.BadRequest as exc:
+            DECISIONS.labels(endpoint, "bad_request").inc()
+            return _respond(responses.bad_request(str(exc)))
+        now = time.time()
+        session, reason, refresh = current_session(ctx, request.cookies, now)
+        decision = decide(req, session, cfg.policy, cfg.levels, now)
+        resp = _respond(responses.answer(cfg, decision, req, redirects))
+        if session is not None and refresh:
+            resp.headers.add("Set-Cookie", session_cookie(ctx, ctx.runtime.codec.touched(session, now), now))
+        DECISIONS.labels(endpoint, decision.outcome.value).inc()
+        if not decision.allowed:
+            _log_denial(decision, req, reason)
+        return resp
+
+    return handle
+
+
+def _log_denial(decision: Decision, req: reqmod.OriginalRequest, cookie: str) -> None:
+    if decision.outcome is Outcome.UNAUTHENTICATED and cookie == "absent":
+        return  # the common anonymous case; not worth a line each
+    log.info(
+        "decision",
+        extra={
+            "fields": {
+                "outcome": decision.outcome.value,
+                "reason": decision.reason,
+                "cookie": cookie,
+                "user": decision.session.sub if decision.session else None,
+                "host": req.host,
+                "path": req.path,
+                "method": req.method,
+                "client": str(req.client) if req.client else None,
+            }
+        },
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    rev = ctx.revocations
+    limit = max(3 * ctx.runtime.config.revocation_refresh, 5.0)
+    if rev.last_ok is None:
+        return web.Response(status=503, text="not ready: state store not read yet\n")
+    if time.monotonic() - rev.last_ok > limit:
+        return web.Response(status=503, text=f"not ready: state store unreachable ({rev.last_error})\n")
+    return web.Response(text="ready\n")
+
+
+def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    ctx = Context(runtime, store or open_store(resolve_state_url(runtime.config)))
+    app[CTX] = ctx
+    app.router.add_get("/auth/nginx", _handler(reqmod.headers_nginx, "nginx", redirects=False))
+    app.router.add_get("/auth/traefik", _handler(reqmod.headers_forwarded, "traefik", redirects=True))
+    app.router.add_get("/auth/caddy", _handler(reqmod.headers_forwarded, "caddy", redirects=True))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    for hook in APP_HOOKS:
+        hook(app, ctx)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application):
+    ctx = app[CTX]
+    await ctx.store.open()
+    await ctx.revocations.refresh(ctx.store)
+    task = asyncio.get_running_loop().create_task(
+        ctx.revocations.run(ctx.store, ctx.runtime.config.revocation_refresh)
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await ctx.store.close()

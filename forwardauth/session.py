@@ -1,0 +1,202 @@
+"""Sessions: who the user is, the level reached, and when each level was proven.
+
+A session lives only in its sealed cookie (stateless, so any replica can
+answer); the state store only knows what was revoked. Opening a cookie is
+strict: anything that is not a well-formed, unexpired session sealed by a
+key of the ring is "not signed in", with a reason for logs and explain.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from forwardauth.levels import Levels
+from forwardauth.sealing import SealError, Sealer
+
+MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total
+_MAX_FIELD = 1024
+_MAX_GROUPS = 256
+
+
+@dataclass(frozen=True)
+class Session:
+    sid: str
+    sub: str
+    level: str
+    proofs: Mapping[str, float]  # level name -> unix time it was last proven
+    iat: float  # issued: compared with the user's revocation epoch
+    exp: float  # absolute end of life
+    seen: float  # last refresh, for the idle timeout
+    email: str | None = None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+    source: str = "local"  # which authenticator made it: oidc, local, cli
+    extra: Mapping[str, str] = field(default_factory=dict)  # e.g. id_token hint data
+
+    @property
+    def auth_time(self) -> float:
+        return max(self.proofs.values(), default=self.iat)
+
+    def proven_since(self, levels: Levels, required: str, since: float) -> bool:
+        """True when `required` or a higher level was proven at or after `since`."""
+        for lv in levels.and_above(required):
+            t = self.proofs.get(lv.name)
+            if t is not None and t >= since:
+                return True
+        return False
+
+    def to_json(self) -> bytes:
+        d = {
+            "v": 1,
+            "sid": self.sid,
+            "sub": self.sub,
+            "lvl": self.level,
+            "prf": dict(self.proofs),
+            "iat": self.iat,
+            "exp": self.exp,
+            "see": self.seen,
+            "src": self.source,
+        }
+        if self.email is not None:
+            d["em"] = self.email
+        if self.name is not None:
+            d["nm"] = self.name
+        if self.groups:
+            d["grp"] = list(self.groups)
+        if self.extra:
+            d["x"] = dict(self.extra)
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Session":
+        """Strict: every field is type-checked; anything odd raises ValueError."""
+        d = json.loads(raw)
+        if not isinstance(d, dict) or d.get("v") != 1:
+            raise ValueError("bad session version")
+
+        def s(key: str, optional: bool = False) -> str | None:
+            v = d.get(key)
+            if v is None and optional:
+                return None
+            if not isinstance(v, str) or len(v) > _MAX_FIELD:
+                raise ValueError(f"bad session field {key}")
+            return v
+
+        def t(key: str) -> float:
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"bad session field {key}")
+            return float(v)
+
+        prf = d.get("prf")
+        if not isinstance(prf, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in prf.items()
+        ):
+            raise ValueError("bad session field prf")
+        grp = d.get("grp", [])
+        if (
+            not isinstance(grp, list)
+            or len(grp) > _MAX_GROUPS
+            or not all(isinstance(g, str) and len(g) <= _MAX_FIELD for g in grp)
+        ):
+            raise ValueError("bad session field grp")
+        extra = d.get("x", {})
+        if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+            raise ValueError("bad session field x")
+        return cls(
+            sid=s("sid"),  # type: ignore[arg-type]
+            sub=s("sub"),  # type: ignore[arg-type]
+            level=s("lvl"),  # type: ignore[arg-type]
+            proofs={k: float(v) for k, v in prf.items()},
+            iat=t("iat"),
+            exp=t("exp"),
+            seen=t("see"),
+            email=s("em", True),
+            name=s("nm", True),
+            groups=tuple(grp),
+            source=s("src"),  # type: ignore[arg-type]
+            extra=extra,
+        )
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The result of opening a cookie: a session, or the reason there is none."""
+
+    session: Session | None
+    reason: str  # "ok" or why not: absent, malformed, tampered, expired, idle, ...
+    refresh: bool = False  # past half the idle window: re-seal and send Set-Cookie
+
+
+class SessionCodec:
+    """Seals sessions into cookie values and opens them, enforcing lifetimes."""
+
+    def __init__(self, sealer: Sealer, levels: Levels, lifetime: float, idle_timeout: float):
+        self.sealer = sealer
+        self.levels = levels
+        self.lifetime = lifetime
+        self.idle_timeout = idle_timeout
+
+    def new(
+        self,
+        sub: str,
+        level: str,
+        now: float,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        groups: tuple[str, ...] = (),
+        proofs: Mapping[str, float] | None = None,
+        source: str = "local",
+    ) -> Session:
+        if level not in self.levels:
+            raise ValueError(f"unknown level {level!r}")
+        return Session(
+            sid=new_session_id(),
+            sub=sub,
+            level=level,
+            proofs=dict(proofs) if proofs is not None else {level: now},
+            iat=now,
+            exp=now + self.lifetime,
+            seen=now,
+            email=email,
+            name=name,
+            groups=tuple(groups),
+            source=source,
+        )
+
+    def seal(self, session: Session) -> str:
+        return self.sealer.seal(session.to_json())
+
+    def open(self, value: str | None, now: float) -> Opened:
+        if not value:
+            return Opened(None, "absent")
+        if len(value) > MAX_COOKIE_BYTES:
+            return Opened(None, "oversized")
+        try:
+            raw = self.sealer.open(value)
+        except SealError as exc:
+            return Opened(None, str(exc))
+        try:
+            session = Session.from_json(raw)
+        except (ValueError, TypeError):
+            return Opened(None, "malformed")
+        if session.level not in self.levels:
+            return Opened(None, "unknown level")
+        if now >= session.exp:
+            return Opened(None, "expired")
+        if now - session.seen >= self.idle_timeout:
+            return Opened(None, "idle")
+        if session.seen > now + 60 or session.iat > now + 60:
+            return Opened(None, "from the future")
+        return Opened(session, "ok", refresh=now - session.seen > self.idle_timeout / 2)
+
+    def touched(self, session: Session, now: float) -> Session:
+        return replace(session, seen=now)

@@ -1,0 +1,29 @@
+"""In-process state, for tests and single-process experiments."""
+
+from __future__ import annotations
+
+from forwardauth.state.base import RevocationSnapshot, StateStore
+
+
+class MemoryStore(StateStore):
+    def __init__(self) -> None:
+        self.version = 0
+        self.epochs: dict[str, float] = {}
+        self.revoked: dict[str, float] = {}
+
+    async def revocation_version(self) -> int:
+        return self.version
+
+    async def revocations(self, now: float) -> RevocationSnapshot:
+        return RevocationSnapshot(
+            self.version, dict(self.epochs), {k: v for k, v in self.revoked.items() if v > now}
+        )
+
+    async def set_epoch(self, user: str, epoch: float) -> float:
+        self.epochs[user] = max(self.epochs.get(user, 0.0), epoch)
+        self.version += 1
+        return self.epochs[user]
+
+    async def revoke(self, ident: str, until: float) -> None:
+        self.revoked[ident] = max(self.revoked.get(ident, 0.0), until)
+        self.version += 1
