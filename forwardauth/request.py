@@ -177,10 +177,10 @@ def build(
     scheme = (scheme or "http").strip().lower()
     if scheme not in ("http", "https"):
         raise BadRequest("forwarded proto must be http or https")
+    raw_uri = parse_uri(uri)
     if not host:
         raise BadRequest("missing original host header")
     h, port = parse_host(host)
-    raw_uri = parse_uri(uri)
     path = normalise_path(raw_uri.split("?", 1)[0].split("#", 1)[0])
     if accept is not None and len(accept) > 2048:
         accept = accept[:2048]

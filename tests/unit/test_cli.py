@@ -1,0 +1,125 @@
+"""The CLI, called in process through main(argv): exit codes and exact output."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from forwardauth.cli import main
+from forwardauth.keyring import KeyRing
+from forwardauth.runtime import Runtime
+from forwardauth.config import load_config
+
+CONFIG = """
+server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}
+session: {{cookie_name: fa, secure: false}}
+keys: {{file: keys.json}}
+state: sqlite://state.db
+levels:
+  - {{name: password, acr: [urn:p]}}
+  - {{name: mfa, acr: [urn:m]}}
+policy:
+  rules:
+    - {{name: public, hosts: [app.example.com], paths: [/public/], allow: anonymous}}
+    - {{name: admin, hosts: ["*.example.com"], paths: [/admin/], level: mfa, max_age: 15m, groups: [admins]}}
+    - {{name: app, hosts: [app.example.com], level: password}}
+{extra}"""
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    assert main(["keys", "generate", "-o", str(tmp_path / "keys.json")]) == 0
+    p = tmp_path / "c.yaml"
+    p.write_text(CONFIG.format(extra=""))
+    return p
+
+
+def test_check_ok(cfg, capsys):
+    assert main(["check", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out == f"{cfg}: ok (2 levels, 3 rules, default deny)\n"
+
+
+def test_check_reports_every_error(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(CONFIG.format(extra="    - {name: x, level: root, max_age: never}\n"))
+    assert main(["check", "-c", str(p)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert f"{p}: policy.rules[3] (x).level: unknown level 'root' (levels: password, mfa)" in err
+    assert f"{p}: policy.rules[3] (x).max_age: not a duration: 'never' (use e.g. 90s, 15m, 12h, 30d)" in err
+
+
+def test_check_missing_key_ring(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text(CONFIG.format(extra=""))
+    assert main(["check", "-c", str(p)]) == 1
+    assert "key ring file not found" in capsys.readouterr().err
+
+
+def test_explain_text(cfg, capsys):
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/admin/x", "--user", "bob",
+                 "--groups", "admins", "--level", "mfa", "--proven-ago", "20m"]) == 0
+    out = capsys.readouterr().out
+    assert "rules:    3 of 3 apply to host app.example.com" in out
+    assert "  skipped rules[0] (public): path '/admin/x' matches none of ['/public/']" in out
+    assert "matched:  rules[1] (admin)" in out
+    assert "outcome:  insufficient_level: rules[1] (admin) needs level mfa proven within 15m" in out
+
+
+def test_explain_json(cfg, capsys):
+    assert main(["explain", "-c", str(cfg), "--url", "https://other.test/", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched"] is None and out["outcome"] == "denied" and out["candidates"] == 0
+    assert out["reason"] == "no rule matched; policy.default is deny"
+
+
+def test_explain_bad_input(cfg, capsys):
+    assert main(["explain", "-c", str(cfg), "--url", "app.example.com/x"]) == 2
+    assert capsys.readouterr().err == ("forwardauth: --url/--method/--client: original URL must be an absolute "
+                                       "http(s) URL\n")
+    assert main(["explain", "-c", str(cfg), "--url", "https://a.test/", "--user", "x", "--level", "god"]) == 2
+    assert "--level: unknown level 'god' (levels: password, mfa)" in capsys.readouterr().err
+
+
+def test_keys_generate_rotate_list(tmp_path, capsys):
+    f = tmp_path / "k.json"
+    assert main(["keys", "generate", "-o", str(f)]) == 0
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    first = KeyRing.load(f).current.id
+    assert main(["keys", "generate", "-o", str(f)]) == 2
+    assert "exists; use --rotate" in capsys.readouterr().err
+    assert main(["keys", "generate", "--rotate", str(f)]) == 0
+    ring = KeyRing.load(f)
+    assert len(ring.keys) == 2 and ring.keys[1].id == first and ring.current.id != first
+    capsys.readouterr()
+    assert main(["keys", "list", str(f)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{ring.current.id}\tseals+opens") and lines[1].startswith(f"{first}\topens")
+    assert all(b"secret" not in line.encode() for line in lines)
+
+
+def test_session_issue_and_revoke(cfg, capsys):
+    assert main(["session", "issue", "-c", str(cfg), "--user", "alice", "--groups", "a,b", "--level", "mfa"]) == 0
+    value = capsys.readouterr().out.strip()
+    rt = Runtime.build(load_config(cfg))
+    opened = rt.codec.open(value, __import__("time").time())
+    assert opened.reason == "ok" and opened.session.groups == ("a", "b") and opened.session.level == "mfa"
+    assert main(["session", "revoke", "-c", str(cfg), "--user", "alice"]) == 0
+    assert "alice: sessions issued before" in capsys.readouterr().out
+    import sqlite3
+
+    row = sqlite3.connect(cfg.parent / "state.db").execute("SELECT epoch FROM epochs WHERE user='alice'").fetchone()
+    assert row[0] > opened.session.iat
+
+
+def test_session_issue_unknown_level(cfg, capsys):
+    assert main(["session", "issue", "-c", str(cfg), "--user", "a", "--level", "root"]) == 2
+    assert capsys.readouterr().err == "forwardauth: --level: unknown level 'root' (levels: password, mfa)\n"
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("serve", "check", "explain", "keys", "session"):
+        assert cmd in out

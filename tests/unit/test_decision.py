@@ -1,0 +1,135 @@
+"""The decision: every outcome, from values only."""
+
+import json
+
+import pytest
+
+from forwardauth.decision import Outcome, decide
+from forwardauth.request import headers_nginx
+from forwardauth.responses import answer
+from forwardauth.session import Session
+
+from .conftest import make_config
+
+NOW = 1_800_000_000.0
+CFG = make_config("""
+policy:
+  default: deny
+  rules:
+    - {paths: [/public/], allow: anonymous}
+    - {paths: [/closed/], deny: true}
+    - {name: admin, paths: [/admin/], level: mfa, max_age: 15m, groups: [admins], users: [root]}
+    - {name: api, paths: ["/api/**"], methods_levels: {GET: password, POST: mfa}}
+    - {name: app, paths: [/app/], level: password}
+""")
+
+
+def req(path, method="GET", accept="application/json"):
+    return headers_nginx({"X-Original-URL": f"https://app.example.com{path}", "X-Original-Method": method,
+                          "Accept": accept}, None, ())
+
+
+def sess(level="password", groups=(), sub="alice", proven_ago=0.0):
+    return Session("sid", sub, level, {level: NOW - proven_ago}, NOW - 100, NOW + 3600, NOW, groups=groups,
+                   email=f"{sub}@example.com")
+
+
+def outcome(path, session=None, method="GET"):
+    return decide(req(path, method), session, CFG.policy, CFG.levels, NOW)
+
+
+@pytest.mark.parametrize("path,session,method,expected", [
+    ("/public/x", None, "GET", Outcome.ANONYMOUS),
+    ("/closed/x", sess("hardware"), "GET", Outcome.DENIED),
+    ("/nowhere", sess("hardware"), "GET", Outcome.DENIED),
+    ("/app/", None, "GET", Outcome.UNAUTHENTICATED),
+    ("/app/", sess("password"), "GET", Outcome.ALLOW),
+    ("/app/", sess("hardware"), "GET", Outcome.ALLOW),
+    ("/admin/", None, "GET", Outcome.UNAUTHENTICATED),
+    ("/admin/", sess("password", ("admins",)), "GET", Outcome.INSUFFICIENT_LEVEL),
+    ("/admin/", sess("mfa", ("admins",)), "GET", Outcome.ALLOW),
+    ("/admin/", sess("mfa", (), sub="root"), "GET", Outcome.ALLOW),
+    ("/admin/", sess("mfa", ("staff",)), "GET", Outcome.FORBIDDEN),
+    ("/admin/", sess("password", ("staff",)), "GET", Outcome.FORBIDDEN),  # no point stepping up
+    ("/admin/", sess("mfa", ("admins",), proven_ago=901), "GET", Outcome.INSUFFICIENT_LEVEL),
+    ("/admin/", sess("hardware", ("admins",), proven_ago=60), "GET", Outcome.ALLOW),
+    ("/api/x", sess("password"), "GET", Outcome.ALLOW),
+    ("/api/x", sess("password"), "POST", Outcome.INSUFFICIENT_LEVEL),
+    ("/api/x", sess("mfa"), "POST", Outcome.ALLOW),
+    ("/api/x", sess("mfa"), "DELETE", Outcome.FORBIDDEN),
+])
+def test_outcomes(path, session, method, expected):
+    assert outcome(path, session, method).outcome is expected
+
+
+def test_stale_mfa_with_fresh_password_is_not_fresh_mfa():
+    s = Session("sid", "alice", "mfa", {"mfa": NOW - 3600, "password": NOW - 5}, NOW - 4000, NOW + 3600, NOW,
+                groups=("admins",))
+    d = outcome("/admin/", s)
+    assert d.outcome is Outcome.INSUFFICIENT_LEVEL
+    assert d.reason == "rules[2] (admin) needs level mfa proven within 15m"
+
+
+def test_allow_answer_has_identity_headers():
+    d = outcome("/app/", sess("password", ("a", "b")))
+    a = answer(CFG, d, req("/app/"), redirects=False)
+    assert a.status == 200
+    h = dict(a.headers)
+    assert h["X-Auth-Request-User"] == "alice" and h["Remote-User"] == "alice"
+    assert h["X-Auth-Request-Groups"] == "a,b" and h["Remote-Groups"] == "a,b"
+    assert h["X-Auth-Request-Level"] == "password"
+    assert h["X-Auth-Request-Email"] == "alice@example.com"
+
+
+def test_identity_header_values_cannot_inject_lines():
+    s = Session("sid", "eve\r\nX-Admin: 1", "password", {"password": NOW}, NOW, NOW + 60, NOW)
+    a = answer(CFG, outcome("/app/", s), req("/app/"), redirects=False)
+    assert dict(a.headers)["X-Auth-Request-User"] == "eveX-Admin: 1"
+
+
+def test_insufficient_level_challenge_for_api_clients():
+    d = outcome("/admin/", sess("password", ("admins",)))
+    a = answer(CFG, d, req("/admin/"), redirects=True)
+    h = dict(a.headers)
+    assert a.status == 401
+    assert h["WWW-Authenticate"] == (
+        'Bearer realm="forwardauth", error="insufficient_user_authentication", '
+        'error_description="Level mfa proven within 15m is required", acr_values="urn:acr:mfa urn:acr:mfa2", '
+        "max_age=900")
+    assert json.loads(a.body) == {"error": "insufficient_user_authentication",
+                                  "error_description": "Level mfa proven within 15m is required",
+                                  "required_level": "mfa", "max_age": 900}
+    assert h["X-Forwardauth-Required-Level"] == "mfa"
+
+
+def test_unauthenticated_api_client():
+    a = answer(CFG, outcome("/app/"), req("/app/"), redirects=True)
+    assert a.status == 401
+    assert dict(a.headers)["WWW-Authenticate"] == 'Bearer realm="forwardauth"'
+    assert json.loads(a.body)["error"] == "unauthorized"
+
+
+def test_browser_redirect_on_traefik_and_401_on_nginx():
+    r = req("/app/?q=1&x=%2F", accept="text/html,application/xhtml+xml")
+    d = decide(r, None, CFG.policy, CFG.levels, NOW)
+    start = "https://auth.example.com/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2Fapp%2F%3Fq%3D1%26x%3D%252F"
+    t = answer(CFG, d, r, redirects=True)
+    assert t.status == 302 and dict(t.headers)["Location"] == start
+    n = answer(CFG, d, r, redirects=False)
+    assert n.status == 401 and dict(n.headers)["X-Forwardauth-Location"] == start
+    assert "Location" not in dict(n.headers)
+
+
+def test_post_from_a_browser_is_not_redirected():
+    r = req("/app/", method="POST", accept="text/html")
+    a = answer(CFG, decide(r, None, CFG.policy, CFG.levels, NOW), r, redirects=True)
+    assert a.status == 401
+
+
+@pytest.mark.parametrize("path,session,status,body", [
+    ("/closed/", None, 403, "403 Forbidden: denied by policy\n"),
+    ("/admin/", sess("mfa", ("staff",)), 403, "403 Forbidden: your account is not allowed here\n"),
+])
+def test_forbidden_answers(path, session, status, body):
+    a = answer(CFG, outcome(path, session), req(path), redirects=True)
+    assert (a.status, a.body) == (status, body)

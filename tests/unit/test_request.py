@@ -1,0 +1,115 @@
+"""Rebuilding the original request from forwarded headers; every malformed form."""
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from forwardauth.request import BadRequest, client_address, headers_forwarded, headers_nginx, normalise_path
+
+TRUSTED = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
+PEER = ipaddress.ip_address("127.0.0.1")
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("/", "/"),
+    ("/a/b/", "/a/b/"),
+    ("/public/../admin", "/admin"),
+    ("/public/%2e%2e/admin", "/admin"),
+    ("/public/..%2fadmin", "/admin"),
+    ("/public%2f..%2fadmin/", "/admin/"),
+    ("//admin///x", "/admin/x"),
+    ("/a/./b", "/a/b"),
+    ("/../../etc", "/etc"),
+    ("/a/b/..", "/a/"),
+    ("/caf%C3%A9", "/café"),
+    ("/a\\..\\admin", "/admin"),
+])
+def test_normalise_path(raw, expected):
+    assert normalise_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("/%ff", "path is not valid UTF-8 after percent-decoding"),
+    ("/a%00b", "path contains control characters"),
+    ("/a%0d%0ab", "path contains control characters"),
+    ("a", "path must start with '/'"),
+])
+def test_normalise_path_refuses(raw, message):
+    with pytest.raises(BadRequest) as exc:
+        normalise_path(raw)
+    assert str(exc.value) == message
+
+
+@given(st.text(max_size=60))
+def test_normalised_paths_have_no_dot_segments(tail):
+    try:
+        p = normalise_path("/" + tail)
+    except BadRequest:
+        return
+    assert p.startswith("/") and "//" not in p
+    assert all(seg not in (".", "..") for seg in p.split("/"))
+
+
+def nginx(**h):
+    return headers_nginx(h, PEER, TRUSTED)
+
+
+def test_nginx_original_url():
+    r = nginx(**{"X-Original-URL": "https://App.Example.com:8443/a/b?x=1", "X-Original-Method": "post",
+                 "X-Forwarded-For": "203.0.113.7"})
+    assert (r.method, r.scheme, r.host, r.port, r.path, r.raw_uri) == ("POST", "https", "app.example.com", 8443,
+                                                                      "/a/b", "/a/b?x=1")
+    assert str(r.client) == "203.0.113.7"
+    assert r.url == "https://app.example.com:8443/a/b?x=1"
+
+
+def test_nginx_uri_and_host():
+    r = nginx(**{"X-Original-URI": "/x?y", "X-Original-Method": "GET", "Host": "app.example.com",
+                 "X-Forwarded-Proto": "https"})
+    assert r.url == "https://app.example.com/x?y"
+    assert r.client == PEER
+
+
+def test_traefik_headers():
+    r = headers_forwarded({"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https",
+                           "X-Forwarded-Host": "app.example.com", "X-Forwarded-Uri": "/p",
+                           "Accept": "text/html,*/*"}, PEER, TRUSTED)
+    assert r.url == "https://app.example.com/p" and r.is_browser_navigation
+
+
+@pytest.mark.parametrize("headers,message", [
+    ({}, "missing original URI header"),
+    ({"X-Original-URI": "/x", "Host": "a.test"}, "missing or malformed method header"),
+    ({"X-Original-URL": "app.example.com/x", "X-Original-Method": "GET"}, "original URL must be an absolute http(s) URL"),
+    ({"X-Original-URL": "ftp://a.test/x", "X-Original-Method": "GET"}, "original URL must be an absolute http(s) URL"),
+    ({"X-Original-URL": "https://u:p@a.test/x", "X-Original-Method": "GET"}, "original URL must be an absolute http(s) URL"),
+    ({"X-Original-URL": "https://a.test/x y", "X-Original-Method": "GET"}, "original URL contains spaces or control characters"),
+    ({"X-Original-URL": "https://a.test/" + "a" * 9000, "X-Original-Method": "GET"}, "original URL too long"),
+    ({"X-Original-URI": "/" + "a" * 9000, "X-Original-Method": "GET", "Host": "a.test"}, "original URI too long"),
+    ({"X-Original-URI": "x", "X-Original-Method": "GET", "Host": "a.test"}, "original URI must be a path like /a/b?c"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GE T", "Host": "a.test"}, "missing or malformed method header"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET"}, "missing original host header"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET", "Host": "bad_host!"}, "malformed host"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET", "Host": "a.test:99999"}, "malformed port"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET", "Host": "[::1"}, "malformed host"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET", "Host": "a.test", "X-Forwarded-Proto": "gopher"},
+     "forwarded proto must be http or https"),
+    ({"X-Original-URI": "/x", "X-Original-Method": "GET", "Host": "a.test", "X-Forwarded-For": "nope"},
+     "malformed X-Forwarded-For"),
+    ({"X-Original-URI": "/%ff", "X-Original-Method": "GET", "Host": "a.test"},
+     "path is not valid UTF-8 after percent-decoding"),
+])
+def test_nginx_bad_headers(headers, message):
+    with pytest.raises(BadRequest) as exc:
+        nginx(**headers)
+    assert str(exc.value) == message
+
+
+def test_client_address_skips_trusted_hops_and_ignores_spoofed_left_entries():
+    ip = ipaddress.ip_address
+    assert client_address("6.6.6.6, 203.0.113.9, 10.1.1.1", PEER, TRUSTED) == ip("203.0.113.9")
+    assert client_address("10.0.0.5", PEER, TRUSTED) == ip("10.0.0.5")  # all trusted: leftmost
+    assert client_address(None, PEER, TRUSTED) == PEER
+    assert client_address("[2001:db8::1]", PEER, TRUSTED) == ip("2001:db8::1")

@@ -1,0 +1,161 @@
+"""The aiohttp adapter, in process: exact answers for each endpoint and bad input."""
+
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from forwardauth.runtime import Runtime
+from forwardauth.server import CTX, build_app
+from forwardauth.state.memory import MemoryStore
+
+from .conftest import BASE, make_config
+
+POLICY = """
+policy:
+  rules:
+    - {paths: [/public/], allow: anonymous}
+    - {paths: [/admin/], level: mfa, max_age: 10m}
+    - {level: password}
+"""
+
+
+@pytest.fixture
+async def client():
+    rt = Runtime.build(make_config(POLICY))
+    store = MemoryStore()
+    app = build_app(rt, store)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        c.rt, c.store, c.ctx = rt, store, app[CTX]
+        yield c
+
+
+def cookie(c, user="alice", level="password", **kw):
+    s = c.rt.codec.new(user, level, time.time(), **kw)
+    return {"Cookie": f"fa={c.rt.codec.seal(s)}"}
+
+
+def nginx(url, method="GET", **extra):
+    return {"X-Original-URL": url, "X-Original-Method": method, **extra}
+
+
+def traefik(host, uri, method="GET", **extra):
+    return {"X-Forwarded-Method": method, "X-Forwarded-Proto": "https", "X-Forwarded-Host": host,
+            "X-Forwarded-Uri": uri, **extra}
+
+
+async def test_allow_with_identity_headers(client):
+    r = await client.get("/auth/nginx", headers={**nginx("https://app.test/x"), **cookie(client, groups=("g1",))})
+    assert r.status == 200
+    assert r.headers["X-Auth-Request-User"] == "alice"
+    assert r.headers["Remote-Groups"] == "g1"
+    assert "Set-Cookie" not in r.headers
+
+
+async def test_anonymous_route_has_no_identity(client):
+    r = await client.get("/auth/traefik", headers={**traefik("app.test", "/public/a"), **cookie(client)})
+    assert r.status == 200
+    assert "X-Auth-Request-User" not in r.headers
+
+
+async def test_not_signed_in_browser_traefik_redirects(client):
+    r = await client.get("/auth/traefik", headers=traefik("app.test", "/x?a=b", Accept="text/html"),
+                         allow_redirects=False)
+    assert r.status == 302
+    assert r.headers["Location"] == "https://auth.example.com/oauth2/start?rd=https%3A%2F%2Fapp.test%2Fx%3Fa%3Db"
+
+
+async def test_not_signed_in_nginx_is_401(client):
+    r = await client.get("/auth/nginx", headers=nginx("https://app.test/x", Accept="text/html"))
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="forwardauth"'
+    assert r.headers["X-Forwardauth-Location"].startswith("https://auth.example.com/oauth2/start?rd=")
+
+
+async def test_step_up_challenge(client):
+    r = await client.get("/auth/traefik", headers={**traefik("app.test", "/admin/"), **cookie(client)})
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="forwardauth", error="insufficient_user_authentication"')
+    assert 'acr_values="urn:acr:mfa urn:acr:mfa2", max_age=600' in r.headers["WWW-Authenticate"]
+    assert (await r.json())["required_level"] == "mfa"
+
+
+@pytest.mark.parametrize("value", ["garbage", "k1.AAAA", "k1." + "A" * 5000, "k2.abc.def", "k1.%%%"])
+async def test_bad_cookies_are_not_signed_in(client, value):
+    r = await client.get("/auth/nginx", headers={**nginx("https://app.test/x"), "Cookie": f"fa={value}"})
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="forwardauth"'
+
+
+async def test_malformed_headers_are_400(client):
+    r = await client.get("/auth/nginx", headers={"X-Original-URL": "not a url", "X-Original-Method": "GET"})
+    assert r.status == 400
+    assert await r.text() == "400 Bad Request: original URL contains spaces or control characters\n"
+    r = await client.get("/auth/traefik", headers=traefik("app.test", "/x", method=""))
+    assert (r.status, await r.text()) == (400, "400 Bad Request: missing or malformed method header\n")
+
+
+async def test_revocation_via_epoch_and_session_id(client):
+    h = {**nginx("https://app.test/x"), **cookie(client)}
+    assert (await client.get("/auth/nginx", headers=h)).status == 200
+    await client.store.set_epoch("alice", time.time())
+    await client.ctx.revocations.refresh(client.store)
+    assert (await client.get("/auth/nginx", headers=h)).status == 401
+    s = client.rt.codec.new("bob", "password", time.time())
+    hb = {**nginx("https://app.test/x"), "Cookie": f"fa={client.rt.codec.seal(s)}"}
+    assert (await client.get("/auth/nginx", headers=hb)).status == 200
+    await client.store.revoke(s.sid, s.exp)
+    await client.ctx.revocations.refresh(client.store)
+    assert (await client.get("/auth/nginx", headers=hb)).status == 401
+
+
+async def test_refresh_sets_cookie_after_half_the_idle_window(client):
+    now = time.time()
+    s = client.rt.codec.new("alice", "password", now - 400)
+    s = client.rt.codec.touched(s, now - 301)  # idle_timeout is 10m in the test config
+    r = await client.get("/auth/nginx", headers={**nginx("https://app.test/x"), "Cookie": f"fa={client.rt.codec.seal(s)}"})
+    assert r.status == 200
+    sc = r.headers["Set-Cookie"]
+    assert sc.startswith("fa=") and "HttpOnly" in sc and "SameSite=Lax" in sc and "Path=/" in sc
+    value = sc.split(";")[0][3:]
+    assert client.rt.codec.open(value, now).session.seen >= now - 1
+
+
+async def test_untrusted_peer_is_refused():
+    base = BASE.replace("trusted_proxies: [127.0.0.1/32]", "trusted_proxies: [10.0.0.0/8]")
+    rt = Runtime.build(make_config(POLICY, base))
+    async with TestClient(TestServer(build_app(rt, MemoryStore()), host="127.0.0.1")) as c:
+        r = await c.get("/auth/nginx", headers=nginx("https://app.test/public/"))
+        assert r.status == 403
+        assert await r.text() == "403 Forbidden: 127.0.0.1 is not in server.trusted_proxies\n"
+
+
+async def test_health_and_ready(client):
+    assert (await client.get("/healthz")).status == 200
+    r = await client.get("/readyz")
+    assert (r.status, await r.text()) == (200, "ready\n")
+    client.ctx.revocations.last_ok -= 3600
+    client.ctx.revocations.last_error = "down"
+    r = await client.get("/readyz")
+    assert (r.status, await r.text()) == (503, "not ready: state store unreachable (down)\n")
+
+
+async def test_metrics_count_outcomes(client):
+    await client.get("/auth/nginx", headers=nginx("https://app.test/x"))
+    text = await (await client.get("/metrics")).text()
+    assert 'forwardauth_decisions_total{endpoint="nginx",outcome="unauthenticated"}' in text
+
+
+async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
+    from forwardauth.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + POLICY)
+    rt = Runtime.build(load_config(path))
+    app = build_app(rt, MemoryStore())
+    ctx = app[CTX]
+    path.write_text(BASE + "policy: {rules: [{level: nope}]}\n")
+    assert ctx.reload() is False and ctx.runtime is rt
+    path.write_text(BASE + "policy: {default: anonymous}\n")
+    assert ctx.reload() is True and ctx.runtime.config.policy.rules == ()
