@@ -271,6 +271,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"forwardauth {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    from forwardauth import extensions
+
+    extensions.load()
     for register in COMMANDS:
         register(sub)
     return p

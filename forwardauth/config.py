@@ -171,6 +171,9 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
+    from forwardauth import extensions
+
+    extensions.load()
     r = Reader(file)
     try:
         raw = yaml.safe_load(text)

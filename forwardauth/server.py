@@ -156,6 +156,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Application:
+    from forwardauth import extensions
+
+    extensions.load()
     app = web.Application(client_max_size=64 * 1024)
     ctx = Context(runtime, store or open_store(resolve_state_url(runtime.config)))
     app[CTX] = ctx
