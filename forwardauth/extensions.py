@@ -24,4 +24,7 @@ def load() -> None:
 
 
 # One line per part, e.g. "forwardauth.oidc.settings".
-PARTS: list[str] = []
+PARTS: list[str] = [
+    "forwardauth.oidc.settings",
+    "forwardauth.oidc.handlers",
+]

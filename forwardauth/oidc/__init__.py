@@ -1,0 +1,1 @@
+"""Upstream OpenID Connect sign-in and step-up (authorization code + PKCE)."""

@@ -1,0 +1,182 @@
+"""Talking to the provider: discovery, JWKS, code exchange, userinfo.
+
+Only the sign-in endpoints use this; the decision endpoints never do, so a
+provider outage leaves existing sessions working. Discovery and keys are
+cached; a token signed with an unknown `kid` triggers at most one JWKS
+refetch per `jwks_min_interval` (the provider rotated its keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from forwardauth.oidc.flow import LoginError
+from forwardauth.oidc.settings import OidcConfig
+
+DISCOVERY_TTL = 3600.0
+JWKS_MIN_INTERVAL = 30.0
+MAX_DOCUMENT = 256 * 1024
+
+
+class ProviderDown(Exception):
+    """The provider could not be reached or answered nonsense. Message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    userinfo_endpoint: str | None
+    end_session_endpoint: str | None
+
+
+class ProviderClient:
+    def __init__(self, cfg: OidcConfig):
+        self.cfg = cfg
+        self._session: aiohttp.ClientSession | None = None
+        self._meta: Metadata | None = None
+        self._meta_at = 0.0
+        self._keys: KeySet | None = None
+        self._keys_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.http_timeout),
+                headers={"User-Agent": "forwardauth"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get_json(self, url: str, **kw: Any) -> dict:
+        try:
+            async with self._http().get(url, **kw) as r:
+                if r.status != 200:
+                    raise ProviderDown(f"provider answered {r.status} for {url}")
+                body = await r.content.read(MAX_DOCUMENT + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise ProviderDown(f"cannot reach the provider ({exc.__class__.__name__})") from None
+        return _json_object(body, url)
+
+    async def metadata(self) -> Metadata:
+        if self._meta is not None and time.monotonic() - self._meta_at < DISCOVERY_TTL:
+            return self._meta
+        async with self._lock:
+            if self._meta is not None and time.monotonic() - self._meta_at < DISCOVERY_TTL:
+                return self._meta
+            url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            d = await self._get_json(url)
+            if d.get("issuer") != self.cfg.issuer:
+                raise ProviderDown("discovery document names a different issuer")
+            try:
+                meta = Metadata(
+                    issuer=d["issuer"],
+                    authorization_endpoint=_url(d["authorization_endpoint"]),
+                    token_endpoint=_url(d["token_endpoint"]),
+                    jwks_uri=_url(d["jwks_uri"]),
+                    userinfo_endpoint=_url(d["userinfo_endpoint"]) if d.get("userinfo_endpoint") else None,
+                    end_session_endpoint=_url(d["end_session_endpoint"]) if d.get("end_session_endpoint") else None,
+                )
+            except (KeyError, ValueError):
+                raise ProviderDown("discovery document is incomplete") from None
+            self._meta, self._meta_at = meta, time.monotonic()
+            return meta
+
+    async def _key_set(self, refresh: bool) -> KeySet:
+        if self._keys is not None and not refresh:
+            return self._keys
+        if refresh and self._keys is not None and time.monotonic() - self._keys_at < JWKS_MIN_INTERVAL:
+            return self._keys
+        meta = await self.metadata()
+        d = await self._get_json(meta.jwks_uri)
+        try:
+            keys = KeySet.import_key_set({"keys": [k for k in d.get("keys", []) if k.get("use", "sig") == "sig"]})
+        except (JoseError, ValueError, TypeError, AttributeError):
+            raise ProviderDown("provider JWKS is invalid") from None
+        self._keys, self._keys_at = keys, time.monotonic()
+        return keys
+
+    async def verify_id_token(self, id_token: str) -> dict:
+        """Signature (algorithm allow-list, key from JWKS) only; claims are checked by flow."""
+        if not isinstance(id_token, str) or len(id_token) > 16384:
+            raise LoginError(401, "ID token missing or oversized")
+        try:
+            header = jws.extract_compact(id_token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError):
+            raise LoginError(401, "ID token is malformed") from None
+        keys = await self._key_set(refresh=False)
+        kid = header.get("kid")
+        if kid is not None and not any(k.kid == kid for k in keys.keys):
+            keys = await self._key_set(refresh=True)  # the provider may have rotated
+        try:
+            return jwt.decode(id_token, keys, algorithms=list(self.cfg.id_token_algorithms)).claims
+        except JoseError as exc:
+            raise LoginError(401, f"ID token signature refused ({exc.error})") from None
+        except (ValueError, TypeError):
+            raise LoginError(401, "ID token is malformed") from None
+
+    async def exchange(self, code: str, verifier: str, redirect_uri: str) -> dict:
+        meta = await self.metadata()
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": verifier}
+        auth = aiohttp.BasicAuth(_form(self.cfg.client_id), _form(self.cfg.client_secret))
+        try:
+            async with self._http().post(meta.token_endpoint, data=data, auth=auth,
+                                         headers={"Accept": "application/json"}) as r:
+                body = await r.content.read(MAX_DOCUMENT + 1)
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise ProviderDown(f"cannot reach the provider ({exc.__class__.__name__})") from None
+        d = _json_object(body, "token endpoint")
+        if status != 200:
+            err = d.get("error") if isinstance(d.get("error"), str) else "error"
+            raise LoginError(400, f"the provider refused the authorization code ({err[:64]})")
+        if not isinstance(d.get("id_token"), str):
+            raise LoginError(502, "the provider sent no ID token")
+        return d
+
+    async def userinfo(self, access_token: str) -> dict:
+        meta = await self.metadata()
+        if not meta.userinfo_endpoint:
+            return {}
+        return await self._get_json(meta.userinfo_endpoint, headers={"Authorization": f"Bearer {access_token}"})
+
+
+def _form(v: str) -> str:
+    from urllib.parse import quote
+
+    return quote(v, safe="")  # RFC 6749 2.3.1: form-encode before Basic
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith(("https://", "http://")):
+        raise ValueError("bad URL")
+    return v
+
+
+def _json_object(body: bytes, what: str) -> dict:
+    import json
+
+    if len(body) > MAX_DOCUMENT:
+        raise ProviderDown(f"{what}: answer too large")
+    try:
+        d = json.loads(body)
+    except ValueError:
+        raise ProviderDown(f"{what}: answer is not JSON") from None
+    if not isinstance(d, dict):
+        raise ProviderDown(f"{what}: answer is not a JSON object")
+    return d
