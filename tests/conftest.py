@@ -1,0 +1,38 @@
+"""Shared fixtures: real servers from tests/harness, stopped after use.
+
+Missing tools: outside CI a test that needs nginx/Traefik/Caddy is skipped
+with the reason; under CI=true it fails, so CI can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.forwardauth import ForwardAuth
+from harness.proxies import start_echo_app
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failure."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture(scope="module")
+def echo_app(tmp_path_factory):
+    """examples/echo_app.py on a free port: answers with the headers it received."""
+    app = start_echo_app(tmp_path_factory.mktemp("echo"))
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def forwardauth(tmp_path_factory):
+    """A real `forwardauth serve` with the harness policy, 0.5 s revocation refresh
+    and a 4 s idle timeout (so a session is re-sealed after 2 s)."""
+    fa = ForwardAuth(tmp_path_factory.mktemp("forwardauth"), idle_timeout="4s")
+    fa.start()
+    yield fa
+    fa.stop()
