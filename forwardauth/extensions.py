@@ -25,6 +25,7 @@ def load() -> None:
 
 # One line per part, e.g. "forwardauth.oidc.settings".
 PARTS: list[str] = [
+    "forwardauth.start",
     "forwardauth.oidc.settings",
     "forwardauth.oidc.handlers",
 ]

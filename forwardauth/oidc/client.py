@@ -9,6 +9,7 @@ refetch per `jwks_min_interval` (the provider rotated its keys).
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +73,12 @@ class ProviderClient:
             raise ProviderDown(f"cannot reach the provider ({exc.__class__.__name__})") from None
         return _json_object(body, url)
 
-    async def metadata(self) -> Metadata:
-        if self._meta is not None and time.monotonic() - self._meta_at < DISCOVERY_TTL:
+    async def metadata(self, fresh: bool = False) -> Metadata:
+        ttl = 0.0 if fresh else DISCOVERY_TTL
+        if self._meta is not None and time.monotonic() - self._meta_at < ttl:
             return self._meta
         async with self._lock:
-            if self._meta is not None and time.monotonic() - self._meta_at < DISCOVERY_TTL:
+            if self._meta is not None and time.monotonic() - self._meta_at < ttl:
                 return self._meta
             url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
             d = await self._get_json(url)
@@ -133,10 +135,10 @@ class ProviderClient:
         meta = await self.metadata()
         data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
                 "code_verifier": verifier}
-        auth = aiohttp.BasicAuth(_form(self.cfg.client_id), _form(self.cfg.client_secret))
+        basic = base64.b64encode(f"{_form(self.cfg.client_id)}:{_form(self.cfg.client_secret)}".encode()).decode()
         try:
-            async with self._http().post(meta.token_endpoint, data=data, auth=auth,
-                                         headers={"Accept": "application/json"}) as r:
+            async with self._http().post(meta.token_endpoint, data=data,
+                                         headers={"Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
                 body = await r.content.read(MAX_DOCUMENT + 1)
                 status = r.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -9,7 +9,6 @@ what it proved and the user sees which level is missing.
 from __future__ import annotations
 
 import hmac
-import html
 import logging
 import time
 from urllib.parse import urlencode
@@ -21,9 +20,11 @@ from forwardauth.cookies import clear_cookie, set_cookie
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
+from forwardauth.pages import page
 from forwardauth.sealing import SealError, Sealer
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session, session_cookie
 from forwardauth.session import Session
+from forwardauth.start import AUTHENTICATORS, Need
 
 log = logging.getLogger("forwardauth.oidc")
 CLIENT = web.AppKey("oidc_client", ProviderClient)
@@ -42,25 +43,13 @@ def _sealer(ctx: Context) -> Sealer:
     return Sealer(ctx.runtime.keyring, "oidc-login")
 
 
+def redirect(url: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
 def _login_cookie(ctx: Context, state: str) -> str:
     # Scoped to /oauth2/callback, so it cannot be a __Host- cookie.
     return flow.login_cookie_name(("__Secure-" if ctx.runtime.config.session.secure else "") + "forwardauth", state)
-
-
-def page(status: int, title: str, message: str, link: tuple[str, str] | None = None) -> web.Response:
-    """A small self-contained HTML page; every dynamic part is escaped."""
-    more = f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>' if link else ""
-    body = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;"
-        "color:#1d2330}h1{font-size:1.4rem}p{line-height:1.5}</style></head><body>"
-        f"<main><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{more}</main></body></html>"
-    )
-    return web.Response(status=status, text=body, content_type="text/html",
-                        headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; "
-                                 "style-src 'unsafe-inline'", "X-Frame-Options": "DENY"})
 
 
 async def begin(request: web.Request, rd: str, level: str, max_age: float | None,
@@ -70,7 +59,9 @@ async def begin(request: web.Request, rd: str, level: str, max_age: float | None
     cfg = oidc_config(ctx)
     assert cfg is not None
     try:
-        meta = await request.app[CLIENT].metadata()
+        # Fetched afresh for every login start (logins are rare), so a provider
+        # that is down gets a clear page here instead of a browser error there.
+        meta = await request.app[CLIENT].metadata(fresh=True)
     except ProviderDown as exc:
         log.warning("provider unreachable at sign-in", extra={"fields": {"error": str(exc)}})
         return page(502, "Sign-in is unavailable",
@@ -82,7 +73,7 @@ async def begin(request: web.Request, rd: str, level: str, max_age: float | None
     force = session is not None or max_age is not None
     url = flow.authorization_url(meta.authorization_endpoint, cfg, ctx.runtime.config.levels, login,
                                  callback_url(ctx), force)
-    resp = web.HTTPFound(url, headers={"Cache-Control": "no-store"})
+    resp = redirect(url)
     scfg = ctx.runtime.config.session
     name = _login_cookie(ctx, login.state)
     resp.headers.add("Set-Cookie", set_cookie(scfg, name, _sealer(ctx).seal(login.to_json()),
@@ -180,7 +171,7 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
                     "which your identity provider did not confirm.",
                     (login.rd, "Back to the page"))
     else:
-        resp = web.HTTPFound(login.rd, headers={"Cache-Control": "no-store"})
+        resp = redirect(login.rd)
     resp.headers.add("Set-Cookie", session_cookie(ctx, new, now))
     resp.headers.add("Set-Cookie", clear_cookie(scfg, name, path="/oauth2/callback"))
     return resp
@@ -215,4 +206,14 @@ def _setup(app: web.Application, ctx: Context) -> None:
     app.cleanup_ctx.append(close)
 
 
+async def authenticate(request: web.Request, need: Need) -> web.StreamResponse | None:
+    """The upstream provider handles a need when it is configured and the level has acr/amr values."""
+    ctx = request.app[CTX]
+    lv = ctx.runtime.config.levels[need.level]
+    if oidc_config(ctx) is None or not (lv.acr or lv.amr):
+        return None
+    return await begin(request, need.rd, need.level, need.max_age, need.session)
+
+
 APP_HOOKS.append(_setup)
+AUTHENTICATORS.append(authenticate)
