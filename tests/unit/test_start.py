@@ -1,0 +1,94 @@
+"""/oauth2/start: the level comes from the policy for rd, and rd is never an open redirect."""
+
+import time
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from forwardauth.runtime import Runtime
+from forwardauth.server import build_app
+from forwardauth.state.memory import MemoryStore
+
+from .conftest import BASE, make_config
+
+PUBLIC = "https://auth.example.com/"
+BASE_RD = BASE.replace("trusted_proxies: [127.0.0.1/32]",
+                       "trusted_proxies: [127.0.0.1/32]\n  allowed_redirect_domains: [.example.com, app.test]")
+
+
+@pytest.fixture
+async def client():
+    rt = Runtime.build(make_config("policy: {rules: [{level: password}]}\n", BASE_RD))
+    async with TestClient(TestServer(build_app(rt, MemoryStore()), host="127.0.0.1")) as c:
+        s = rt.codec.new("alice", "hardware", time.time())
+        c.session.cookie_jar.update_cookies({"fa": rt.codec.seal(s)})
+        yield c
+
+
+ALLOWED = [
+    ("https://app.example.com/x?y=1#z", "https://app.example.com/x?y=1#z"),
+    ("https://example.com/", "https://example.com/"),
+    ("https://a.b.example.com:8443/p", "https://a.b.example.com:8443/p"),
+    ("http://app.test/", "http://app.test/"),
+    ("HTTPS://APP.EXAMPLE.COM/Path", "https://app.example.com/Path"),
+    ("https://auth.example.com/account", "https://auth.example.com/account"),
+    ("/local/page", "https://auth.example.com/local/page"),
+    ("https://app.example.com", "https://app.example.com/"),
+]
+
+REFUSED = [
+    "https://evil.test/",
+    "https://evilexample.com/",
+    "https://example.com.evil.test/",
+    "https://app.test.evil.test/",
+    "//evil.test/",
+    "///evil.test/",
+    "/\\evil.test/",
+    "\\\\evil.test",
+    "https:\\\\evil.test",
+    "https:/evil.test",
+    "https:evil.test",
+    "https://app.example.com@evil.test/",
+    "https://user:pw@app.example.com/",
+    "https://evil.test#@app.example.com/",
+    "https://evil.test?@app.example.com/",
+    "https://evil.test\\@app.example.com/",
+    "javascript:alert(1)",
+    "JavaScript://app.example.com/%0aalert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "ftp://app.example.com/",
+    "/%2f%2fevil.test",
+    "/%5cevil.test",
+    "/%252f%252fevil.test",
+    "/%09/evil.test",
+    " https://evil.test/",
+    "https://evil.test%2eexample.com/",
+    "https://app.example.com%2f@evil.test/",
+    "https://аpp.example.com/",  # Cyrillic a
+    "https://app.example.com:99999/",
+    "https://app.example.com./",
+    "https://%65vil.test/",
+    "https://app.example.com/%0d%0aSet-Cookie:x=1",
+    "evil.test",
+    "",
+]
+
+
+@pytest.mark.parametrize("target,expected", ALLOWED)
+async def test_allowed_targets(client, target, expected):
+    r = await client.get(f"/oauth2/start?rd={quote(target, safe='')}", allow_redirects=False)
+    assert (r.status, r.headers["Location"]) == (302, expected)
+
+
+@pytest.mark.parametrize("target", REFUSED)
+async def test_refused_targets_fall_back_to_public_url(client, target):
+    r = await client.get(f"/oauth2/start?rd={quote(target, safe='')}", allow_redirects=False)
+    assert (r.status, r.headers["Location"]) == (302, PUBLIC)
+
+
+async def test_no_sign_in_method_for_the_level(client):
+    client.session.cookie_jar.clear()
+    r = await client.get("/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2F", allow_redirects=False)
+    assert r.status == 503
+    assert "This page needs level password, and no sign-in method configured here can prove it." in await r.text()
