@@ -26,6 +26,7 @@ def load() -> None:
 # One line per part, e.g. "forwardauth.oidc.settings".
 PARTS: list[str] = [
     "forwardauth.start",
+    "forwardauth.signout",
     "forwardauth.oidc.settings",
     "forwardauth.oidc.handlers",
 ]

@@ -315,3 +315,16 @@ async def test_forged_id_tokens_are_refused(provider):
         assert exc.value.message == "ID token is malformed"
     finally:
         await client.close()
+
+
+async def test_sign_out_goes_through_the_providers_end_session(fa, provider):
+    b, ctx = fa
+    await b.login("http://app.test/", "alice", ACR_PASSWORD)
+    old = b.session(ctx)
+    r = await b.get("/oauth2/sign_out?rd=http%3A%2F%2Fapp.test%2Fbye")
+    assert r.status == 302
+    end = provider.discovery["end_session_endpoint"]
+    assert r.headers["Location"].startswith(end + "?")
+    assert q(r.headers["Location"]) == {"client_id": "forwardauth", "post_logout_redirect_uri": "http://app.test/bye"}
+    assert b.session(ctx) is None
+    assert old.sid in ctx.store.revoked

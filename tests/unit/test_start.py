@@ -75,16 +75,35 @@ REFUSED = [
 ]
 
 
+ENDPOINTS = ["/oauth2/start", "/oauth2/sign_out"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("target,expected", ALLOWED)
-async def test_allowed_targets(client, target, expected):
-    r = await client.get(f"/oauth2/start?rd={quote(target, safe='')}", allow_redirects=False)
+async def test_allowed_targets(client, endpoint, target, expected):
+    r = await client.get(f"{endpoint}?rd={quote(target, safe='')}", allow_redirects=False)
     assert (r.status, r.headers["Location"]) == (302, expected)
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("target", REFUSED)
-async def test_refused_targets_fall_back_to_public_url(client, target):
-    r = await client.get(f"/oauth2/start?rd={quote(target, safe='')}", allow_redirects=False)
+async def test_refused_targets_fall_back_to_public_url(client, endpoint, target):
+    r = await client.get(f"{endpoint}?rd={quote(target, safe='')}", allow_redirects=False)
     assert (r.status, r.headers["Location"]) == (302, PUBLIC)
+
+
+async def test_sign_out_revokes_the_session_and_clears_the_cookie(client):
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))["fa"].value
+    r = await client.get("/oauth2/userinfo")
+    assert r.status == 200
+    info = await r.json()
+    assert (info["user"], info["level"], info["source"]) == ("alice", "hardware", "local")
+    r = await client.get("/oauth2/sign_out", allow_redirects=False)
+    assert r.headers["Set-Cookie"].startswith("fa=; Path=/; Max-Age=0; HttpOnly")
+    r = await client.get("/oauth2/userinfo", headers={"Cookie": f"fa={cookie}"})
+    assert r.status == 401
+    assert (await r.json(), r.headers["WWW-Authenticate"]) == ({"error": "unauthorized"},
+                                                               'Bearer realm="forwardauth"')
 
 
 async def test_no_sign_in_method_for_the_level(client):
