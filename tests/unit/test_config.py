@@ -95,3 +95,18 @@ def test_example_config_is_valid():
 
     cfg = load_config(Path(__file__).parents[2] / "config.example.yaml")
     assert cfg.levels.names[:2] == ("password", "mfa")
+
+
+def test_example_oidc_section_is_valid_when_uncommented():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "config.example.yaml").read_text()
+    block = text[text.index("# oidc:"):].split("\n\n")[0]
+    yaml_block = "\n".join(re.sub(r"^# ?", "", line) for line in block.splitlines())
+    yaml_block = re.sub(r"client_secret_file: \S+", "client_secret: s3cret", yaml_block)
+    cfg = make_config("policy: {rules: []}\n" + yaml_block + "\n")
+    oidc = cfg.sections["oidc"]
+    assert (oidc.issuer, oidc.client_id, oidc.essential_acr, oidc.login_timeout) == (
+        "https://idp.example.com", "forwardauth", True, 600)
+    assert "s3cret" not in repr(oidc)
