@@ -46,9 +46,21 @@ def cli(*args: str, timeout: float = 30.0) -> str:
     return proc.stdout
 
 
+def _merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra` laid over it: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def make_config(workdir: Path, port: int, *, policy: dict | None = None, idle_timeout: str = "1h",
-                refresh_interval: str = "0.5s") -> Path:
-    """Write keys.json and forwardauth.yaml into `workdir`; return the config path."""
+                refresh_interval: str = "0.5s", extra: dict | None = None) -> Path:
+    """Write keys.json and forwardauth.yaml into `workdir`; return the config path.
+
+    extra: more config laid over the defaults, e.g. an `oidc:` section or
+    {"server": {"public_url": ...}, "session": {"domain": ...}}.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     keys = workdir / "keys.json"
     if not keys.exists():
@@ -70,6 +82,7 @@ def make_config(workdir: Path, port: int, *, policy: dict | None = None, idle_ti
         ],
         "policy": policy or POLICY,
     }
+    config = _merge(config, extra or {})
     path = workdir / "forwardauth.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -78,11 +91,13 @@ def make_config(workdir: Path, port: int, *, policy: dict | None = None, idle_ti
 class ForwardAuth:
     """A running `forwardauth serve` on 127.0.0.1:port, plus helpers for its CLI."""
 
-    def __init__(self, workdir: Path, **config_opts):
-        self.port = free_port()
+    def __init__(self, workdir: Path, *, port: int | None = None, **config_opts):
+        """config_opts go to make_config(); `port` (default: a free one) lets a test put the
+        port into config it passes as `extra` before the server exists."""
+        self.port = port or free_port()
         self.workdir = workdir
         self.config = make_config(workdir, self.port, **config_opts)
-        self.public_url = f"http://auth.test:{self.port}"
+        self.public_url = yaml.safe_load(self.config.read_text())["server"]["public_url"]
         self.proc = Proc("forwardauth", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / "forwardauth.log")
 
