@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -139,6 +140,17 @@ def parse_uri(value: str | None) -> str:
     return value
 
 
+@lru_cache(maxsize=8192)
+def parse_ip(text: str) -> "IPAddress":
+    """ipaddress.ip_address, memoised: the same few proxy and client addresses recur."""
+    return ipaddress.ip_address(text)
+
+
+@lru_cache(maxsize=8192)
+def is_trusted(addr: "IPAddress", trusted: tuple) -> bool:
+    return any(addr in net for net in trusted)
+
+
 def client_address(
     forwarded_for: str | None, peer: IPAddress | None, trusted: tuple
 ) -> IPAddress | None:
@@ -151,13 +163,13 @@ def client_address(
     hops = [h.strip() for h in forwarded_for.split(",")]
     for hop in reversed(hops):
         try:
-            addr = ipaddress.ip_address(hop.strip("[]"))
+            addr = parse_ip(hop.strip("[]"))
         except ValueError:
             raise BadRequest("malformed X-Forwarded-For") from None
-        if not any(addr in net for net in trusted):
+        if not is_trusted(addr, trusted):
             return addr
     try:
-        return ipaddress.ip_address(hops[0].strip("[]"))
+        return parse_ip(hops[0].strip("[]"))
     except ValueError:
         raise BadRequest("malformed X-Forwarded-For") from None
 

@@ -49,7 +49,7 @@ class Answer:
 
 def clean(value: str) -> str:
     """Header-safe: control characters (CR, LF, ...) removed."""
-    return _UNSAFE.sub("", value)
+    return value if value.isprintable() else _UNSAFE.sub("", value)
 
 
 def identity_headers(cfg: Config, session: Session) -> list[tuple[str, str]]:
@@ -100,9 +100,11 @@ def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: boo
     o = decision.outcome
     if o is Outcome.ALLOW:
         assert decision.session is not None
-        return Answer(200, tuple(identity_headers(cfg, decision.session)), "OK\n")
+        # No body: nginx does not read an auth_request answer's body, and a
+        # body left unread makes it close the upstream connection.
+        return Answer(200, tuple(identity_headers(cfg, decision.session)), "")
     if o is Outcome.ANONYMOUS:
-        return Answer(200, (), "OK\n")
+        return Answer(200, (), "")
     if o is Outcome.DENIED:
         return Answer(403, (), "403 Forbidden: denied by policy\n")
     if o is Outcome.FORBIDDEN:

@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+from cachetools import LRUCache
+
 from forwardauth.levels import Levels
 from forwardauth.sealing import SealError, Sealer
 
@@ -143,6 +145,11 @@ class SessionCodec:
         self.levels = levels
         self.lifetime = lifetime
         self.idle_timeout = idle_timeout
+        # Cookie value -> its decrypted, validated Session. A browser sends the
+        # same cookie on every request, so the hot path decrypts and parses it
+        # once; the time checks below still run on every call. A new key ring
+        # (reload) builds a new codec, hence a new, empty cache.
+        self._opened: LRUCache = LRUCache(maxsize=20_000)
 
     def new(
         self,
@@ -180,16 +187,19 @@ class SessionCodec:
             return Opened(None, "absent")
         if len(value) > MAX_COOKIE_BYTES:
             return Opened(None, "oversized")
-        try:
-            raw = self.sealer.open(value)
-        except SealError as exc:
-            return Opened(None, str(exc))
-        try:
-            session = Session.from_json(raw)
-        except (ValueError, TypeError):
-            return Opened(None, "malformed")
-        if session.level not in self.levels:
-            return Opened(None, "unknown level")
+        session = self._opened.get(value)
+        if session is None:
+            try:
+                raw = self.sealer.open(value)
+            except SealError as exc:
+                return Opened(None, str(exc))
+            try:
+                session = Session.from_json(raw)
+            except (ValueError, TypeError):
+                return Opened(None, "malformed")
+            if session.level not in self.levels:
+                return Opened(None, "unknown level")
+            self._opened[value] = session
         if now >= session.exp:
             return Opened(None, "expired")
         if now - session.seen >= self.idle_timeout:
