@@ -26,6 +26,7 @@ async def sign_out(request: web.Request) -> web.Response:
     if session is not None:
         await ctx.store.revoke(session.sid, session.exp)
         await ctx.revocations.refresh(ctx.store)
+        _audit_signout(request, ctx, session)
         if session.source == "oidc":
             from forwardauth.oidc.handlers import end_session_url
 
@@ -33,6 +34,15 @@ async def sign_out(request: web.Request) -> web.Response:
     resp = web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"})
     resp.headers.add("Set-Cookie", clear_cookie(cfg.session, cfg.session.cookie_name))
     return resp
+
+
+def _audit_signout(request: web.Request, ctx: Context, session) -> None:  # noqa: ANN001 - Session
+    """One `signout` line in the audit log (forwardauth.audit), with the client as the sign-in pages see it."""
+    from forwardauth.audit import for_context, request_id
+    from forwardauth.signin.routes import client_of
+
+    for_context(ctx).emit("signout", user=session.sub, client=client_of(request, ctx), level=session.level,
+                          reason=session.source, request_id=request_id(request.headers))
 
 
 async def userinfo(request: web.Request) -> web.Response:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from forwardauth.state.base import RevocationSnapshot, StateStore
+from forwardauth.state.local import MemoryLocalMixin
 
 
-class MemoryStore(StateStore):
+class MemoryStore(MemoryLocalMixin, StateStore):
     def __init__(self) -> None:
         self.version = 0
         self.epochs: dict[str, float] = {}

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
+from forwardauth.state.local import SCHEMA as LOCAL_SCHEMA
+from forwardauth.state.local import SQLiteLocalMixin
 
 T = TypeVar("T")
 
@@ -34,7 +36,10 @@ def register_schema(sql: str) -> None:
         _SCHEMAS.append(sql)
 
 
-class SQLiteStore(StateStore):
+register_schema(LOCAL_SCHEMA)  # local accounts and failure counters (forwardauth.state.local)
+
+
+class SQLiteStore(SQLiteLocalMixin, StateStore):
     def __init__(self, path: str):
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")

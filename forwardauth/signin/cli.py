@@ -1,0 +1,374 @@
+"""`forwardauth users ...`: local accounts from the command line.
+
+    forwardauth users add alice --groups admins      (prompts for the password twice)
+    forwardauth users passwd alice --password-stdin < file
+    forwardauth users groups alice admins,ops
+    forwardauth users lock|unlock|delete alice
+    forwardauth users list [--json]
+    forwardauth users totp enroll alice              (prints an otpauth URI and a QR code)
+    forwardauth users totp reset alice
+
+Without -c the embedded default's data directory is used (like `serve`), so
+the commands work on the README's first-run setup. Passwords are read from
+the terminal (never echoed) or from stdin, never from an argument, which
+would end up in shell history and `ps`. Every change writes an audit line
+to the configured audit file (to stderr when the audit log is stdout, which
+stays for the command's own output). Changes that must end existing sessions
+(password, groups, lock, delete, TOTP reset) raise the user's revocation
+epoch: running servers drop those sessions within the refresh interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+from forwardauth import cli as core_cli
+from forwardauth.accounts import Account, AccountError, account_store, check_groups, check_username, normalise_username
+from forwardauth.audit import AuditLog
+from forwardauth.config import Config
+from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
+from forwardauth.regulation import Regulator, failure_store
+from forwardauth.runtime import Runtime, resolve_path, resolve_state_url
+from forwardauth.signin.settings import LocalSettings, settings
+from forwardauth.state import StateStore, open_store
+from forwardauth.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
+
+CliError = core_cli.CliError
+
+
+class Ops:
+    """What a command works with: config, settings, store, audit."""
+
+    def __init__(self, cfg: Config, store: StateStore):
+        self.cfg = cfg
+        self.settings: LocalSettings = settings(cfg)
+        self.store = store
+        self.accounts = account_store(store)
+        target = self.settings.audit
+        target = "stderr" if target in ("stdout", "stderr") else str(resolve_path(cfg, target))
+        self.audit_log = AuditLog(target)
+
+    def audit(self, event: str, user: str, reason: str) -> None:
+        self.audit_log.emit(event, user=user, reason=reason)
+
+    async def need(self, name: str) -> Account:
+        acct = await self.accounts.get_account(name)
+        if acct is None:
+            raise CliError(f"no account {name!r} (see: forwardauth users list)")
+        return acct
+
+    async def revoke_sessions(self, name: str) -> None:
+        await self.store.set_epoch(name, time.time())
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from forwardauth.serve import load_or_default
+
+    return load_or_default(args.config, args.data_dir)
+
+
+def _run(args: argparse.Namespace, fn: Callable[[Ops], Awaitable[int]]) -> int:
+    cfg = _config(args)
+    if cfg.state == "memory://":
+        raise CliError("state memory:// lives inside one server process; the CLI cannot reach it")
+
+    async def go() -> int:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        ops = Ops(cfg, store)
+        try:
+            return await fn(ops)
+        finally:
+            ops.audit_log.close()
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _username(text: str) -> str:
+    name = normalise_username(text)
+    try:
+        return check_username(name)
+    except AccountError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read_password(args: argparse.Namespace, ops: Ops, who: str) -> tuple[str, bool]:
+    """(password, generated). From --generate, --password-stdin or the terminal (twice)."""
+    if getattr(args, "generate", False):
+        return generate_password(), True
+    if getattr(args, "password_stdin", False):
+        pw = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        pw = getpass.getpass(f"New password for {who}: ")
+        if getpass.getpass("Again: ") != pw:
+            raise CliError("the two passwords differ")
+    else:
+        raise CliError("no terminal to ask for the password: use --password-stdin or --generate")
+    if len(pw) < ops.settings.min_password_length:
+        raise CliError(f"the password must have at least {ops.settings.min_password_length} characters "
+                       "(local.min_password_length)")
+    if len(pw) > MAX_PASSWORD_CHARS:
+        raise CliError(f"the password must have at most {MAX_PASSWORD_CHARS} characters")
+    return pw, False
+
+
+def _show_generated(user: str, pw: str) -> None:
+    print(f"{user}: password set. It is shown only now:")
+    print(f"  {pw}")
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        now = time.time()
+        try:
+            groups = check_groups(args.groups or ())
+        except AccountError as exc:
+            raise CliError(f"--groups: {exc}") from None
+        pw_hash, pw, generated = None, None, False
+        if args.system:
+            if args.generate or args.password_stdin:
+                raise CliError("system accounts have no password (they use API tokens)")
+        else:
+            pw, generated = _read_password(args, ops, args.user)
+            pw_hash = hash_password(pw, ops.settings.scrypt)
+        try:
+            acct = Account(args.user, kind="system" if args.system else "human", display_name=args.display_name,
+                           email=args.email, groups=groups, password_hash=pw_hash, created=now, updated=now)
+        except AccountError as exc:
+            raise CliError(str(exc)) from None
+        if not await ops.accounts.add_account(acct):
+            raise CliError(f"account {args.user!r} exists (change it with: forwardauth users passwd|groups)")
+        ops.audit("account_created", args.user, f"{acct.kind} account by operator (cli)")
+        if generated and pw:
+            _show_generated(args.user, pw)
+        else:
+            print(f"{args.user}: created ({acct.kind}; groups: {', '.join(groups) or 'none'})")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_passwd(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        if acct.kind != "human":
+            raise CliError(f"{args.user} is a system account: it cannot have a password")
+        pw, generated = _read_password(args, ops, args.user)
+        await ops.accounts.put_account(acct.changed(password_hash=hash_password(pw, ops.settings.scrypt)))
+        await ops.revoke_sessions(args.user)
+        ops.audit("account_updated", args.user, "password changed by operator (cli); sessions revoked")
+        if generated:
+            _show_generated(args.user, pw)
+        else:
+            print(f"{args.user}: password changed; existing sessions are signed out")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_groups(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        groups = list(acct.groups)
+        try:
+            if args.groups is not None:
+                groups = list(check_groups(args.groups))
+            for g in check_groups(args.add or ()):
+                if g not in groups:
+                    groups.append(g)
+            drop = set(check_groups(args.remove or ()))
+        except AccountError as exc:
+            raise CliError(str(exc)) from None
+        groups = [g for g in groups if g not in drop]
+        if tuple(groups) == acct.groups:
+            print(f"{args.user}: groups unchanged: {', '.join(groups) or 'none'}")
+            return 0
+        await ops.accounts.put_account(acct.changed(groups=tuple(groups)))
+        await ops.revoke_sessions(args.user)
+        ops.audit("account_updated", args.user, f"groups set to {','.join(groups) or '-'} by operator (cli)")
+        print(f"{args.user}: groups: {', '.join(groups) or 'none'} (signed out, to pick them up at next sign-in)")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        await ops.accounts.put_account(acct.changed(status="locked"))
+        await ops.revoke_sessions(args.user)
+        ops.audit("account_locked", args.user, "by operator (cli); sessions revoked")
+        print(f"{args.user}: locked; existing sessions are signed out")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_unlock(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        await ops.accounts.put_account(acct.changed(status="active"))
+        await Regulator(failure_store(ops.store), ops.settings.regulation).unban(args.user)
+        ops.audit("account_unlocked", args.user, "by operator (cli); failed-attempt ban lifted")
+        print(f"{args.user}: unlocked (and any ban for failed attempts lifted)")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        await ops.need(args.user)
+        await ops.accounts.delete_account(args.user)
+        await ops.revoke_sessions(args.user)
+        ops.audit("account_deleted", args.user, "by operator (cli); sessions revoked")
+        print(f"{args.user}: deleted; existing sessions are signed out")
+        return 0
+
+    return _run(args, go)
+
+
+def _row(a: Account) -> dict[str, Any]:
+    return {"username": a.username, "kind": a.kind, "status": a.status, "display_name": a.display_name,
+            "email": a.email, "groups": list(a.groups), "password": a.password_hash is not None, "totp": a.has_totp,
+            "created": int(a.created), "updated": int(a.updated)}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        rows = [_row(a) for a in await ops.accounts.list_accounts()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print("no accounts (add one: forwardauth users add NAME)")
+            return 0
+        print(f"{'USER':<24} {'KIND':<7} {'STATUS':<7} {'TOTP':<5} GROUPS")
+        for r in rows:
+            print(f"{r['username']:<24} {r['kind']:<7} {r['status']:<7} {'yes' if r['totp'] else 'no':<5} "
+                  f"{','.join(r['groups']) or '-'}")
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_totp_enroll(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        if acct.kind != "human":
+            raise CliError(f"{args.user} is a system account: it signs in with API tokens only")
+        if acct.has_totp and not args.replace:
+            raise CliError(f"{args.user} already has TOTP (remove it first: forwardauth users totp reset "
+                           f"{args.user}, or pass --replace)")
+        rt = Runtime.build(ops.cfg)
+        secret = new_secret()
+        sealed = SecretBox(rt.keyring).seal(args.user, secret)
+        await ops.accounts.put_account(acct.changed(totp_secret_enc=sealed, totp_last_step=0))
+        if acct.has_totp:
+            await ops.revoke_sessions(args.user)
+        ops.audit("totp_enrolled", args.user, "by operator (cli)" + ("; replaced" if acct.has_totp else ""))
+        uri = provisioning_uri(secret, args.user, ops.settings.totp.issuer)
+        print(f"{args.user}: TOTP set up. Scan this with the authenticator app, or enter the key by hand.")
+        print(f"  key: {secret}")
+        print(f"  uri: {uri}")
+        if not args.no_qr:
+            qr_terminal(uri, sys.stdout)
+        return 0
+
+    return _run(args, go)
+
+
+def _cmd_totp_reset(args: argparse.Namespace) -> int:
+    async def go(ops: Ops) -> int:
+        acct = await ops.need(args.user)
+        if not acct.has_totp:
+            print(f"{args.user}: has no TOTP; nothing to reset")
+            return 0
+        await ops.accounts.put_account(acct.changed(totp_secret_enc=None, totp_last_step=0))
+        await ops.revoke_sessions(args.user)
+        ops.audit("totp_reset", args.user, "by operator (cli); sessions revoked")
+        print(f"{args.user}: TOTP removed; the next page that needs it will guide them through setting it up again")
+        return 0
+
+    return _run(args, go)
+
+
+# --- argparse ------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="config file (default: the embedded default and --data-dir)")
+    p.add_argument("--data-dir", default="./var", help="the embedded default's data directory (default: ./var)")
+
+
+def _user(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("user", type=_username, help="username (case-insensitive)")
+
+
+def _password_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    g.add_argument("--generate", action="store_true", help="generate a password and print it once")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("users", help="local accounts: add, passwd, groups, lock, unlock, delete, list, totp")
+    us = p.add_subparsers(dest="users_cmd", required=True)
+
+    a = us.add_parser("add", help="add an account (asks for the password twice)")
+    _user(a)
+    a.add_argument("--display-name")
+    a.add_argument("--email")
+    a.add_argument("--groups", type=core_cli._csv, default=(), help="comma-separated groups (roles)")
+    a.add_argument("--system", action="store_true", help="a system account: API tokens only, never a password")
+    _password_source(a)
+    a.set_defaults(func=_cmd_add)
+
+    pw = us.add_parser("passwd", help="set a new password (signs the user out everywhere)")
+    _user(pw)
+    _password_source(pw)
+    pw.set_defaults(func=_cmd_passwd)
+
+    g = us.add_parser("groups", help="set, add or remove groups (roles)")
+    _user(g)
+    g.add_argument("groups", nargs="?", type=core_cli._csv, help="the new comma-separated list (replaces)")
+    g.add_argument("--add", type=core_cli._csv, help="groups to add")
+    g.add_argument("--remove", type=core_cli._csv, help="groups to remove")
+    g.set_defaults(func=_cmd_groups)
+
+    for name, fn, text in (("lock", _cmd_lock, "lock: no sign-in, and existing sessions end"),
+                           ("unlock", _cmd_unlock, "unlock, and lift a ban for failed attempts"),
+                           ("delete", _cmd_delete, "delete the account and end its sessions")):
+        c = us.add_parser(name, help=text)
+        _user(c)
+        c.set_defaults(func=fn)
+
+    ls = us.add_parser("list", help="list accounts (never their secrets)")
+    _common(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_cmd_list)
+
+    t = us.add_parser("totp", help="TOTP second factor: enroll, reset")
+    ts = t.add_subparsers(dest="totp_cmd", required=True)
+    e = ts.add_parser("enroll", help="set up TOTP; prints the otpauth URI and a QR code")
+    _user(e)
+    e.add_argument("--replace", action="store_true", help="replace an existing TOTP secret")
+    e.add_argument("--no-qr", action="store_true", help="print the key and URI only")
+    e.set_defaults(func=_cmd_totp_enroll)
+    r = ts.add_parser("reset", help="remove TOTP (the user is guided to set it up again)")
+    _user(r)
+    r.set_defaults(func=_cmd_totp_reset)
+
+
+core_cli.COMMANDS.append(register)

@@ -1,0 +1,70 @@
+"""CSRF tokens for the sign-in forms: an HMAC'd double submit.
+
+The browser holds a random nonce in a host-only, HttpOnly, SameSite=Strict
+cookie; each form carries HMAC(key, nonce | form | binding) where the key
+is derived from the key ring and `binding` is the session id for forms used
+while signed in. Another site can neither read the nonce nor compute the
+MAC, and a cookie planted from a sibling subdomain ("cookie tossing") is
+useless without the key, which plain double-submit and SameSite alone do
+not guarantee.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import replace
+
+from forwardauth.config import SessionConfig
+from forwardauth.cookies import set_cookie
+from forwardauth.keyring import KEY_ID_RE, KeyRing, b64d, b64e
+
+COOKIE_MAX_AGE = 12 * 3600
+_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+
+
+def cookie_name(session_cookie: str) -> str:
+    """The CSRF cookie's name: the session cookie's with "-csrf" (keeps a __Host- prefix)."""
+    return session_cookie[:100] + "-csrf"
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def valid_nonce(value: str | None) -> bool:
+    return bool(value) and _NONCE_RE.match(value) is not None  # type: ignore[arg-type]
+
+
+def nonce_cookie(cfg: SessionConfig, nonce: str) -> str:
+    """Set-Cookie for the nonce: host-only (no Domain), Strict, HttpOnly, Path=/."""
+    strict = replace(cfg, same_site="Strict", domain=None)
+    return set_cookie(strict, cookie_name(cfg.cookie_name), nonce, COOKIE_MAX_AGE)
+
+
+class Csrf:
+    def __init__(self, ring: KeyRing):
+        self.ring = ring
+
+    def _mac(self, key_id: str, nonce: str, form: str, binding: str) -> bytes:
+        key = self.ring.derive(key_id, "csrf")
+        return hmac.new(key, f"{nonce}|{form}|{binding}".encode(), hashlib.sha256).digest()
+
+    def token(self, nonce: str, form: str, binding: str = "") -> str:
+        kid = self.ring.current.id
+        return f"{kid}.{b64e(self._mac(kid, nonce, form, binding))}"
+
+    def check(self, token: str | None, nonce: str | None, form: str, binding: str = "") -> bool:
+        """True only for a token made for this nonce, form and binding by a key of the ring."""
+        if not token or not valid_nonce(nonce) or len(token) > 100:
+            return False
+        kid, dot, mac = token.partition(".")
+        if not dot or not KEY_ID_RE.match(kid) or self.ring.get(kid) is None:
+            return False
+        try:
+            given = b64d(mac)
+        except ValueError:
+            return False
+        return hmac.compare_digest(given, self._mac(kid, nonce, form, binding))  # type: ignore[arg-type]

@@ -1,0 +1,216 @@
+"""Local accounts and failure counters for the SQLite and memory backends.
+
+Mixed into `SQLiteStore` and `MemoryStore`; the semantics are written once,
+in `forwardauth.accounts.AccountStore` and `forwardauth.regulation.FailureStore`,
+and the Redis backend implements the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from typing import Any, Callable, TypeVar
+
+from forwardauth.accounts import Account
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    username TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    display_name TEXT,
+    email TEXT,
+    groups_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    password_hash TEXT,
+    totp_secret_enc TEXT,
+    totp_last_step INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    id TEXT NOT NULL PRIMARY KEY
+);
+CREATE INDEX IF NOT EXISTS auth_failures_key_at ON auth_failures (key, at);
+"""
+
+_COLUMNS = ("username, kind, display_name, email, groups_json, status, password_hash, totp_secret_enc, "
+            "totp_last_step, created, updated")
+
+
+def _row(a: Account) -> tuple[Any, ...]:
+    return (a.username, a.kind, a.display_name, a.email, json.dumps(list(a.groups)), a.status, a.password_hash,
+            a.totp_secret_enc, a.totp_last_step, a.created, a.updated)
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    return Account(username=row[0], kind=row[1], display_name=row[2], email=row[3], groups=tuple(json.loads(row[4])),
+                   status=row[5], password_hash=row[6], totp_secret_enc=row[7], totp_last_step=int(row[8]),
+                   created=float(row[9]), updated=float(row[10]))
+
+
+def _tx(c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """One write transaction (BEGIN IMMEDIATE: takes the write lock up front)."""
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(c)
+        c.execute("COMMIT")
+        return out
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+
+
+class SQLiteLocalMixin:
+    """Accounts and failure counters in the SQLite state file (needs `self.run`)."""
+
+    run: Callable[..., Any]
+
+    async def get_account(self, name: str) -> Account | None:
+        row = await self.run(
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM accounts WHERE username=?", (name,)).fetchone()
+        )
+        return _account(row) if row else None
+
+    async def add_account(self, account: Account) -> bool:
+        def q(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                f"INSERT OR IGNORE INTO accounts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(account)
+            )
+            return cur.rowcount == 1
+
+        return await self.run(lambda c: _tx(c, q))
+
+    async def put_account(self, account: Account) -> None:
+        def q(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO accounts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(username) DO UPDATE SET kind=excluded.kind, display_name=excluded.display_name, "
+                "email=excluded.email, groups_json=excluded.groups_json, status=excluded.status, "
+                "password_hash=excluded.password_hash, "
+                "totp_last_step=CASE WHEN totp_secret_enc IS excluded.totp_secret_enc "
+                "  THEN max(totp_last_step, excluded.totp_last_step) ELSE excluded.totp_last_step END, "
+                "totp_secret_enc=excluded.totp_secret_enc, updated=excluded.updated",
+                _row(account),
+            )
+
+        await self.run(lambda c: _tx(c, q))
+
+    async def delete_account(self, name: str) -> bool:
+        return await self.run(
+            lambda c: _tx(c, lambda c: c.execute("DELETE FROM accounts WHERE username=?", (name,)).rowcount == 1)
+        )
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self.run(lambda c: c.execute(f"SELECT {_COLUMNS} FROM accounts ORDER BY username").fetchall())
+        return [_account(r) for r in rows]
+
+    async def claim_totp_step(self, name: str, step: int) -> bool:
+        def q(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE accounts SET totp_last_step=? WHERE username=? AND totp_secret_enc IS NOT NULL "
+                "AND totp_last_step < ?",
+                (step, name, step),
+            )
+            return cur.rowcount == 1
+
+        return await self.run(lambda c: _tx(c, q))
+
+    async def record_failure(self, key: str, now: float, window: float) -> int:
+        def q(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM auth_failures WHERE key=? AND at <= ?", (key, now - window))
+            c.execute("INSERT INTO auth_failures (key, at, id) VALUES (?, ?, ?)", (key, now, uuid.uuid4().hex))
+            return c.execute(
+                "SELECT count(*) FROM auth_failures WHERE key=? AND at > ? AND at <= ?", (key, now - window, now)
+            ).fetchone()[0]
+
+        return await self.run(lambda c: _tx(c, q))
+
+    async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
+        row = await self.run(
+            lambda c: c.execute(
+                "SELECT count(*), max(at) FROM auth_failures WHERE key=? AND at > ? AND at <= ?",
+                (key, now - window, now),
+            ).fetchone()
+        )
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+    async def clear_failures(self, key: str) -> None:
+        await self.run(lambda c: _tx(c, lambda c: c.execute("DELETE FROM auth_failures WHERE key=?", (key,))))
+
+
+class MemoryLocalMixin:
+    """The same, in process memory (tests, single-process experiments)."""
+
+    def _local(self) -> tuple[threading.Lock, dict[str, Account], dict[str, list[float]]]:
+        st = self.__dict__.get("_local_state")
+        if st is None:
+            st = self.__dict__.setdefault("_local_state", (threading.Lock(), {}, {}))
+        return st
+
+    async def get_account(self, name: str) -> Account | None:
+        return self._local()[1].get(name)
+
+    async def add_account(self, account: Account) -> bool:
+        lock, accounts, _ = self._local()
+        with lock:
+            if account.username in accounts:
+                return False
+            accounts[account.username] = account
+            return True
+
+    async def put_account(self, account: Account) -> None:
+        from dataclasses import replace
+
+        lock, accounts, _ = self._local()
+        with lock:
+            old = accounts.get(account.username)
+            if old is not None:
+                step = account.totp_last_step
+                if old.totp_secret_enc == account.totp_secret_enc:
+                    step = max(step, old.totp_last_step)
+                account = replace(account, totp_last_step=step, created=old.created)
+            accounts[account.username] = account
+
+    async def delete_account(self, name: str) -> bool:
+        lock, accounts, _ = self._local()
+        with lock:
+            return accounts.pop(name, None) is not None
+
+    async def list_accounts(self) -> list[Account]:
+        return [a for _, a in sorted(self._local()[1].items())]
+
+    async def claim_totp_step(self, name: str, step: int) -> bool:
+        from dataclasses import replace
+
+        lock, accounts, _ = self._local()
+        with lock:
+            a = accounts.get(name)
+            if a is None or a.totp_secret_enc is None or a.totp_last_step >= step:
+                return False
+            accounts[name] = replace(a, totp_last_step=step)
+            return True
+
+    async def record_failure(self, key: str, now: float, window: float) -> int:
+        lock, _, fails = self._local()
+        with lock:
+            kept = [t for t in fails.get(key, []) if t > now - window]
+            kept.append(now)
+            fails[key] = kept
+            return sum(1 for t in kept if t <= now)
+
+    async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
+        lock, _, fails = self._local()
+        with lock:
+            inside = [t for t in fails.get(key, []) if now - window < t <= now]
+        return len(inside), (max(inside) if inside else None)
+
+    async def clear_failures(self, key: str) -> None:
+        lock, _, fails = self._local()
+        with lock:
+            fails.pop(key, None)

@@ -1,0 +1,104 @@
+"""The audit log: one JSON line per event, fixed fields, never a secret."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from forwardauth.audit import EVENTS, FIELDS, AuditLog, request_id
+
+SECRETS = ["hunter2-password", "123456", "JBSWY3DPEHPK3PXP", "k1.c2VhbGVkLWNvb2tpZQ", "eyJhbGciOiJFUzI1NiJ9.tok"]
+
+
+def test_every_event_line_has_the_fields_in_order(tmp_path):
+    log = AuditLog(str(tmp_path / "audit.log"))
+    for ev in sorted(EVENTS):
+        log.emit(ev, user="alice", client="192.0.2.1", host="app.example.com", path="/admin/", level="mfa",
+                 reason="r", request_id="abc", now=1_700_000_000.5)
+    log.close()
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    assert len(lines) == len(EVENTS)
+    for ev, line in zip(sorted(EVENTS), lines):
+        d = json.loads(line)
+        assert tuple(d) == FIELDS
+        assert d["event"] == ev and d["time"] == "2023-11-14T22:13:20.500Z"
+
+
+def test_no_secret_in_any_event_line(tmp_path):
+    """Secrets that reach the places an event takes them from (a URL's query, a user
+    name typed into the wrong box is still a user name) never show up in any line."""
+    log = AuditLog(str(tmp_path / "audit.log"))
+    for ev in sorted(EVENTS):
+        line = log.emit(ev, user="alice", client="192.0.2.1", host="app.example.com",
+                        path="/cb?code=123456&token=eyJhbGciOiJFUzI1NiJ9.tok#k1.c2VhbGVkLWNvb2tpZQ",
+                        level="password", reason="wrong_password", request_id="r1")
+        for s in SECRETS:
+            assert s not in line, (ev, s)
+    log.close()
+    text = (tmp_path / "audit.log").read_text()
+    for s in SECRETS:
+        assert s not in text
+    assert all(json.loads(x)["path"] == "/cb" for x in text.splitlines())
+
+
+def test_there_is_no_field_for_a_secret():
+    log = AuditLog("stdout")
+    for name in ("password", "code", "secret", "cookie", "token", "extra"):
+        with pytest.raises(TypeError):
+            log.emit("signin_failed", **{name: "x"})
+
+
+def test_unknown_event_is_refused():
+    with pytest.raises(ValueError, match="^unknown audit event 'logged_in'$"):
+        AuditLog("stdout").emit("logged_in")
+
+
+def test_long_values_are_cut_and_control_characters_stay_inside_json(tmp_path):
+    log = AuditLog(str(tmp_path / "a.log"))
+    line = log.emit("signin_failed", user="x" * 2000, reason="line1\nline2\r\x00")
+    log.close()
+    assert "\n" not in line and len(json.loads(line)["user"]) == 512
+    assert json.loads(line)["reason"] == "line1\nline2\r\x00"
+    assert (tmp_path / "a.log").read_text().count("\n") == 1
+
+
+def test_file_is_appended_with_private_mode(tmp_path):
+    p = tmp_path / "a.log"
+    for i in range(2):
+        log = AuditLog(str(p))
+        log.emit("signout", user=f"u{i}")
+        log.close()
+    assert [json.loads(x)["user"] for x in p.read_text().splitlines()] == ["u0", "u1"]
+    assert oct(os.stat(p).st_mode & 0o777) == "0o640"
+
+
+def test_stdout_target():
+    code = ("from forwardauth.audit import AuditLog; AuditLog('stdout').emit('signout', user='bob', now=0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == ('{"time":"1970-01-01T00:00:00.000Z","event":"signout","user":"bob","client":null,"host":null,'
+                   '"path":null,"level":null,"reason":null,"request_id":null}\n')
+
+
+def test_write_failure_does_not_raise(tmp_path, capsys):
+    log = AuditLog(str(tmp_path / "a.log"))
+    os.close(log._fd)
+    log._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
+    log.emit("signout", user="u")
+    assert "audit log" in capsys.readouterr().err
+    log.close()
+
+
+@pytest.mark.parametrize("headers, kept", [
+    ({"X-Request-Id": "abc-123_x.y:z"}, True),
+    ({"X-Request-Id": "has space"}, False),
+    ({"X-Request-Id": "x" * 200}, False),
+    ({}, False),
+])
+def test_request_id(headers, kept):
+    rid = request_id(headers)
+    if kept:
+        assert rid == headers["X-Request-Id"]
+    else:
+        assert len(rid) == 16 and rid != headers.get("X-Request-Id")
