@@ -178,7 +178,8 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
     if args.rotate:
         ring = keyring.rotate(_load_ring(args.rotate))
         ring.save(args.rotate)
-        print(f"{args.rotate}: new sealing key {ring.current.id}; {len(ring.keys)} keys in the ring")
+        print(f"{args.rotate}: new sealing key {ring.current.id} and signing key {ring.signing[0].id}; "
+              f"{len(ring.keys)} keys in the ring")
         return 0
     ring = keyring.generate()
     if not args.output:
@@ -203,6 +204,9 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     for i, k in enumerate(ring.keys):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created)) if k.created else "-"
         print(f"{k.id}\t{'seals+opens' if i == 0 else 'opens'}\tcreated {created}Z")
+    for i, sk in enumerate(ring.signing):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sk.created)) if sk.created else "-"
+        print(f"{sk.id}\t{sk.alg} {'signs+verifies' if i == 0 else 'verifies'}\tcreated {created}Z")
     return 0
 
 

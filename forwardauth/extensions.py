@@ -29,4 +29,6 @@ PARTS: list[str] = [
     "forwardauth.signout",
     "forwardauth.oidc.settings",
     "forwardauth.oidc.handlers",
+    "forwardauth.signin.plugin",
+    "forwardauth.tokens.plugin",
 ]

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -47,8 +48,22 @@ class Key:
 
 
 @dataclass(frozen=True)
+class SigningKey:
+    """An asymmetric key for JWTs (ES256 on P-256): the first signs, all are
+    published in the JWKS, so rotating keeps tokens signed by the old one valid."""
+
+    id: str
+    private: ec.EllipticCurvePrivateKey = field(repr=False)
+    created: float = 0.0
+    alg: str = "ES256"
+
+
+@dataclass(frozen=True)
 class KeyRing:
     keys: tuple[Key, ...]
+    # Added later; a file without a "signing" list still loads (no JWTs until
+    # `forwardauth keys generate --rotate FILE` adds one).
+    signing: tuple[SigningKey, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -56,10 +71,13 @@ class KeyRing:
         ids = [k.id for k in self.keys]
         if len(set(ids)) != len(ids):
             raise KeyRingError("key ids must be unique")
-        for k in self.keys:
+        sids = [k.id for k in self.signing]
+        if len(set(sids)) != len(sids):
+            raise KeyRingError("signing key ids must be unique")
+        for k in self.keys + self.signing:  # type: ignore[operator]
             if not KEY_ID_RE.match(k.id):
                 raise KeyRingError(f"key id {k.id!r} must be 1-32 of A-Z a-z 0-9 _ -")
-            if len(k.secret) < SECRET_BYTES:
+            if isinstance(k, Key) and len(k.secret) < SECRET_BYTES:
                 raise KeyRingError(f"key {k.id!r}: secret must be at least {SECRET_BYTES} bytes")
         object.__setattr__(self, "_by_id", {k.id: k for k in self.keys})
         object.__setattr__(self, "_derived", {})
@@ -89,8 +107,12 @@ class KeyRing:
 
     # --- files -----------------------------------------------------------
 
+    @property
+    def current_signing(self) -> SigningKey | None:
+        return self.signing[0] if self.signing else None
+
     @classmethod
-    def from_entries(cls, entries: list, where: str) -> "KeyRing":
+    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> "KeyRing":
         if not isinstance(entries, list) or not entries:
             raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
         keys = []
@@ -102,7 +124,7 @@ class KeyRing:
             except ValueError:
                 raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): secret is not base64url") from None
             keys.append(Key(e["id"], secret, float(e.get("created", 0) or 0)))
-        return cls(tuple(keys))
+        return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
     def load(cls, path: str | Path) -> "KeyRing":
@@ -115,16 +137,21 @@ class KeyRing:
             raise KeyRingError(f"{p}: cannot read key ring: {exc.__class__.__name__}") from None
         if not isinstance(data, dict):
             raise KeyRingError(f"{p}: key ring must be a JSON object with a 'keys' list")
-        return cls.from_entries(data.get("keys"), f"{p}: keys")
+        return cls.from_entries(data.get("keys"), f"{p}: keys", data.get("signing"))
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "keys": [{"id": k.id, "secret": b64e(k.secret), "created": int(k.created)} for k in self.keys],
-            },
-            indent=2,
-        )
+        out: dict = {
+            "version": 1,
+            "keys": [{"id": k.id, "secret": b64e(k.secret), "created": int(k.created)} for k in self.keys],
+        }
+        if self.signing:
+            out["signing"] = [
+                {"id": k.id, "alg": k.alg, "private": b64e(k.private.private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
+                 "created": int(k.created)}
+                for k in self.signing
+            ]
+        return json.dumps(out, indent=2)
 
     def save(self, path: str | Path) -> None:
         """Written atomically with mode 0600: a key ring is a secret."""
@@ -149,10 +176,40 @@ def new_key(existing: tuple[Key, ...] = ()) -> Key:
             return Key(kid, secrets.token_bytes(SECRET_BYTES), time.time())
 
 
+def new_signing_key(existing: tuple[SigningKey, ...] = ()) -> SigningKey:
+    taken = {k.id for k in existing}
+    while True:
+        kid = "s" + secrets.token_hex(4)
+        if kid not in taken:
+            return SigningKey(kid, ec.generate_private_key(ec.SECP256R1()), time.time())
+
+
 def generate() -> KeyRing:
-    return KeyRing((new_key(),))
+    return KeyRing((new_key(),), (new_signing_key(),))
 
 
 def rotate(ring: KeyRing) -> KeyRing:
-    """A ring whose new first key seals; the old keys still open."""
-    return KeyRing((new_key(ring.keys),) + ring.keys)
+    """A ring whose new first keys seal and sign; the old keys still open and verify."""
+    return KeyRing((new_key(ring.keys),) + ring.keys, (new_signing_key(ring.signing),) + ring.signing)
+
+
+def _signing_entries(entries: object, where: str) -> tuple[SigningKey, ...]:
+    """The optional "signing" list: [{id, alg: ES256, private: base64url PKCS#8 DER, created}]."""
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise KeyRingError(f"{where}: must be a list of {{id, alg, private}}")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not isinstance(e.get("private"), str):
+            raise KeyRingError(f"{where}[{i}]: each signing key needs string fields 'id' and 'private'")
+        if e.get("alg", "ES256") != "ES256":
+            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): alg must be ES256")
+        try:
+            key = serialization.load_der_private_key(b64d(e["private"]), password=None)
+        except (ValueError, TypeError):
+            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): private is not a base64url PKCS#8 key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): must be a P-256 key")
+        out.append(SigningKey(e["id"], key, float(e.get("created", 0) or 0)))
+    return tuple(out)

@@ -9,12 +9,16 @@ every replica within one refresh interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
 
 log = logging.getLogger("forwardauth.revocation")
+
+# "Lock by deep-future epoch" (seed 001): everything issued before this is dead.
+FAR_FUTURE = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 class Revocations:
@@ -48,8 +52,21 @@ class Revocations:
         self.last_error = None
         return True
 
+    def unreachable_for(self) -> float:
+        """Seconds since the store last answered (0 while it answers)."""
+        if self.last_error is None or self.last_ok is None:
+            return 0.0 if self.last_ok is not None else float("inf")
+        return time.monotonic() - self.last_ok
+
     async def run(self, store: StateStore, interval: float) -> None:
-        """Refresh forever (cancelled at shutdown)."""
+        """Refresh forever (cancelled at shutdown): every `interval`, and at
+        once when a store with change notifications (Redis pub/sub) says so."""
+        wake = asyncio.Event()
+        subscribe = getattr(store, "subscribe", None)
+        if subscribe is not None:
+            subscribe(wake.set)
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
             await self.refresh(store)

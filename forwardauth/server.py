@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from aiohttp import web
 from forwardauth import request as reqmod
 from forwardauth import responses
 from forwardauth.config import load_config
-from forwardauth.cookies import set_cookie
+from forwardauth.cookies import cookie_value, set_cookie
 from forwardauth.decision import Decision, Outcome, decide
 from forwardauth.errors import ConfigError
 from forwardauth.metrics import DECISIONS, metrics_handler
@@ -61,10 +60,23 @@ CTX = web.AppKey("ctx", Context)
 # hook(app, ctx) is called once when the app is built.
 APP_HOOKS: list[Callable[[web.Application, Context], None]] = []
 
+# Credentials other than the session cookie (bearer tokens, ...):
+# hook(ctx, request, req, now) returns None when the request carries no
+# credential of its kind, else (session or None, reason). The first hook that
+# answers wins and the cookie is then not consulted. Hooks must not do I/O.
+CREDENTIAL_HOOKS: list[
+    Callable[[Context, web.Request, reqmod.OriginalRequest, float], tuple[Session | None, str] | None]
+] = []
+# After the decision: hook(ctx, decision, req, answer, reason, now) returns the
+# answer to send (the same one, one with headers added, or a replacement).
+ANSWER_HOOKS: list[
+    Callable[[Context, Decision, reqmod.OriginalRequest, responses.Answer, str, float], responses.Answer]
+] = []
+
 
 def peer_address(request: web.Request) -> reqmod.IPAddress | None:
     try:
-        return ipaddress.ip_address(request.remote or "")
+        return reqmod.parse_ip(request.remote or "")
     except ValueError:
         return None
 
@@ -98,7 +110,7 @@ def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redire
         cfg = ctx.runtime.config
         peer = peer_address(request)
         trusted = cfg.server.trusted_proxies
-        if peer is None or not any(peer in n for n in trusted):
+        if peer is None or not reqmod.is_trusted(peer, trusted):
             DECISIONS.labels(endpoint, "untrusted_peer").inc()
             return web.Response(status=403, text=f"403 Forbidden: {peer} is not in server.trusted_proxies\n")
         try:
@@ -107,9 +119,20 @@ def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redire
             DECISIONS.labels(endpoint, "bad_request").inc()
             return _respond(responses.bad_request(str(exc)))
         now = time.time()
-        session, reason, refresh = current_session(ctx, request.cookies, now)
+        for credential in CREDENTIAL_HOOKS:
+            found = credential(ctx, request, req, now)
+            if found is not None:
+                (session, reason), refresh = found, False
+                break
+        else:
+            name = cfg.session.cookie_name
+            cookies = {name: cookie_value(request.headers.get("Cookie"), name)}
+            session, reason, refresh = current_session(ctx, cookies, now)
         decision = decide(req, session, cfg.policy, cfg.levels, now)
-        resp = _respond(responses.answer(cfg, decision, req, redirects))
+        ans = responses.answer(cfg, decision, req, redirects)
+        for hook in ANSWER_HOOKS:
+            ans = hook(ctx, decision, req, ans, reason, now)
+        resp = _respond(ans)
         if session is not None and refresh:
             resp.headers.add("Set-Cookie", session_cookie(ctx, ctx.runtime.codec.touched(session, now), now))
         DECISIONS.labels(endpoint, decision.outcome.value).inc()
@@ -144,6 +167,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+# Parts with their own readiness: check(ctx) -> None, or why this process is not ready.
+READY_CHECKS: list[Callable[[Context], str | None]] = []
+
+
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     rev = ctx.revocations
@@ -152,6 +179,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.Response(status=503, text="not ready: state store not read yet\n")
     if time.monotonic() - rev.last_ok > limit:
         return web.Response(status=503, text=f"not ready: state store unreachable ({rev.last_error})\n")
+    for check in READY_CHECKS:
+        why = check(ctx)
+        if why is not None:
+            return web.Response(status=503, text=f"not ready: {why}\n")
     return web.Response(text="ready\n")
 
 

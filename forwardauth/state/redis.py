@@ -1,0 +1,348 @@
+"""Redis state: what many replicas share (redis-py's asyncio client).
+
+Layout (every key under the `forwardauth:` prefix):
+
+    rev:version     INCR on every revocation write (the cheap poll)
+    epochs          hash user -> epoch (only ever raised, by a Lua script)
+    revoked         sorted set ident -> until (ZADD GT: only ever extended)
+    tok:version     INCR when tokens are issued or revoked
+    tokens          hash token id -> record (JSON); tok:used / tok:revoked hashes
+    dbcreds         hash account -> sealed credentials (JSON)
+    acct:<name>     account record (JSON); `accounts` set of names
+    fail:<key>      sorted set of failure times (regulation)
+    events          pub/sub channel: "rev" / "tok" after each change
+
+Replicas subscribe to `events` and refresh at once, so a revocation through
+one replica is in force on the others in milliseconds; the periodic refresh
+still runs and covers a missed message. Every Redis failure becomes
+`StoreUnavailable` with the exception's class only: the URL (which may hold
+a password) is never in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from forwardauth.accounts import Account
+from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
+from forwardauth.tokens.store import SealedCreds, TokenMeta
+
+log = logging.getLogger("forwardauth.state.redis")
+P = "forwardauth:"
+CHANNEL = P + "events"
+
+_SET_EPOCH = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], 'rev')
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+_TOUCH = """
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not cur) or tonumber(cur) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+
+class RedisStore(StateStore):
+    def __init__(self, url: str, timeout: float = 1.0):
+        self.url = url
+        self.timeout = timeout
+        self._r: aioredis.Redis | None = None
+        self._subscribers: list[Callable[[], None]] = []
+        self._listener: asyncio.Task | None = None
+        self._closing = False
+
+    # --- plumbing ------------------------------------------------------------
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._r is None:
+            try:
+                self._r = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout,
+                                                  socket_connect_timeout=self.timeout, decode_responses=True)
+            except ValueError:
+                raise StoreUnavailable("redis: the state URL is malformed") from None
+        return self._r
+
+    @contextlib.asynccontextmanager
+    async def _guard(self):
+        try:
+            yield
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"redis unreachable ({exc.__class__.__name__})") from None
+
+    async def open(self) -> None:
+        async with self._guard():
+            await self.r.ping()
+
+    async def close(self) -> None:
+        # redis-py's get_message() can swallow a cancellation: the listener
+        # also stops on its own at the next poll once _closing is set.
+        self._closing = True
+        if self._listener is not None:
+            done, _ = await asyncio.wait({self._listener}, timeout=2.0)
+            if not done:
+                self._listener.cancel()
+            self._listener = None
+        if self._r is not None:
+            with contextlib.suppress(Exception):
+                await self._r.aclose()
+            self._r = None
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` on every change event, and after each reconnect
+        (messages may have been missed while the connection was down).
+        The pub/sub connection opens with the first subscriber (the CLI never has one)."""
+        self._subscribers.append(callback)
+        if self._listener is None and not self._closing:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    def _notify(self) -> None:
+        for cb in list(self._subscribers):
+            cb()
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while not self._closing:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout,
+                                             health_check_interval=2, decode_responses=True)
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(CHANNEL)
+                self._notify()
+                backoff = 0.2
+                while not self._closing:
+                    msg = await pubsub.get_message(timeout=0.5)
+                    if msg is not None:
+                        self._notify()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("redis pub/sub connection lost: %s", exc.__class__.__name__)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            if self._closing:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    # --- revocations ---------------------------------------------------------
+
+    async def revocation_version(self) -> int:
+        async with self._guard():
+            return int(await self.r.get(P + "rev:version") or 0)
+
+    async def revocations(self, now: float) -> RevocationSnapshot:
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.get(P + "rev:version")
+                p.hgetall(P + "epochs")
+                p.zrangebyscore(P + "revoked", f"({now}", "+inf", withscores=True)
+                version, epochs, revoked = await p.execute()
+        return RevocationSnapshot(int(version or 0), {k: float(v) for k, v in epochs.items()},
+                                  {k: float(v) for k, v in revoked})
+
+    async def set_epoch(self, user: str, epoch: float) -> float:
+        async with self._guard():
+            out = await self.r.eval(_SET_EPOCH, 3, P + "epochs", P + "rev:version", CHANNEL, user, repr(float(epoch)))
+        return float(out)
+
+    async def revoke(self, ident: str, until: float) -> None:
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.zadd(P + "revoked", {ident: until}, gt=True)
+                p.zremrangebyscore(P + "revoked", "-inf", until - 400 * 86400)
+                p.incr(P + "rev:version")
+                p.publish(CHANNEL, "rev")
+                await p.execute()
+
+    # --- tokens (forwardauth.tokens.store.TokenStore) -------------------------
+
+    async def put_token(self, meta: TokenMeta) -> None:
+        rec = meta.to_record()
+        rec.pop("last_used", None)
+        rec.pop("revoked", None)
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(P + "tokens", meta.id, json.dumps(rec))
+                p.incr(P + "tok:version")
+                p.publish(CHANNEL, "tok")
+                await p.execute()
+
+    def _meta(self, raw: str, used: str | None, revoked: str | None) -> TokenMeta:
+        d = json.loads(raw)
+        d["last_used"] = float(used) if used else None
+        d["revoked"] = float(revoked) if revoked else None
+        return TokenMeta.from_record(d)
+
+    async def get_token(self, token_id: str) -> TokenMeta | None:
+        async with self._guard():
+            async with self.r.pipeline(transaction=False) as p:
+                p.hget(P + "tokens", token_id)
+                p.hget(P + "tok:used", token_id)
+                p.hget(P + "tok:revoked", token_id)
+                raw, used, revoked = await p.execute()
+        return self._meta(raw, used, revoked) if raw else None
+
+    async def list_tokens(self, account: str | None = None) -> list[TokenMeta]:
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.hgetall(P + "tokens")
+                p.hgetall(P + "tok:used")
+                p.hgetall(P + "tok:revoked")
+                recs, used, revoked = await p.execute()
+        out = [self._meta(raw, used.get(i), revoked.get(i)) for i, raw in recs.items()]
+        return sorted((t for t in out if account is None or t.account == account), key=lambda t: (t.created, t.id))
+
+    async def revoke_token(self, token_id: str, when: float) -> bool:
+        async with self._guard():
+            if not await self.r.hexists(P + "tokens", token_id):
+                return False
+            if not await self.r.hsetnx(P + "tok:revoked", token_id, repr(float(when))):
+                return False
+            async with self.r.pipeline(transaction=True) as p:
+                p.incr(P + "tok:version")
+                p.publish(CHANNEL, "tok")
+                await p.execute()
+        return True
+
+    async def touch_tokens(self, used: dict[str, float]) -> None:
+        if not used:
+            return
+        args: list[str] = []
+        for i, t in used.items():
+            args += [i, repr(float(t))]
+        async with self._guard():
+            await self.r.eval(_TOUCH, 1, P + "tok:used", *args)
+
+    async def tokens_version(self) -> int:
+        async with self._guard():
+            return int(await self.r.get(P + "tok:version") or 0)
+
+    async def put_dbcreds(self, account: str, creds: SealedCreds) -> None:
+        async with self._guard():
+            await self.r.hset(P + "dbcreds", account, json.dumps(
+                {"sealed": creds.sealed, "updated": creds.updated, "updated_by": creds.updated_by}))
+
+    async def get_dbcreds(self, account: str) -> SealedCreds | None:
+        async with self._guard():
+            raw = await self.r.hget(P + "dbcreds", account)
+        if not raw:
+            return None
+        d = json.loads(raw)
+        return SealedCreds(str(d["sealed"]), float(d["updated"]), str(d["updated_by"]))
+
+    # --- accounts (forwardauth.accounts.AccountStore) ---------------------------
+
+    async def get_account(self, name: str) -> Account | None:
+        async with self._guard():
+            raw = await self.r.get(P + "acct:" + name)
+        return Account.from_json(raw) if raw else None
+
+    async def add_account(self, account: Account) -> bool:
+        async with self._guard():
+            ok = await self.r.set(P + "acct:" + account.username, account.to_json(), nx=True)
+            if ok:
+                await self.r.sadd(P + "accounts", account.username)
+        return bool(ok)
+
+    async def _update(self, name: str, change: Callable[[Account | None], Account | None]) -> Any:
+        """Optimistic transaction on one account (WATCH / MULTI, retried on conflict)."""
+        key = P + "acct:" + name
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                while True:
+                    try:
+                        await p.watch(key)
+                        raw = await p.get(key)
+                        old = Account.from_json(raw) if raw else None
+                        new = change(old)
+                        if new is None:
+                            await p.unwatch()
+                            return False
+                        p.multi()
+                        p.set(key, new.to_json())
+                        p.sadd(P + "accounts", name)
+                        await p.execute()
+                        return True
+                    except WatchError:
+                        continue
+
+    async def put_account(self, account: Account) -> None:
+        from dataclasses import replace
+
+        def change(old: Account | None) -> Account:
+            if old is None:
+                return account
+            step = account.totp_last_step
+            if old.totp_secret_enc == account.totp_secret_enc:
+                step = max(step, old.totp_last_step)
+            return replace(account, totp_last_step=step, created=old.created)
+
+        await self._update(account.username, change)
+
+    async def delete_account(self, name: str) -> bool:
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.delete(P + "acct:" + name)
+                p.srem(P + "accounts", name)
+                n, _ = await p.execute()
+        return n == 1
+
+    async def list_accounts(self) -> list[Account]:
+        async with self._guard():
+            names = sorted(await self.r.smembers(P + "accounts"))
+            if not names:
+                return []
+            raws = await self.r.mget([P + "acct:" + n for n in names])
+        return [Account.from_json(r) for r in raws if r]
+
+    async def claim_totp_step(self, name: str, step: int) -> bool:
+        from dataclasses import replace
+
+        def change(old: Account | None) -> Account | None:
+            if old is None or old.totp_secret_enc is None or old.totp_last_step >= step:
+                return None
+            return replace(old, totp_last_step=step)
+
+        return await self._update(name, change)
+
+    # --- failure counters (forwardauth.regulation.FailureStore) -----------------
+
+    async def record_failure(self, key: str, now: float, window: float) -> int:
+        k = P + "fail:" + key
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.zremrangebyscore(k, "-inf", now - window)
+                p.zadd(k, {uuid.uuid4().hex: now})
+                p.zcount(k, f"({now - window}", now)
+                p.expire(k, int(window) + 60)
+                _, _, count, _ = await p.execute()
+        return int(count)
+
+    async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
+        async with self._guard():
+            items = await self.r.zrangebyscore(P + "fail:" + key, f"({now - window}", now, withscores=True)
+        return len(items), (max(s for _, s in items) if items else None)
+
+    async def clear_failures(self, key: str) -> None:
+        async with self._guard():
+            await self.r.delete(P + "fail:" + key)

@@ -1,0 +1,110 @@
+"""Bearer tokens on the decision endpoints: token in, Session-like principal out.
+
+`principal()` is pure (no I/O, `now` passed in): it verifies the macaroon's
+HMAC chain under the key ring, reads its caveats, checks them against the
+original request, looks the token and account up in the in-memory index and
+applies revocation (token id and account epoch). What comes out is a
+`Session` with `source="token"` and `sid` = token id, which `decide()` then
+judges like any session: the policy, not the token, says what a level allows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from forwardauth.keyring import KeyRing
+from forwardauth.levels import Levels
+from forwardauth.request import OriginalRequest
+from forwardauth.revocation import Revocations
+from forwardauth.session import Session
+from forwardauth.tokens import caveats as cv
+from forwardauth.tokens import macaroon as mac
+from forwardauth.tokens.index import TokenIndex
+
+_BEARER_RE = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(fa1_[A-Za-z0-9_-]{1,4096})\s*$")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """Our token from an Authorization header, or None when there is none.
+
+    Other schemes (Basic) and other bearer tokens (an app's own) are left
+    alone: they are for the app, and the cookie decides as if no token came.
+    """
+    if not authorization or len(authorization) > 4200:
+        return None
+    m = _BEARER_RE.match(authorization)
+    return m.group(1) if m else None
+
+
+def looks_like_ours(authorization: str | None) -> bool:
+    return bool(authorization) and "fa1_" in authorization[:16]  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Verified:
+    token_id: str
+    key_id: str
+    claims: cv.Claims
+
+
+class TokenVerifier:
+    """Signature checks, memoised per key ring (a valid token is verified once).
+
+    Only tokens whose HMAC chain verified are cached, so random tokens cannot
+    fill the cache; expiry, caveats and revocation are checked on every use.
+    """
+
+    def __init__(self, ring: KeyRing, size: int = 10000):
+        self.ring = ring
+        self._ok: LRUCache = LRUCache(maxsize=size)
+
+    def verify(self, token: str) -> Verified:
+        """Raises TokenError / CaveatError with a reason safe to log."""
+        hit = self._ok.get(token)
+        if hit is not None:
+            return hit
+        m = mac.deserialize(token)
+        key_id, token_id = mac.parse_identifier(m.identifier)
+        mac.verify_signature(self.ring, m)
+        out = Verified(token_id, key_id, cv.parse(m.caveats))
+        self._ok[token] = out
+        return out
+
+
+def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: TokenIndex,
+              revocations: Revocations, levels: Levels, now: float) -> tuple[Session | None, str]:
+    """(session, "ok") or (None, why not)."""
+    try:
+        v = verifier.verify(token)
+        v.claims.check(now=now, host=req.host, path=req.path, method=req.method)
+        level = v.claims.level(levels)
+    except (mac.TokenError, cv.CaveatError) as exc:
+        return None, f"token: {exc}"
+    meta = index.token(v.token_id)
+    if meta is None:
+        return None, "token: unknown or revoked"
+    if meta.account != v.claims.account or meta.key_id != v.key_id:
+        return None, "token: does not match its record"
+    acct = index.account(meta.account)
+    if acct is None or not acct.active:
+        return None, "token: account missing or locked"
+    if revocations.is_revoked(meta.account, v.token_id, v.claims.issued):
+        return None, "token: revoked"
+    if not levels.at_least(meta.level, level):  # never above what was issued
+        level = meta.level
+    return Session(
+        sid=v.token_id,
+        sub=meta.account,
+        level=level,
+        proofs={level: v.claims.issued},
+        iat=v.claims.issued,
+        exp=v.claims.expires,
+        seen=now,
+        email=acct.email,
+        name=acct.display_name,
+        groups=acct.groups,
+        source="token",
+    ), "ok"

@@ -1,0 +1,124 @@
+"""The in-memory view of tokens and accounts that bearer decisions read.
+
+Like `Revocations`, it is refreshed in the background (a version check each
+tick, and a full reload every `index_refresh` so group changes arrive too),
+so the hot path never waits on the store. A token id the index does not know
+is refused: a token minted a moment ago on another replica works as soon as
+this one has heard of it (pub/sub with Redis, one refresh otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from forwardauth.state.base import StoreUnavailable
+from forwardauth.tokens.store import TokenMeta, TokenStore
+
+log = logging.getLogger("forwardauth.tokens")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """What a decision needs to know about an account."""
+
+    name: str
+    kind: str = "human"
+    email: str | None = None
+    display_name: str | None = None
+    groups: tuple[str, ...] = ()
+    active: bool = True
+
+
+class TokenIndex:
+    def __init__(self) -> None:
+        self.tokens: dict[str, TokenMeta] = {}
+        self.accounts: dict[str, Principal] = {}
+        self.version = -1
+        self.loaded_at = 0.0  # monotonic time of the last full load
+        self.last_ok: float | None = None
+        self.last_error: str | None = None
+
+    def token(self, token_id: str) -> TokenMeta | None:
+        return self.tokens.get(token_id)
+
+    def account(self, name: str) -> Principal | None:
+        return self.accounts.get(name)
+
+    async def refresh(self, tokens: TokenStore, accounts: object | None, full_every: float,
+                      force: bool = False) -> bool:
+        try:
+            version = await tokens.tokens_version()
+            due = time.monotonic() - self.loaded_at >= full_every
+            if force or due or version != self.version:
+                metas = await tokens.list_tokens()
+                self.tokens = {m.id: m for m in metas if m.revoked is None}
+                if accounts is not None:
+                    listed = await accounts.list_accounts()  # type: ignore[attr-defined]
+                    self.accounts = {a.username: Principal(a.username, a.kind, a.email, a.display_name,
+                                                           tuple(a.groups), a.status == "active")
+                                     for a in listed}
+                self.version = version
+                self.loaded_at = time.monotonic()
+        except StoreUnavailable as exc:
+            if self.last_error != str(exc):
+                log.warning("token index refresh failed: %s", exc)
+            self.last_error = str(exc)
+            return False
+        self.last_ok = time.monotonic()
+        self.last_error = None
+        return True
+
+    async def run(self, store: object, tokens: TokenStore, accounts: object | None, interval: float,
+                  full_every: float) -> None:
+        """Refresh forever: every `interval`, and at once when the store says something changed."""
+        wake = asyncio.Event()
+        subscribe = getattr(store, "subscribe", None)
+        if subscribe is not None:
+            subscribe(wake.set)
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
+            await self.refresh(tokens, accounts, full_every)
+
+
+class UsageRecorder:
+    """Last use of each token, collected in memory and written in batches.
+
+    The hot path only sets a dict entry; a background task flushes every
+    `tokens.last_used_flush` (and at shutdown), so token use never waits on
+    the store and one busy token costs one write per flush, not per request.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+
+    def used(self, token_id: str, now: float) -> None:
+        self.pending[token_id] = now
+
+    async def flush(self, tokens: TokenStore, report: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Write the pending last-use times; `report(batch)` after a good write
+        (one audit line per token per flush, not one per request)."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, {}
+        try:
+            await tokens.touch_tokens(batch)
+        except StoreUnavailable as exc:
+            log.warning("last-used write failed, kept for the next flush: %s", exc)
+            for k, v in batch.items():
+                self.pending[k] = max(v, self.pending.get(k, 0.0))
+            return
+        if report is not None:
+            report(batch)
+
+    async def run(self, tokens: TokenStore, interval: float,
+                  report: Callable[[dict[str, float]], None] | None = None) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush(tokens, report)

@@ -1,0 +1,230 @@
+"""Issuing, listing and revoking tokens; service-account database credentials.
+
+Shared by the admin API and the CLI, so both apply the same rules (`rules`)
+and write the same audit lines. Runs off the hot path: it reads and writes
+the store. Every refusal is a `Denied` or `NotFound` whose message is safe
+to show; nothing here logs or returns a token except `issue` to its caller.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from forwardauth.accounts import Account, AccountStore, account_store
+from forwardauth.config import Config
+from forwardauth.keyring import KeyRing
+from forwardauth.revocation import FAR_FUTURE
+from forwardauth.sealing import SealError, Sealer
+from forwardauth.state.base import StateStore
+from forwardauth.tokens import caveats as cv
+from forwardauth.tokens import macaroon as mac
+from forwardauth.tokens import rules
+from forwardauth.tokens.settings import settings
+from forwardauth.tokens.store import SealedCreds, TokenMeta, TokenStore, token_store
+
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:@-]{0,63}$")
+DBCREDS_FIELDS = {"host", "port", "database", "username", "password", "sslmode"}
+
+
+class Denied(PermissionError):
+    """Not allowed. The message is safe to show."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Invalid(ValueError):
+    pass
+
+
+# A callable (event, **fields) -> None that writes an audit line.
+AuditFn = Callable[..., Any]
+
+
+def _no_audit(event: str, **fields: Any) -> None:
+    return None
+
+
+def actor_of(account: Account) -> rules.Actor:
+    return rules.Actor(account.username, account.kind, tuple(account.groups), account.status == "active")
+
+
+def target_of(account: Account) -> rules.Target:
+    return rules.Target(account.username, account.kind, account.status == "active")
+
+
+OPERATOR = rules.Actor("operator (cli)", "human", (rules.ADMIN_ROLE,))
+
+
+@dataclass
+class Issued:
+    token: str
+    meta: TokenMeta
+
+
+class TokenService:
+    def __init__(self, config: Config, ring: KeyRing, store: StateStore, audit: AuditFn = _no_audit):
+        self.config = config
+        self.ring = ring
+        self.store = store
+        self.tokens: TokenStore = token_store(store)
+        self.accounts: AccountStore = account_store(store)
+        self.audit = audit
+        self.settings = settings(config)
+
+    async def account(self, name: str) -> Account:
+        a = await self.accounts.get_account(name)
+        if a is None:
+            raise NotFound(f"no account {name!r}")
+        return a
+
+    async def actor(self, name: str) -> rules.Actor:
+        return actor_of(await self.account(name))
+
+    # --- tokens -----------------------------------------------------------
+
+    async def issue(self, actor: rules.Actor, account: str, *, name: str = "default", lifetime: float | None = None,
+                    level: str | None = None, restrictions: tuple[str, ...] = (), now: float | None = None) -> Issued:
+        now = time.time() if now is None else now
+        target = await self.account(account)
+        if not rules.may_issue(actor, target_of(target)):
+            self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
+            raise Denied(f"{actor.name} may not issue tokens for {account}")
+        if not TOKEN_NAME_RE.match(name):
+            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - (starting with a letter or digit)")
+        levels = self.config.levels
+        allowed = self.settings.level_for(account, self.config)
+        level = level or allowed
+        if level not in levels:
+            raise Invalid(f"unknown level {level!r} (levels: {', '.join(levels.names)})")
+        if not levels.at_least(allowed, level):
+            raise Denied(f"tokens for {account} may have level {allowed} at most")
+        life = self.settings.default_lifetime if lifetime is None else lifetime
+        if not 60 <= life <= self.settings.max_lifetime:
+            raise Invalid(f"lifetime must be from 60s to {int(self.settings.max_lifetime)}s")
+        for r in restrictions:
+            name, _, value = r.partition("=")
+            if name in ("account", "level", "issued", "expires"):
+                raise Invalid("restrictions may only be host=, path= or method=")
+            try:
+                cv.make(name, value)
+            except cv.CaveatError as exc:
+                raise Invalid(f"restriction {r!r}: {exc}") from None
+        if target.kind == "system":
+            # One token at a time: the new one replaces every active one.
+            for old in await self.tokens.list_tokens(account):
+                if old.revoked is None:
+                    await self._revoke(old, now, f"replaced by a new token issued by {actor.name}")
+        token_id = mac.new_token_id()
+        expires = now + life
+        caveats = [f"account={account}", f"level={level}", f"issued={cv.format_time(now)}",
+                   f"expires={cv.format_time(expires)}", *restrictions]
+        m = mac.mint(self.ring, token_id, caveats)
+        meta = TokenMeta(token_id, account, name, m.key_id, level, now, expires, actor.name)
+        await self.tokens.put_token(meta)
+        self.audit("token_issued", user=account, level=level,
+                   reason=f"token {token_id} ({name}) by {actor.name}, expires {int(expires)}")
+        return Issued(m.serialize(), meta)
+
+    async def _revoke(self, meta: TokenMeta, now: float, why: str) -> bool:
+        changed = await self.tokens.revoke_token(meta.id, now)
+        await self.store.revoke(meta.id, meta.expires)
+        if changed:
+            self.audit("token_revoked", user=meta.account, reason=f"token {meta.id} ({meta.name}): {why}")
+        return changed
+
+    async def revoke(self, actor: rules.Actor, token_id: str, now: float | None = None) -> TokenMeta:
+        now = time.time() if now is None else now
+        meta = await self.tokens.get_token(token_id)
+        if meta is None:
+            raise NotFound(f"no token {token_id!r}")
+        owner = await self.accounts.get_account(meta.account)
+        owner_t = target_of(owner) if owner else rules.Target(meta.account, "human", False)
+        if not rules.may_revoke(actor, owner_t):
+            raise Denied(f"{actor.name} may not revoke tokens of {meta.account}")
+        await self._revoke(meta, now, f"revoked by {actor.name}")
+        return (await self.tokens.get_token(token_id)) or meta
+
+    async def list(self, actor: rules.Actor, account: str | None) -> list[TokenMeta]:
+        if account is None:
+            if not actor.is_admin:
+                raise Denied("only admins may list every token")
+            return await self.tokens.list_tokens()
+        target = await self.account(account)
+        if not rules.may_list(actor, target_of(target)):
+            raise Denied(f"{actor.name} may not list tokens of {account}")
+        return await self.tokens.list_tokens(account)
+
+    # --- accounts ---------------------------------------------------------
+
+    async def lock(self, actor: rules.Actor, name: str) -> Account:
+        """Status locked and the epoch set to the far future: every session and token dies (seed 001)."""
+        if not rules.may_admin(actor):
+            raise Denied("only admins may lock accounts")
+        a = await self.account(name)
+        a = a.changed(status="locked")
+        await self.accounts.put_account(a)
+        await self.store.set_epoch(name, FAR_FUTURE)
+        self.audit("account_locked", user=name, reason=f"by {actor.name}")
+        return a
+
+    # --- database credentials --------------------------------------------
+
+    def _sealer(self) -> Sealer:
+        return Sealer(self.ring, "dbcreds", max_length=16384)
+
+    async def set_dbcreds(self, actor: rules.Actor, account: str, creds: dict[str, Any],
+                          now: float | None = None) -> None:
+        target = await self.account(account)
+        if not rules.may_set_dbcreds(actor, target_of(target)):
+            raise Denied(f"{actor.name} may not set database credentials for {account}")
+        clean = validate_dbcreds(creds)
+        plain = json.dumps({"account": account, "creds": clean}, separators=(",", ":")).encode()
+        sealed = self._sealer().seal(plain)
+        await self.tokens.put_dbcreds(account, SealedCreds(sealed, time.time() if now is None else now, actor.name))
+        self.audit("dbcreds_set", user=account, reason=f"by {actor.name}")
+
+    async def get_dbcreds(self, actor: rules.Actor, account: str) -> dict[str, Any]:
+        target = await self.account(account)
+        if not rules.may_read_dbcreds(actor, target_of(target)):
+            self.audit("dbcreds_read", user=account, reason=f"refused: {actor.name}")
+            raise Denied(f"{actor.name} may not read database credentials of {account}")
+        sealed = await self.tokens.get_dbcreds(account)
+        if sealed is None:
+            raise NotFound(f"no database credentials for {account}")
+        try:
+            d = json.loads(self._sealer().open(sealed.sealed))
+        except (SealError, ValueError):
+            raise NotFound(f"the database credentials of {account} do not open with this key ring") from None
+        if not isinstance(d, dict) or d.get("account") != account:
+            raise NotFound(f"the database credentials of {account} do not open with this key ring")
+        self.audit("dbcreds_read", user=account, reason=f"by {actor.name}")
+        return d["creds"]
+
+
+def validate_dbcreds(creds: Any) -> dict[str, Any]:
+    if not isinstance(creds, dict) or not creds:
+        raise Invalid("database credentials must be an object with host, port, database, username, password")
+    unknown = set(creds) - DBCREDS_FIELDS
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(DBCREDS_FIELDS))})")
+    out: dict[str, Any] = {}
+    for k in ("host", "database", "username", "password"):
+        v = creds.get(k)
+        if not isinstance(v, str) or not 0 < len(v) <= 512:
+            raise Invalid(f"{k} must be a non-empty string of at most 512 characters")
+        out[k] = v
+    port = creds.get("port", 5432)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise Invalid("port must be an integer from 1 to 65535")
+    out["port"] = port
+    if "sslmode" in creds:
+        if creds["sslmode"] not in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
+            raise Invalid("sslmode must be a PostgreSQL sslmode")
+        out["sslmode"] = creds["sslmode"]
+    return out

@@ -1,0 +1,114 @@
+"""Two forwardauth processes sharing a real Redis (Debian redis-server on a
+free loopback port, no persistence): revocations reach both within a second,
+and a Redis outage follows the documented grace, then fails closed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from harness.client import request
+from harness.redis import RedisServer
+from harness.tokens import TokenServer
+
+pytestmark = pytest.mark.redis
+GRACE = 3.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, redis_server):
+    work = tmp_path_factory.mktemp("replicas")
+    # A slow periodic refresh (5 s): agreement within 1 s can only come from pub/sub.
+    opts = dict(state=redis_server.url, refresh="5s",
+                tokens={"stale_grace": f"{GRACE}s", "stale_sessions_up_to": "password", "index_refresh": "30s"})
+    a, b = TokenServer(work, **opts), TokenServer(work, **opts)
+    a.account("root", roles="admin")
+    a.account("svc", kind="system")
+    a.account("alice")
+    with a, b:
+        yield a, b
+
+
+def within(seconds: float, check) -> float | None:
+    """Seconds until check() held, or None if it did not within `seconds`."""
+    start = time.monotonic()
+    while time.monotonic() - start <= seconds:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def test_a_token_issued_through_one_works_on_both(replicas):
+    a, b = replicas
+    tok = a.token("svc")
+    assert within(1.0, lambda: a.decide("/api/x", tok).status == 200 and b.decide("/api/x", tok).status == 200)
+
+
+def test_revocation_through_one_is_refused_by_the_other_within_a_second(replicas):
+    a, b = replicas
+    admin = a.token("root", "--name", "admin")
+    tok = a.token("alice", "--name", "victim")
+    assert within(1.0, lambda: b.decide("/api/x", tok).status == 200)
+    token_id = json.loads(a.cli("tokens", "inspect", tok))["token_id"]
+    assert within(1.0, lambda: a.api("GET", "/api/v1/tokens", admin).status == 200)
+    r = a.api("DELETE", f"/api/v1/tokens/{token_id}", admin)
+    assert r.status == 200, r
+    took = within(1.0, lambda: b.decide("/api/x", tok).status == 401)
+    assert took is not None, "replica b still accepts the token revoked through a"
+    assert a.decide("/api/x", tok).status == 401
+
+
+def test_epoch_bump_through_the_cli_reaches_both(replicas):
+    a, b = replicas
+    tok = a.token("alice", "--name", "epoch")
+    cookie = a.cli("session", "issue", "--user", "alice", "--level", "password").strip()
+    assert within(1.0, lambda: a.decide("/api/x", tok).status == 200 and b.decide("/api/x", tok).status == 200)
+    assert b.decide("/api/x", cookie=cookie).status == 200
+    a.cli("session", "revoke", "--user", "alice")
+    assert within(1.0, lambda: a.decide("/api/x", tok).status == 401 and b.decide("/api/x", tok).status == 401)
+    assert within(1.0, lambda: b.decide("/api/x", cookie=cookie).status == 401)
+
+
+def test_redis_outage_grace_then_fail_closed_then_back(replicas, redis_server):
+    a, b = replicas
+    tok = a.token("svc", "--name", "outage")
+    assert within(1.0, lambda: b.decide("/api/x", tok).status == 200)
+    cookie = a.cli("session", "issue", "--user", "bob", "--level", "mfa").strip()
+    assert b.decide("/mfa/x", cookie=cookie).status == 200
+    redis_server.stop()
+    stopped = time.monotonic()
+    # Within the grace: answers from the cache.
+    assert b.decide("/api/x", tok).status == 200
+    assert b.decide("/mfa/x", cookie=cookie).status == 200
+    # Past it (plus one 5 s refresh tick to notice): tokens and routes above
+    # `stale_sessions_up_to` fail closed with a 503 that says why.
+    limit = GRACE + 5 + 2
+    assert within(limit, lambda: b.decide("/api/x", tok).status == 503), b.decide("/api/x", tok)
+    assert time.monotonic() - stopped >= GRACE
+    r = b.decide("/api/x", tok)
+    assert r.header("Retry-After") == "5"
+    assert "state store is unreachable" in r.text and "bearer tokens are refused" in r.text
+    r = b.decide("/mfa/x", cookie=cookie)
+    assert r.status == 503 and "sessions on routes needing level mfa are refused" in r.text
+    assert b.decide("/api/x", cookie=cookie).status == 200  # a password route: still served (documented)
+    assert b.decide("/public/x").status == 200
+    ready = request(b.port, "/readyz", host="auth.test")
+    assert ready.status == 503 and "state store unreachable" in ready.text
+    # Redis back on the same port: normal again. (This Redis keeps nothing on
+    # disk, so it comes back empty: accounts and tokens are made anew, while
+    # cookie sessions, which live in the cookie, simply work again.)
+    redis_server.start()
+    assert within(10.0, lambda: request(b.port, "/readyz", host="auth.test").status == 200)
+    assert within(10.0, lambda: b.decide("/mfa/x", cookie=cookie).status == 200)
+    a.account("svc", kind="system")
+    fresh = a.token("svc", "--name", "after-outage")
+    assert within(1.0, lambda: a.decide("/api/x", fresh).status == 200 and b.decide("/api/x", fresh).status == 200)

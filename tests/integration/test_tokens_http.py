@@ -1,0 +1,299 @@
+"""Tokens end to end against a real `forwardauth serve` (SQLite state): the
+decision endpoint, the CLI, the admin API, the exchange, the JWKS, the
+identity assertion and the audit log."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from forwardauth.tokens.jwt import JwtError, keyset_from_jwks, verify
+from harness.tokens import APP, AUTH, TokenServer
+
+
+@pytest.fixture(scope="module")
+def fa(tmp_path_factory):
+    server = TokenServer(tmp_path_factory.mktemp("tokens"),
+                         tokens={"assertion": {"enabled": True}, "levels": {"root": "mfa"}})
+    server.account("root", roles="admin,admins")
+    server.account("alice", roles="backup")
+    server.account("bob")
+    server.account("backup", kind="system")
+    server.account("deploy", kind="system")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def admin(fa):
+    return fa.token("root", "--name", "admin", "--level", "mfa")
+
+
+def eventually(check, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def jwks(fa):
+    r = fa.api("GET", "/.well-known/jwks.json")
+    assert r.status == 200, r
+    return keyset_from_jwks(r.json())
+
+
+# --- the decision endpoint -----------------------------------------------------------
+
+
+def test_bearer_token_is_accepted_with_identity_headers(fa):
+    tok = fa.token("backup")
+    r = eventually(lambda: (x := fa.decide("/api/x", tok)).status == 200 and x)
+    assert r, fa.decide("/api/x", tok)
+    assert r.header("X-Auth-Request-User") == "backup"
+    assert r.header("Remote-User") == "backup"
+    assert r.header("X-Auth-Request-Level") == "password"
+
+
+def test_token_level_is_enforced(fa, admin):
+    tok = fa.token("bob")
+    r = eventually(lambda: (x := fa.decide("/mfa/x", tok)).status == 401 and x.json()["error"] != "unauthorized" and x)
+    assert r.json() == {"error": "insufficient_user_authentication",
+                        "error_description": "Level mfa is required", "required_level": "mfa"}
+    assert eventually(lambda: fa.decide("/mfa/x", admin).status == 200)
+
+
+def test_groups_come_from_the_account(fa, admin):
+    assert eventually(lambda: fa.decide("/admin/x", admin).status == 200)
+    bob = fa.token("bob", "--name", "second")
+    assert eventually(lambda: fa.decide("/admin/x", bob).status == 403)
+
+
+@pytest.mark.parametrize("header, reason", [
+    ("Bearer fa1_AAAA", "truncated token"),
+    ("Bearer fa1_!!!!", "malformed"),
+    ("Bearer fa1_" + "A" * 5000, "malformed"),
+])
+def test_bad_bearer_tokens_are_not_signed_in(fa, header, reason):
+    r = fa.decide("/api/x", headers={"Authorization": header})
+    assert r.status == 401
+    assert r.header("WWW-Authenticate") == 'Bearer realm="forwardauth", error="invalid_token"'
+    assert r.json() == {"error": "unauthorized", "error_description": "Sign-in required", "required_level": "password"}
+
+
+def test_other_authorization_schemes_are_left_to_the_app(fa):
+    r = fa.decide("/api/x", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert r.status == 401
+    assert r.header("WWW-Authenticate") == 'Bearer realm="forwardauth"'
+
+
+def test_tampered_token_is_refused(fa):
+    tok = fa.token("bob", "--name", "tamper")
+    bad = tok[:-2] + ("A" if tok[-2] != "A" else "B") + tok[-1]
+    assert fa.decide("/api/x", bad).status == 401
+
+
+def test_attenuated_token_is_narrower(fa):
+    tok = fa.token("bob", "--name", "narrow")
+    ro = fa.cli("tokens", "attenuate", tok, "--method", "GET,HEAD", "--path", "/api/read", "--expires", "1h").strip()
+    assert eventually(lambda: fa.decide("/api/read/1", ro).status == 200)
+    assert fa.decide("/api/read/1", ro, method="POST").status == 401
+    assert fa.decide("/api/write", ro).status == 401
+    assert fa.decide("/api/read/1", tok, method="POST").status == 200  # the original is untouched
+
+
+def test_revoked_token_is_refused(fa):
+    tok = fa.token("bob", "--name", "revoke-me")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 200)
+    token_id = json.loads(fa.cli("tokens", "inspect", tok))["token_id"]
+    fa.cli("tokens", "revoke", token_id)
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 401)
+
+
+def test_epoch_bump_revokes_tokens(fa):
+    fa.account("carol")
+    tok = fa.token("carol")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 200)
+    fa.cli("session", "revoke", "--user", "carol")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 401)
+    fresh = fa.token("carol", "--name", "after")
+    assert eventually(lambda: fa.decide("/api/x", fresh).status == 200)
+
+
+def test_lock_kills_every_token(fa):
+    fa.account("dave")
+    tok = fa.token("dave")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 200)
+    fa.cli("accounts", "lock", "dave")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 401)
+
+
+def test_identity_assertion_verifies_with_the_jwks(fa):
+    tok = fa.token("backup")
+    r = eventually(lambda: (x := fa.decide("/api/x", tok)).status == 200 and x)
+    assertion = r.header("X-Auth-Request-Jwt")
+    claims = verify(assertion, jwks(fa), algorithm="ES256", issuer=f"http://{AUTH}:{fa.port}", audience=APP,
+                    now=time.time())
+    assert claims["sub"] == "backup" and claims["level"] == "password" and claims["exp"] - claims["iat"] <= 60
+    with pytest.raises(JwtError, match="invalid_claim"):
+        verify(assertion, jwks(fa), algorithm="ES256", issuer=f"http://{AUTH}:{fa.port}", audience="other.test",
+               now=time.time())
+
+
+# --- exchange ---------------------------------------------------------------------------
+
+
+def test_exchange_for_a_short_lived_jwt(fa):
+    tok = fa.token("deploy")
+    r = eventually(lambda: (x := fa.api("POST", "/api/v1/token", tok)).status == 200 and x)
+    assert r, fa.api("POST", "/api/v1/token", tok)
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 600
+    claims = verify(body["access_token"], jwks(fa), algorithm="ES256", issuer=f"http://{AUTH}:{fa.port}",
+                    audience="forwardauth", now=time.time())
+    assert claims["sub"] == "deploy" and claims["tid"] == json.loads(fa.cli("tokens", "inspect", tok))["token_id"]
+
+
+def test_a_narrowed_token_cannot_be_exchanged_into_a_wider_jwt(fa):
+    tok = fa.token("bob", "--name", "no-exchange")
+    ro = fa.cli("tokens", "attenuate", tok, "--path", "/api/read").strip()
+    r = fa.api("POST", "/api/v1/token", ro)
+    assert r.status == 401
+    assert r.json() == {"error": "invalid_token", "error_description": "path not allowed by token"}
+
+
+def test_exchange_refusals(fa):
+    r = fa.api("POST", "/api/v1/token", body={"username": "nobody", "password": "x" * 12})
+    assert (r.status, r.json()["error"]) == (401, "invalid_grant")
+    r = fa.api("POST", "/api/v1/token", body={"username": "bob"})
+    assert (r.status, r.json()) == (400, {"error": "invalid_request", "error_description": "missing field(s): password"})
+    r = fa.api("POST", "/api/v1/token", headers={"Authorization": "Bearer nope"})
+    assert (r.status, r.json()["error"]) == (401, "invalid_token")
+
+
+# --- admin API ----------------------------------------------------------------------------
+
+
+def test_api_needs_a_token(fa):
+    r = fa.api("GET", "/api/v1/accounts")
+    assert r.status == 401
+    assert r.json() == {"error": "unauthorized", "error_description": "a forwardauth bearer token is required"}
+    assert r.header("WWW-Authenticate") == 'Bearer realm="forwardauth"'
+
+
+def test_api_refuses_non_admins(fa):
+    bob = fa.token("bob", "--name", "api")
+    r = eventually(lambda: (x := fa.api("GET", "/api/v1/accounts", bob)).status != 401 and x)
+    assert (r.status, r.json()) == (403, {"error": "forbidden", "error_description": "only admins may list accounts"})
+
+
+def test_operator_flow_through_the_api(fa, admin):
+    """Create a service account, give a role holder the right, issue, narrow, exchange, revoke: all audited."""
+    r = fa.api("POST", "/api/v1/accounts", admin, {"username": "reports", "kind": "system"})
+    assert r.status == 201, r
+    assert fa.api("POST", "/api/v1/accounts", admin, {"username": "reports"}).status == 409
+    assert fa.api("PUT", "/api/v1/accounts/alice/roles", admin, {"roles": ["backup", "reports"]}).json()["roles"] == \
+        ["backup", "reports"]
+    alice = fa.token("alice", "--name", "laptop")
+    r = eventually(lambda: (x := fa.api("POST", "/api/v1/accounts/reports/tokens", alice,
+                                        {"name": "nightly", "lifetime": "7d"})).status == 201 and x)
+    assert r, fa.api("POST", "/api/v1/accounts/reports/tokens", alice, {"name": "nightly"})
+    issued = r.json()
+    svc_token, token_id = issued["token"], issued["id"]
+    assert issued["account"] == "reports" and issued["created_by"] == "alice"
+    assert eventually(lambda: fa.decide("/api/x", svc_token).status == 200)
+    narrow = fa.cli("tokens", "attenuate", svc_token, "--method", "GET").strip()
+    assert fa.decide("/api/x", narrow, method="POST").status == 401
+    assert fa.api("POST", "/api/v1/token", svc_token).status == 200
+    listed = eventually(lambda: [t for t in fa.api("GET", "/api/v1/accounts/reports/tokens", admin).json()
+                                 if t["id"] == token_id and t["last_used"]])
+    assert listed and listed[0]["last_used"] > issued["created"]
+    assert fa.api("DELETE", f"/api/v1/tokens/{token_id}", alice).status == 403  # role holders issue, admins revoke
+    r = fa.api("DELETE", f"/api/v1/tokens/{token_id}", admin)
+    assert r.status == 200 and r.json()["revoked"]
+    assert eventually(lambda: fa.decide("/api/x", svc_token).status == 401)
+    events = [(e["event"], e["user"]) for e in fa.audit()]
+    for step in [("account_created", "reports"), ("account_updated", "alice"), ("token_issued", "reports"),
+                 ("token_exchanged", "reports"), ("token_used", "reports"), ("token_revoked", "reports")]:
+        assert step in events, step
+    text = (fa.workdir / "audit.log").read_text()
+    assert svc_token not in text and svc_token[:40] not in text and admin[:40] not in text
+
+
+def test_system_account_single_token_through_the_api(fa, admin):
+    first = eventually(lambda: (x := fa.api("POST", "/api/v1/accounts/deploy/tokens", admin, {})).status == 201
+                       and x).json()
+    second = fa.api("POST", "/api/v1/accounts/deploy/tokens", admin, {}).json()
+    tokens = {t["id"]: t for t in fa.api("GET", "/api/v1/accounts/deploy/tokens", admin).json()}
+    assert tokens[first["id"]]["revoked"] and not tokens[second["id"]]["revoked"]
+    assert eventually(lambda: fa.decide("/api/x", first["token"]).status == 401)
+    assert fa.decide("/api/x", second["token"]).status == 200
+
+
+def test_dbcreds_through_the_api(fa, admin):
+    creds = {"host": "db.internal", "port": 5432, "database": "backup", "username": "backup", "password": "pw-123"}
+    assert fa.api("PUT", "/api/v1/accounts/backup/dbcreds", admin, creds).status == 204
+    r = fa.api("GET", "/api/v1/accounts/backup/dbcreds", admin)
+    assert (r.status, r.json()["error"]) == (403, "forbidden")  # admins set, role holders read
+    alice = fa.token("alice", "--name", "creds")
+    r = eventually(lambda: (x := fa.api("GET", "/api/v1/accounts/backup/dbcreds", alice)).status == 200 and x)
+    assert r.json() == creds
+    svc = fa.token("backup")
+    assert eventually(lambda: fa.api("GET", "/api/v1/accounts/backup/dbcreds", svc).status == 200)
+    assert json.loads(fa.cli("dbcreds", "get", "backup")) == creds
+    raw = (fa.workdir / "state.db").read_bytes()
+    assert b"pw-123" not in raw and b"db.internal" not in raw
+    assert "pw-123" not in (fa.workdir / "audit.log").read_text()
+
+
+@pytest.mark.parametrize("method, path, body, headers, status, error", [
+    ("POST", "/api/v1/accounts", None, {"Content-Type": "text/plain"}, 415, "invalid_request"),
+    ("POST", "/api/v1/accounts", "not json", None, 400, "invalid_request"),
+    ("POST", "/api/v1/accounts", {"username": "x1", "admin": True}, None, 400, "invalid_request"),
+    ("POST", "/api/v1/accounts", {"username": "Bad Name"}, None, 400, "invalid_request"),
+    ("POST", "/api/v1/accounts", {"username": "x2", "kind": "robot"}, None, 400, "invalid_request"),
+    ("POST", "/api/v1/accounts", [1, 2], None, 400, "invalid_request"),
+    ("GET", "/api/v1/accounts/ghost", None, None, 404, "not_found"),
+    ("GET", "/api/v1/accounts/BAD!", None, None, 400, "invalid_request"),
+    ("DELETE", "/api/v1/tokens/not-a-uuid", None, None, 400, "invalid_request"),
+    ("DELETE", "/api/v1/tokens/00000000-0000-0000-0000-000000000000", None, None, 404, "not_found"),
+    ("POST", "/api/v1/accounts/bob/tokens", {"lifetime": "forever"}, None, 400, "invalid_request"),
+    ("POST", "/api/v1/accounts/bob/tokens", {"method": "FETCH"}, None, 400, "invalid_request"),
+    ("PUT", "/api/v1/accounts/backup/dbcreds", {"host": "h"}, None, 400, "invalid_request"),
+    ("PUT", "/api/v1/accounts/backup/roles", {"roles": "admin"}, None, 400, "invalid_request"),
+])
+def test_bad_api_input_gets_a_clear_answer(fa, admin, method, path, body, headers, status, error):
+    data = body
+    hdrs = dict(headers or {})
+    if isinstance(body, str):
+        hdrs["Content-Type"] = "application/json"
+    r = eventually(lambda: (x := _raw(fa, method, path, admin, data, hdrs)).status != 401 and x)
+    assert r, _raw(fa, method, path, admin, data, hdrs)
+    assert r.status == status, r
+    assert r.json()["error"] == error and r.json()["error_description"]
+
+
+def _raw(fa, method, path, token, body, headers):
+    import http.client
+
+    from harness.client import Reply
+
+    h = {"Host": f"{AUTH}:{fa.port}", "Authorization": f"Bearer {token}", **headers}
+    payload = body if isinstance(body, str) else (json.dumps(body) if body is not None else None)
+    if payload is not None and "Content-Type" not in h:
+        h["Content-Type"] = "application/json"
+    conn = http.client.HTTPConnection("127.0.0.1", fa.port, timeout=10)
+    try:
+        conn.request(method, path, body=payload, headers=h)
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.getheaders(), resp.read())
+    finally:
+        conn.close()
+
+
+def test_openapi_document_is_served(fa):
+    doc = fa.api("GET", "/api/v1/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and "/api/v1/token" in doc["paths"]

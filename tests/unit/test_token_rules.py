@@ -1,0 +1,233 @@
+"""Who may issue, revoke and read what; the service applying it on a real (memory) store."""
+
+from __future__ import annotations
+
+import pytest
+
+from forwardauth.accounts import Account
+from forwardauth.keyring import Key, KeyRing
+from forwardauth.revocation import FAR_FUTURE, Revocations
+from forwardauth.state.memory import MemoryStore
+from forwardauth.tokens import macaroon as mac
+from forwardauth.tokens import rules
+from forwardauth.tokens.rules import Actor, Target
+from forwardauth.tokens.service import OPERATOR, Denied, Invalid, NotFound, TokenService, actor_of
+
+from .conftest import make_config
+
+ADMIN = Actor("root", "human", ("admin",))
+ALICE = Actor("alice", "human", ("backup",))  # holds the role named after service account "backup"
+BOB = Actor("bob", "human", ())
+BACKUP = Target("backup", "system")
+DEPLOY = Target("deploy", "system")
+
+
+@pytest.mark.parametrize(
+    "actor, target, expected",
+    [
+        (ADMIN, BACKUP, True),
+        (ADMIN, Target("bob", "human"), True),
+        (ALICE, BACKUP, True),  # role named after the service account
+        (ALICE, DEPLOY, False),
+        (BOB, BACKUP, False),
+        (BOB, Target("bob", "human"), True),  # a human issues their own
+        (BOB, Target("alice", "human"), False),
+        (Actor("backup", "system", ("backup",)), BACKUP, False),  # a service account cannot mint for itself
+        (Actor("root", "human", ("admin",), active=False), BACKUP, False),  # locked admin
+        (ADMIN, Target("backup", "system", active=False), False),  # locked target
+        (Actor("admin", "human", ()), BACKUP, False),  # the *name* admin is not the role
+    ],
+)
+def test_may_issue(actor, target, expected):
+    assert rules.may_issue(actor, target) is expected
+
+
+@pytest.mark.parametrize(
+    "actor, owner, expected",
+    [
+        (ADMIN, BACKUP, True),
+        (ALICE, BACKUP, False),  # the role allows issuing, not revoking
+        (BOB, Target("bob", "human"), True),
+        (BOB, Target("alice", "human"), False),
+        (Actor("backup", "system"), BACKUP, False),
+    ],
+)
+def test_may_revoke(actor, owner, expected):
+    assert rules.may_revoke(actor, owner) is expected
+
+
+@pytest.mark.parametrize(
+    "actor, owner, expected",
+    [
+        (Actor("backup", "system"), BACKUP, True),
+        (ALICE, BACKUP, True),
+        (ADMIN, BACKUP, False),  # admins set, they do not read
+        (BOB, BACKUP, False),
+        (ALICE, Target("alice", "human"), False),  # only service accounts have database credentials
+        (ALICE, Target("backup", "system", active=False), False),
+    ],
+)
+def test_may_read_dbcreds(actor, owner, expected):
+    assert rules.may_read_dbcreds(actor, owner) is expected
+
+
+def test_only_admins_set_dbcreds_and_manage_accounts():
+    assert rules.may_set_dbcreds(ADMIN, BACKUP) and not rules.may_set_dbcreds(ALICE, BACKUP)
+    assert rules.may_admin(ADMIN) and not rules.may_admin(ALICE)
+
+
+# --- the service on a memory store ------------------------------------------------
+
+CONFIG = """
+policy: {default: deny}
+tokens:
+  default_level: password
+  levels: {backup: mfa}
+  default_lifetime: 30d
+  max_lifetime: 90d
+"""
+
+
+@pytest.fixture
+async def svc():
+    cfg = make_config(CONFIG)
+    store = MemoryStore()
+    ring = KeyRing((Key("k1", bytes(range(32))),))
+    lines: list[tuple] = []
+    s = TokenService(cfg, ring, store, lambda event, **f: lines.append((event, f)))
+    s.lines = lines  # type: ignore[attr-defined]
+    for a in (Account("root", groups=("admin",)), Account("alice", groups=("backup",)), Account("bob"),
+              Account("backup", kind="system"), Account("deploy", kind="system")):
+        await s.accounts.add_account(a)
+    return s
+
+
+async def test_system_account_holds_one_token(svc):
+    first = await svc.issue(ADMIN, "backup", now=1000.0)
+    second = await svc.issue(ALICE, "backup", now=2000.0)
+    tokens = await svc.tokens.list_tokens("backup")
+    assert [(t.id, t.revoked) for t in tokens] == [(first.meta.id, 2000.0), (second.meta.id, None)]
+    snap = await svc.store.revocations(2000.0)
+    assert first.meta.id in snap.revoked and second.meta.id not in snap.revoked
+    assert [e for e, _ in svc.lines] == ["token_issued", "token_revoked", "token_issued"]
+
+
+async def test_humans_hold_many_named_tokens(svc):
+    await svc.issue(BOB, "bob", name="laptop")
+    await svc.issue(BOB, "bob", name="ci")
+    assert sorted(t.name for t in await svc.tokens.list_tokens("bob") if t.revoked is None) == ["ci", "laptop"]
+
+
+async def test_role_based_issuing(svc):
+    with pytest.raises(Denied, match="^alice may not issue tokens for deploy$"):
+        await svc.issue(ALICE, "deploy")
+    with pytest.raises(Denied, match="^bob may not issue tokens for backup$"):
+        await svc.issue(BOB, "backup")
+    assert svc.lines[-1][0] == "token_issued" and svc.lines[-1][1]["reason"].startswith("refused")
+    assert (await svc.issue(await svc.actor("alice"), "backup")).meta.account == "backup"
+
+
+async def test_levels_and_lifetimes(svc):
+    assert (await svc.issue(ADMIN, "backup")).meta.level == "mfa"  # tokens.levels
+    assert (await svc.issue(ADMIN, "bob")).meta.level == "password"  # tokens.default_level
+    with pytest.raises(Denied, match="^tokens for bob may have level password at most$"):
+        await svc.issue(ADMIN, "bob", level="mfa")
+    with pytest.raises(Invalid, match="^unknown level 'root'"):
+        await svc.issue(ADMIN, "bob", level="root")
+    with pytest.raises(Invalid, match="^lifetime must be from 60s to 7776000s$"):
+        await svc.issue(ADMIN, "bob", lifetime=91 * 86400)
+    issued = await svc.issue(ADMIN, "bob", now=1000.0)
+    assert issued.meta.expires == 1000.0 + 30 * 86400
+
+
+async def test_issued_token_carries_its_caveats(svc):
+    issued = await svc.issue(ADMIN, "backup", restrictions=("method=GET", "path=/api/read"), now=1000.0)
+    m = mac.deserialize(issued.token)
+    mac.verify_signature(svc.ring, m)
+    assert m.caveats == ("account=backup", "level=mfa", "issued=1000", f"expires={1000 + 30 * 86400}",
+                         "method=GET", "path=/api/read")
+
+
+@pytest.mark.parametrize("restriction, message", [
+    ("scope=all", "restriction 'scope=all': unknown caveat"),
+    ("account=root", "restrictions may only be host=, path= or method="),
+    ("path=relative", "restriction 'path=relative': malformed path caveat"),
+])
+async def test_bad_restrictions(svc, restriction, message):
+    with pytest.raises(Invalid) as exc:
+        await svc.issue(ADMIN, "backup", restrictions=(restriction,))
+    assert str(exc.value) == message
+
+
+async def test_bad_names_and_missing_accounts(svc):
+    with pytest.raises(Invalid, match="^token name must be"):
+        await svc.issue(ADMIN, "bob", name="\nnope")
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.issue(ADMIN, "ghost")
+    with pytest.raises(NotFound, match="^no token 'nope'$"):
+        await svc.revoke(ADMIN, "nope")
+
+
+async def test_revoking(svc):
+    t = await svc.issue(BOB, "bob")
+    with pytest.raises(Denied, match="^alice may not revoke tokens of bob$"):
+        await svc.revoke(ALICE, t.meta.id)
+    meta = await svc.revoke(BOB, t.meta.id, now=5.0)
+    assert meta.revoked == 5.0
+    b = await svc.issue(ADMIN, "backup")
+    with pytest.raises(Denied):
+        await svc.revoke(ALICE, b.meta.id)  # role holders issue; admins revoke
+    assert (await svc.revoke(ADMIN, b.meta.id)).revoked is not None
+
+
+async def test_lock_sets_a_far_future_epoch(svc):
+    await svc.issue(ADMIN, "backup")
+    await svc.lock(OPERATOR, "backup")
+    assert (await svc.account("backup")).status == "locked"
+    rev = Revocations()
+    await rev.refresh(svc.store)
+    assert rev.epoch("backup") == FAR_FUTURE
+    assert rev.is_revoked("backup", "any", 4_000_000_000.0)
+    with pytest.raises(Denied, match="^root may not issue tokens for backup$"):
+        await svc.issue(ADMIN, "backup")  # locked accounts get no new token
+    with pytest.raises(Denied, match="^only admins may lock accounts$"):
+        await svc.lock(ALICE, "deploy")
+
+
+async def test_listing(svc):
+    await svc.issue(ADMIN, "backup")
+    assert len(await svc.list(ALICE, "backup")) == 1  # role holder sees the service account's token
+    with pytest.raises(Denied, match="^bob may not list tokens of backup$"):
+        await svc.list(BOB, "backup")
+    with pytest.raises(Denied, match="^only admins may list every token$"):
+        await svc.list(BOB, None)
+
+
+async def test_dbcreds_encrypted_at_rest_and_rules(svc):
+    creds = {"host": "db.internal", "port": 5432, "database": "backup", "username": "backup", "password": "s3cret!"}
+    with pytest.raises(Denied):
+        await svc.set_dbcreds(ALICE, "backup", creds)
+    await svc.set_dbcreds(ADMIN, "backup", creds)
+    stored = await svc.tokens.get_dbcreds("backup")
+    assert "s3cret" not in stored.sealed and "db.internal" not in stored.sealed
+    assert await svc.get_dbcreds(ALICE, "backup") == creds
+    assert await svc.get_dbcreds(actor_of(await svc.account("backup")), "backup") == creds
+    with pytest.raises(Denied, match="^root may not read database credentials of backup$"):
+        await svc.get_dbcreds(ADMIN, "backup")
+    with pytest.raises(NotFound, match="^no database credentials for deploy$"):
+        await svc.get_dbcreds(Actor("deploy", "system"), "deploy")
+    assert all("s3cret" not in repr(f) for _, f in svc.lines)
+
+
+@pytest.mark.parametrize("creds, message", [
+    ({}, "database credentials must be an object"),
+    ({"host": "h", "database": "d", "username": "u", "password": "p", "pwd": "x"}, "unknown field(s): pwd"),
+    ({"host": "", "database": "d", "username": "u", "password": "p"}, "host must be a non-empty string"),
+    ({"host": "h", "database": "d", "username": "u", "password": "p", "port": 0}, "port must be an integer"),
+    ({"host": "h", "database": "d", "username": "u", "password": "p", "port": True}, "port must be an integer"),
+    ({"host": "h", "database": "d", "username": "u", "password": "p", "sslmode": "yes"}, "sslmode must be"),
+])
+async def test_dbcreds_validation(svc, creds, message):
+    with pytest.raises(Invalid) as exc:
+        await svc.set_dbcreds(ADMIN, "backup", creds)
+    assert str(exc.value).startswith(message)
