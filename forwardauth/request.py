@@ -57,6 +57,7 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+@lru_cache(maxsize=16384)
 def normalise_path(raw_path: str) -> str:
     """Decoded, dot segments resolved, slashes folded. Raises BadRequest."""
     if not raw_path.startswith("/"):
@@ -88,6 +89,7 @@ def _has_ctl(text: str) -> bool:
     return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
+@lru_cache(maxsize=4096)
 def parse_host(value: str) -> tuple[str, int | None]:
     """Host header value -> (host, port). Raises BadRequest."""
     value = value.strip()
@@ -146,8 +148,28 @@ def parse_ip(text: str) -> "IPAddress":
     return ipaddress.ip_address(text)
 
 
-@lru_cache(maxsize=8192)
-def is_trusted(addr: "IPAddress", trusted: tuple) -> bool:
+class TrustedNetworks:
+    """The trusted proxies, with membership memoised per address (the same
+    few proxy addresses ask again and again; hashing the network list per
+    call, as a plain lru_cache key would, costs more than the check)."""
+
+    def __init__(self, networks: tuple):
+        self.networks = tuple(networks)
+        self._seen: dict = {}
+
+    def __contains__(self, addr: object) -> bool:
+        found = self._seen.get(addr)
+        if found is None:
+            found = any(addr in net for net in self.networks)  # type: ignore[operator]
+            if len(self._seen) >= 8192:
+                self._seen.clear()
+            self._seen[addr] = found
+        return found
+
+
+def is_trusted(addr: "IPAddress", trusted: "TrustedNetworks | tuple") -> bool:
+    if isinstance(trusted, TrustedNetworks):
+        return addr in trusted
     return any(addr in net for net in trusted)
 
 

@@ -52,7 +52,24 @@ def clean(value: str) -> str:
     return value if value.isprintable() else _UNSAFE.sub("", value)
 
 
-def identity_headers(cfg: Config, session: Session) -> list[tuple[str, str]]:
+_IDENTITY_CACHE: dict[int, tuple[Session, object, tuple[tuple[str, str], ...]]] = {}
+
+
+def identity_headers(cfg: Config, session: Session) -> tuple[tuple[str, str], ...]:
+    """Memoised per session object: opened sessions are cached, so a user's
+    headers are built once, not on every request. The entry keeps the session
+    and the header config it was built for and is used only when both match."""
+    hit = _IDENTITY_CACHE.get(id(session))
+    if hit is not None and hit[0] is session and hit[1] is cfg.headers:
+        return hit[2]
+    out = tuple(_identity_headers(cfg, session))
+    if len(_IDENTITY_CACHE) >= 20_000:
+        _IDENTITY_CACHE.clear()
+    _IDENTITY_CACHE[id(session)] = (session, cfg.headers, out)
+    return out
+
+
+def _identity_headers(cfg: Config, session: Session) -> list[tuple[str, str]]:
     values = {
         "user": session.sub,
         "email": session.email or "",
@@ -102,7 +119,7 @@ def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: boo
         assert decision.session is not None
         # No body: nginx does not read an auth_request answer's body, and a
         # body left unread makes it close the upstream connection.
-        return Answer(200, tuple(identity_headers(cfg, decision.session)), "")
+        return Answer(200, identity_headers(cfg, decision.session), "")
     if o is Outcome.ANONYMOUS:
         return Answer(200, (), "")
     if o is Outcome.DENIED:

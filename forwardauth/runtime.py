@@ -12,6 +12,7 @@ from pathlib import Path
 from forwardauth.config import Config
 from forwardauth.errors import ConfigError
 from forwardauth.keyring import KeyRing, KeyRingError
+from forwardauth.request import TrustedNetworks
 from forwardauth.sealing import Sealer
 from forwardauth.session import SessionCodec
 
@@ -21,6 +22,7 @@ class Runtime:
     config: Config
     keyring: KeyRing
     codec: SessionCodec
+    trusted: TrustedNetworks
 
     @classmethod
     def build(cls, config: Config) -> "Runtime":
@@ -37,7 +39,7 @@ class Runtime:
             config.session.lifetime,
             config.session.idle_timeout,
         )
-        return cls(config, ring, codec)
+        return cls(config, ring, codec, TrustedNetworks(config.server.trusted_proxies))
 
 
 def resolve_path(config: Config, path: str) -> Path:

@@ -104,19 +104,26 @@ def _respond(ans: responses.Answer) -> web.Response:
     return resp
 
 
+UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
+
+
 def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redirects: bool):
+    # Counter children bound once: labels() per request is a locked dict lookup.
+    counters = {o: DECISIONS.labels(endpoint, o.value) for o in Outcome}
+    counters.update({k: DECISIONS.labels(endpoint, k) for k in (UNTRUSTED, BAD_REQUEST)})
+
     async def handle(request: web.Request) -> web.Response:
         ctx = request.app[CTX]
         cfg = ctx.runtime.config
         peer = peer_address(request)
-        trusted = cfg.server.trusted_proxies
-        if peer is None or not reqmod.is_trusted(peer, trusted):
-            DECISIONS.labels(endpoint, "untrusted_peer").inc()
+        trusted = ctx.runtime.trusted
+        if peer is None or peer not in trusted:
+            counters[UNTRUSTED].inc()
             return web.Response(status=403, text=f"403 Forbidden: {peer} is not in server.trusted_proxies\n")
         try:
             req = parse(request.headers, peer, trusted)
         except reqmod.BadRequest as exc:
-            DECISIONS.labels(endpoint, "bad_request").inc()
+            counters[BAD_REQUEST].inc()
             return _respond(responses.bad_request(str(exc)))
         now = time.time()
         for credential in CREDENTIAL_HOOKS:
@@ -135,7 +142,7 @@ def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redire
         resp = _respond(ans)
         if session is not None and refresh:
             resp.headers.add("Set-Cookie", session_cookie(ctx, ctx.runtime.codec.touched(session, now), now))
-        DECISIONS.labels(endpoint, decision.outcome.value).inc()
+        counters[decision.outcome].inc()
         if not decision.allowed:
             _log_denial(decision, req, reason)
         return resp

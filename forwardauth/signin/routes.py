@@ -102,7 +102,7 @@ def client_of(request: web.Request, ctx: Context) -> str | None:
     """The browser's address: X-Forwarded-For is believed only from a trusted proxy."""
     peer = peer_address(request)
     trusted = ctx.runtime.config.server.trusted_proxies
-    if peer is not None and any(peer in n for n in trusted):
+    if peer is not None and reqmod.is_trusted(peer, trusted):
         try:
             addr = reqmod.client_address(request.headers.get("X-Forwarded-For"), peer, trusted)
         except reqmod.BadRequest:
