@@ -118,7 +118,8 @@ def start_caddy(workdir: Path, fa_port: int, app_port: int, host: str) -> Runnin
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
            "XDG_CONFIG_HOME": str(home / "config"), "CADDY_ADMIN": "off",
            "SITE_ADDRESS": f"http://{host}:{port}", "FORWARDAUTH_ADDRESS": f"127.0.0.1:{fa_port}",
-           "APP_ADDRESS": f"127.0.0.1:{app_port}"}
+           "APP_ADDRESS": f"127.0.0.1:{app_port}", "BIND_ADDRESS": "127.0.0.1",
+           "AUTH_SITE_ADDRESS": f"http://127.0.0.1:{free_port()}"}
     argv = [binary, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
     return Running("caddy", port, Proc("caddy", argv, workdir / "caddy.log", env=env, cwd=workdir))
 
