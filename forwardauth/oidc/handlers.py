@@ -9,6 +9,7 @@ what it proved and the user sees which level is missing.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from urllib.parse import urlencode
@@ -21,6 +22,7 @@ from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
 from forwardauth.pages import page
+from forwardauth.redirects import safe_redirect
 from forwardauth.sealing import SealError, Sealer
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session, session_cookie
 from forwardauth.session import Session
@@ -177,9 +179,19 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
     return resp
 
 
+SIGNED_OUT_PATH = "/oauth2/signed_out"
+SIGNOUT_STATE_TTL = 600.0
+
+
 async def end_session_url(request: web.Request, rd: str) -> str | None:
-    """Where to send the browser after local sign-out, when the provider has RP-initiated logout."""
-    cfg = oidc_config(request.app[CTX])
+    """Where to send the browser after local sign-out, when the provider has RP-initiated logout.
+
+    Providers accept only pre-registered post-logout addresses, so the provider
+    always comes back to one fixed address, {public_url}/oauth2/signed_out,
+    and `rd` travels sealed in `state`.
+    """
+    ctx = request.app[CTX]
+    cfg = oidc_config(ctx)
     if cfg is None:
         return None
     try:
@@ -188,8 +200,28 @@ async def end_session_url(request: web.Request, rd: str) -> str | None:
         return None
     if not meta.end_session_endpoint:
         return None
+    state = Sealer(ctx.runtime.keyring, "signout").seal(json.dumps({"rd": rd, "t": time.time()}).encode())
     sep = "&" if "?" in meta.end_session_endpoint else "?"
-    return meta.end_session_endpoint + sep + urlencode({"client_id": cfg.client_id, "post_logout_redirect_uri": rd})
+    return meta.end_session_endpoint + sep + urlencode({
+        "client_id": cfg.client_id,
+        "post_logout_redirect_uri": ctx.runtime.config.server.public_url + SIGNED_OUT_PATH,
+        "state": state,
+    })
+
+
+async def signed_out(request: web.Request) -> web.Response:
+    """Back from the provider's logout: on to the `rd` sealed in `state`, re-validated."""
+    ctx = request.app[CTX]
+    server = ctx.runtime.config.server
+    rd = None
+    try:
+        d = json.loads(Sealer(ctx.runtime.keyring, "signout").open(request.query.get("state", "")))
+        if isinstance(d, dict) and isinstance(d.get("t"), (int, float)) and \
+                time.time() - d["t"] < SIGNOUT_STATE_TTL and isinstance(d.get("rd"), str):
+            rd = d["rd"]
+    except (SealError, ValueError):
+        rd = None
+    return redirect(safe_redirect(rd, server.public_url, server.allowed_redirect_domains))
 
 
 def _setup(app: web.Application, ctx: Context) -> None:
@@ -198,6 +230,7 @@ def _setup(app: web.Application, ctx: Context) -> None:
         return
     app[CLIENT] = ProviderClient(cfg)
     app.router.add_get("/oauth2/callback", callback)
+    app.router.add_get(SIGNED_OUT_PATH, signed_out)
 
     async def close(app: web.Application):
         yield

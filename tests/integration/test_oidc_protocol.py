@@ -58,7 +58,8 @@ def fa_port():
 
 @pytest.fixture(scope="module")
 def provider(fa_port):
-    with OidcProvider([f"http://127.0.0.1:{fa_port}/oauth2/callback"]) as op:
+    with OidcProvider([f"http://127.0.0.1:{fa_port}/oauth2/callback"],
+                      post_logout_redirect_uris=[f"http://127.0.0.1:{fa_port}/oauth2/signed_out"]) as op:
         yield op
 
 
@@ -325,6 +326,20 @@ async def test_sign_out_goes_through_the_providers_end_session(fa, provider):
     assert r.status == 302
     end = provider.discovery["end_session_endpoint"]
     assert r.headers["Location"].startswith(end + "?")
-    assert q(r.headers["Location"]) == {"client_id": "forwardauth", "post_logout_redirect_uri": "http://app.test/bye"}
+    params = q(r.headers["Location"])
+    assert params.pop("state")
+    assert params == {"client_id": "forwardauth", "post_logout_redirect_uri": f"{b.base}/oauth2/signed_out"}
     assert b.session(ctx) is None
     assert old.sid in ctx.store.revoked
+    # The provider comes back to the one registered address; rd travels sealed in state.
+    back = provider.user_agent().follow(r.headers["Location"])
+    assert back.startswith(f"{b.base}/oauth2/signed_out?")
+    r = await b.get(back)
+    assert (r.status, r.headers["Location"]) == (302, "http://app.test/bye")
+
+
+@pytest.mark.parametrize("state", ["", "forged", "k1.AAAA"])
+async def test_signed_out_with_a_bad_state_goes_to_public_url(fa, state):
+    b, _ = fa
+    r = await b.get(f"/oauth2/signed_out?state={state}")
+    assert (r.status, r.headers["Location"]) == (302, f"{b.base}/")
