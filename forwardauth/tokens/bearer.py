@@ -60,6 +60,10 @@ class TokenVerifier:
     def __init__(self, ring: KeyRing, size: int = 10000):
         self.ring = ring
         self._ok: LRUCache = LRUCache(maxsize=size)
+        # token -> (record, account, level, Session): the principal is rebuilt
+        # only when the index hands out a new record or account object, so
+        # the same Session object (and its cached identity headers) is reused.
+        self.principals: LRUCache = LRUCache(maxsize=size)
 
     def verify(self, token: str) -> Verified:
         """Raises TokenError / CaveatError with a reason safe to log."""
@@ -95,16 +99,21 @@ def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: 
         return None, "token: revoked"
     if not levels.at_least(meta.level, level):  # never above what was issued
         level = meta.level
-    return Session(
+    hit = verifier.principals.get(token)
+    if hit is not None and hit[0] is meta and hit[1] is acct and hit[2] == level:
+        return hit[3], "ok"
+    session = Session(
         sid=v.token_id,
         sub=meta.account,
         level=level,
         proofs={level: v.claims.issued},
         iat=v.claims.issued,
         exp=v.claims.expires,
-        seen=now,
+        seen=v.claims.issued,  # tokens are not refreshed; idle timeouts are for cookies
         email=acct.email,
         name=acct.display_name,
         groups=acct.groups,
         source="token",
-    ), "ok"
+    )
+    verifier.principals[token] = (meta, acct, level, session)
+    return session, "ok"
