@@ -119,7 +119,7 @@ class OidcProvider:
         extra_env: Mapping[str, str] | None = None,
         port: int | None = None,
         log_dir: str | Path | None = None,
-        startup_timeout: float = 20.0,
+        startup_timeout: float = 60.0,
     ):
         if not redirect_uris:
             raise ValueError("redirect_uris must not be empty")
