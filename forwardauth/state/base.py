@@ -37,5 +37,10 @@ class StateStore(abc.ABC):
         """Raise the user's epoch to at least `epoch` (never lowers it); returns it."""
 
     @abc.abstractmethod
+    async def reset_epoch(self, user: str, epoch: float) -> None:
+        """Set the user's epoch to exactly `epoch`, lower or not: only unlocking
+        a locked account (far-future epoch) needs this; everything else raises."""
+
+    @abc.abstractmethod
     async def revoke(self, ident: str, until: float) -> None:
         """Revoke one session (or token) id until `until` (when it would expire anyway)."""

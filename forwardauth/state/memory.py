@@ -25,6 +25,10 @@ class MemoryStore(MemoryLocalMixin, StateStore):
         self.version += 1
         return self.epochs[user]
 
+    async def reset_epoch(self, user: str, epoch: float) -> None:
+        self.epochs[user] = epoch
+        self.version += 1
+
     async def revoke(self, ident: str, until: float) -> None:
         self.revoked[ident] = max(self.revoked.get(ident, 0.0), until)
         self.version += 1

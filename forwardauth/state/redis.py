@@ -165,6 +165,14 @@ class RedisStore(StateStore):
             out = await self.r.eval(_SET_EPOCH, 3, P + "epochs", P + "rev:version", CHANNEL, user, repr(float(epoch)))
         return float(out)
 
+    async def reset_epoch(self, user: str, epoch: float) -> None:
+        async with self._guard():
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(P + "epochs", user, repr(float(epoch)))
+                p.incr(P + "rev:version")
+                p.publish(CHANNEL, "rev")
+                await p.execute()
+
     async def revoke(self, ident: str, until: float) -> None:
         async with self._guard():
             async with self.r.pipeline(transaction=True) as p:

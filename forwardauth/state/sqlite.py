@@ -123,6 +123,20 @@ class SQLiteStore(SQLiteLocalMixin, StateStore):
 
         return await self.run(q)
 
+    async def reset_epoch(self, user: str, epoch: float) -> None:
+        def q(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("INSERT INTO epochs (user, epoch) VALUES (?, ?) "
+                          "ON CONFLICT(user) DO UPDATE SET epoch = excluded.epoch", (user, epoch))
+                self._bump(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        await self.run(q)
+
     async def revoke(self, ident: str, until: float) -> None:
         def q(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")

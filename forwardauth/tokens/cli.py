@@ -110,7 +110,7 @@ def _register_accounts(sub: argparse._SubParsersAction) -> None:
     lk = s.add_parser("lock", help="lock: every session and token of the account dies at once (epoch to the far future)")
     lk.add_argument("name", type=_account_name)
     lk.set_defaults(func=_cmd_lock)
-    ul = s.add_parser("unlock", help="set the status back to active (the far-future epoch of a lock stays)")
+    ul = s.add_parser("unlock", help="set the status back to active; what was issued before stays revoked")
     ul.add_argument("name", type=_account_name)
     ul.set_defaults(func=_cmd_unlock)
     d = s.add_parser("delete", help="delete an account and revoke its tokens")
@@ -179,13 +179,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _cmd_unlock(args: argparse.Namespace) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        a = (await svc.account(args.name)).changed(status="active")
-        await svc.accounts.put_account(a)
-        # The far-future epoch stays (epochs never go down); new tokens and
-        # sessions are issued after a fresh epoch set now.
-        svc.audit("account_unlocked", user=a.username, reason=f"by {OPERATOR.name}")
-        print(f"{a.username}: status active again, but its epoch stays in the far future (epochs never go "
-              "down), so tokens and sessions for it stay refused: create a new account instead", file=sys.stderr)
+        a = await svc.unlock(OPERATOR, args.name)
+        print(f"{a.username}: active again; sessions and tokens from before the unlock stay revoked")
         return 0
 
     return _run(args, fn)

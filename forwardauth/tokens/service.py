@@ -173,6 +173,17 @@ class TokenService:
         self.audit("account_locked", user=name, reason=f"by {actor.name}")
         return a
 
+    async def unlock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
+        """Status active and the epoch brought back from the far future to now:
+        what was issued before or during the lock stays dead, new credentials work."""
+        if not rules.may_admin(actor):
+            raise Denied("only admins may unlock accounts")
+        a = (await self.account(name)).changed(status="active")
+        await self.accounts.put_account(a)
+        await self.store.reset_epoch(name, time.time() if now is None else now)
+        self.audit("account_unlocked", user=name, reason=f"by {actor.name}")
+        return a
+
     # --- database credentials --------------------------------------------
 
     def _sealer(self) -> Sealer:

@@ -194,6 +194,20 @@ async def test_lock_sets_a_far_future_epoch(svc):
         await svc.lock(ALICE, "deploy")
 
 
+async def test_unlock_brings_the_epoch_back_to_now(svc):
+    await svc.lock(OPERATOR, "backup")
+    with pytest.raises(Denied, match="^only admins may unlock accounts$"):
+        await svc.unlock(ALICE, "backup")
+    a = await svc.unlock(OPERATOR, "backup", now=1_000.0)
+    assert a.status == "active"
+    rev = Revocations()
+    await rev.refresh(svc.store)
+    assert rev.epoch("backup") == 1_000.0
+    assert rev.is_revoked("backup", "old", 999.0)  # issued before the unlock: still dead
+    assert not rev.is_revoked("backup", "new", 1_001.0)
+    assert (await svc.issue(ADMIN, "backup")).meta.account == "backup"
+
+
 async def test_listing(svc):
     await svc.issue(ADMIN, "backup")
     assert len(await svc.list(ALICE, "backup")) == 1  # role holder sees the service account's token
