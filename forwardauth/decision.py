@@ -7,6 +7,7 @@ server would.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -34,6 +35,10 @@ class Decision:
     required_level: str | None = None
     max_age: float | None = None
     session: Session | None = None
+    # Until when the same inputs give the same outcome: an allow under a rule
+    # with max_age lapses when the proof gets too old. Everything else here
+    # depends only on the request, the session and the policy.
+    until: float = math.inf
 
     @property
     def allowed(self) -> bool:
@@ -86,14 +91,18 @@ def decide_for_rule(
             rule.max_age,
             session,
         )
-    if rule.max_age is not None and not session.proven_since(levels, required, now - rule.max_age):
-        return Decision(
-            Outcome.INSUFFICIENT_LEVEL,
-            f"{rule.label} needs level {required} proven within {format_duration(rule.max_age)}",
-            rule,
-            required,
-            rule.max_age,
-            session,
-        )
+    until = math.inf
+    if rule.max_age is not None:
+        last = session.last_proven(levels, required)
+        if last is None or last < now - rule.max_age:
+            return Decision(
+                Outcome.INSUFFICIENT_LEVEL,
+                f"{rule.label} needs level {required} proven within {format_duration(rule.max_age)}",
+                rule,
+                required,
+                rule.max_age,
+                session,
+            )
+        until = last + rule.max_age
     return Decision(Outcome.ALLOW, f"{rule.label} is satisfied at level {session.level}", rule, required,
-                    rule.max_age, session)
+                    rule.max_age, session, until)

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import unquote_to_bytes, urlsplit
 
 MAX_URL = 8192
@@ -156,6 +156,24 @@ class TrustedNetworks:
     def __init__(self, networks: tuple):
         self.networks = tuple(networks)
         self._seen: dict = {}
+        self._peers: dict[str, IPAddress | None] = {}
+
+    def peer(self, remote: str | None) -> "IPAddress | None":
+        """The peer's address when it is a trusted proxy, else None; memoised by
+        the address text the server gives (hashing a str is cheaper than an
+        ipaddress object)."""
+        if remote in self._peers:
+            return self._peers[remote]
+        try:
+            addr: IPAddress | None = parse_ip(remote or "")
+        except ValueError:
+            addr = None
+        if addr is not None and addr not in self:
+            addr = None
+        if len(self._peers) >= 8192:
+            self._peers.clear()
+        self._peers[remote or ""] = addr
+        return addr
 
     def __contains__(self, addr: object) -> bool:
         found = self._seen.get(addr)
@@ -246,36 +264,47 @@ def from_url(url: str) -> tuple[str, str, str]:
     return parts.scheme, parts.netloc, uri
 
 
-def headers_nginx(headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
-    """nginx auth_request: X-Original-URL, or X-Original-URI + Host; X-Original-Method."""
-    url = headers.get("X-Original-URL")
+NGINX_FIELDS = ("X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Forwarded-Proto", "X-Forwarded-Host",
+                "Host", "X-Forwarded-For", "X-Real-IP", "Accept")
+FORWARDED_FIELDS = ("X-Forwarded-Method", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Uri",
+                    "X-Forwarded-For", "Accept")
+
+
+def nginx_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+    """nginx auth_request: X-Original-URL, or X-Original-URI + Host; X-Original-Method.
+
+    `values` are the NGINX_FIELDS headers in order (None when absent): the
+    server reads exactly these, and remembers parsed requests by them."""
+    url, uri, method, proto, fwd_host, host, fwd_for, real_ip, accept = values
     if url:
         scheme, host, uri = from_url(url)
     else:
-        scheme = headers.get("X-Forwarded-Proto") or "http"
-        host = headers.get("X-Forwarded-Host") or headers.get("Host")
-        uri = headers.get("X-Original-URI")
-    return build(
-        method=headers.get("X-Original-Method"),
-        scheme=scheme,
-        host=host,
-        uri=uri,
-        forwarded_for=headers.get("X-Forwarded-For") or headers.get("X-Real-IP"),
-        peer=peer,
-        trusted=trusted,
-        accept=headers.get("Accept"),
-    )
+        scheme = proto or "http"
+        host = fwd_host or host
+    return build(method=method, scheme=scheme, host=host, uri=uri, forwarded_for=fwd_for or real_ip, peer=peer,
+                 trusted=trusted, accept=accept)
 
 
-def headers_forwarded(headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
-    """Traefik forwardAuth and Caddy forward_auth: X-Forwarded-Method/-Proto/-Host/-Uri/-For."""
-    return build(
-        method=headers.get("X-Forwarded-Method"),
-        scheme=headers.get("X-Forwarded-Proto"),
-        host=headers.get("X-Forwarded-Host"),
-        uri=headers.get("X-Forwarded-Uri"),
-        forwarded_for=headers.get("X-Forwarded-For"),
-        peer=peer,
-        trusted=trusted,
-        accept=headers.get("Accept"),
-    )
+def forwarded_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+    """Traefik forwardAuth and Caddy forward_auth: the FORWARDED_FIELDS headers in order."""
+    method, proto, host, uri, fwd_for, accept = values
+    return build(method=method, scheme=proto, host=host, uri=uri, forwarded_for=fwd_for, peer=peer,
+                 trusted=trusted, accept=accept)
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How one kind of proxy describes the original request."""
+
+    fields: tuple[str, ...]
+    parse: Callable[[tuple, "IPAddress | None", tuple], OriginalRequest]
+
+    def values(self, headers: Mapping[str, str]) -> tuple:
+        return tuple(map(headers.get, self.fields))
+
+    def __call__(self, headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+        return self.parse(self.values(headers), peer, trusted)
+
+
+headers_nginx = NGINX = Convention(NGINX_FIELDS, nginx_fields)
+headers_forwarded = FORWARDED = Convention(FORWARDED_FIELDS, forwarded_fields)

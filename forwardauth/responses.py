@@ -9,6 +9,7 @@ nginx gets a 401 and its `error_page` does the redirect, using the
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -45,6 +46,7 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
     body: str = ""
     content_type: str = "text/plain; charset=utf-8"
+    until: float = math.inf  # the same inputs get this same answer until then (see memo)
 
 
 def clean(value: str) -> str:
@@ -119,7 +121,7 @@ def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: boo
         assert decision.session is not None
         # No body: nginx does not read an auth_request answer's body, and a
         # body left unread makes it close the upstream connection.
-        return Answer(200, identity_headers(cfg, decision.session), "")
+        return Answer(200, identity_headers(cfg, decision.session), "", until=decision.until)
     if o is Outcome.ANONYMOUS:
         return Answer(200, (), "")
     if o is Outcome.DENIED:

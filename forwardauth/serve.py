@@ -20,7 +20,7 @@ from aiohttp import web
 from forwardauth import keyring
 from forwardauth.config import Config, load_config, parse_config
 from forwardauth.runtime import Runtime
-from forwardauth.server import CTX, build_app
+from forwardauth.server import CTX, build_app, decisions_first
 
 log = logging.getLogger("forwardauth")
 
@@ -53,6 +53,8 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
     ctx = app[CTX]
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    assert runner.server is not None
+    decisions_first(runner.server, app)
     ssl_ctx = None
     if cfg.tls_cert and cfg.tls_key:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

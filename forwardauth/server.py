@@ -22,6 +22,7 @@ from forwardauth.config import load_config
 from forwardauth.cookies import cookie_value, set_cookie
 from forwardauth.decision import Decision, Outcome, decide
 from forwardauth.errors import ConfigError
+from forwardauth.memo import Memo
 from forwardauth.metrics import DECISIONS, metrics_handler
 from forwardauth.revocation import Revocations
 from forwardauth.runtime import Runtime, resolve_state_url
@@ -107,21 +108,29 @@ def _respond(ans: responses.Answer) -> web.Response:
 UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
 
 
-def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redirects: bool):
+def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirects: bool):
     # Counter children bound once: labels() per request is a locked dict lookup.
     counters = {o: DECISIONS.labels(endpoint, o.value) for o in Outcome}
     counters.update({k: DECISIONS.labels(endpoint, k) for k in (UNTRUSTED, BAD_REQUEST)})
+    memos: list[Memo] = []  # this endpoint's memo for the current runtime (see memo.py)
 
     async def handle(request: web.Request) -> web.Response:
-        ctx = request.app[CTX]
-        cfg = ctx.runtime.config
-        peer = peer_address(request)
-        trusted = ctx.runtime.trusted
-        if peer is None or peer not in trusted:
+        rt = ctx.runtime
+        cfg = rt.config
+        remote = request.remote
+        trusted = rt.trusted
+        peer = trusted.peer(remote)
+        if peer is None:
             counters[UNTRUSTED].inc()
-            return web.Response(status=403, text=f"403 Forbidden: {peer} is not in server.trusted_proxies\n")
+            return web.Response(status=403, text=f"403 Forbidden: {peer_address(request)} is not in "
+                                                 "server.trusted_proxies\n")
+        if not memos or memos[0].runtime is not rt:
+            memos[:] = [Memo(rt)]
+        memo = memos[0]
+        values = convention.values(request.headers)
+        key = (remote, values)
         try:
-            req = parse(request.headers, peer, trusted)
+            req = memo.request(key, convention.parse, values, peer, trusted)
         except reqmod.BadRequest as exc:
             counters[BAD_REQUEST].inc()
             return _respond(responses.bad_request(str(exc)))
@@ -135,6 +144,10 @@ def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redire
             name = cfg.session.cookie_name
             cookies = {name: cookie_value(request.headers.get("Cookie"), name)}
             session, reason, refresh = current_session(ctx, cookies, now)
+        usable = not refresh and ctx.revocations.last_error is None
+        if usable and (hit := memo.answer(key, session, now)) is not None:
+            counters[hit[0]].inc()
+            return web.Response(headers=hit[1])
         decision = decide(req, session, cfg.policy, cfg.levels, now)
         ans = responses.answer(cfg, decision, req, redirects)
         for hook in ANSWER_HOOKS:
@@ -143,7 +156,10 @@ def _handler(parse: Callable[..., reqmod.OriginalRequest], endpoint: str, redire
         if session is not None and refresh:
             resp.headers.add("Set-Cookie", session_cookie(ctx, ctx.runtime.codec.touched(session, now), now))
         counters[decision.outcome].inc()
-        if not decision.allowed:
+        if decision.allowed:
+            if usable and ans.status == 200:
+                memo.remember(key, session, decision.outcome, resp.headers, ans.until)
+        else:
             _log_denial(decision, req, reason)
         return resp
 
@@ -193,6 +209,31 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text="ready\n")
 
 
+DECISIONS_BY_PATH = web.AppKey("decisions_by_path", dict)
+
+
+def decisions_first(server: web.Server, app: web.Application) -> None:
+    """Send `GET /auth/...` straight to its handler, ahead of the router.
+
+    The decision endpoints are nearly all the traffic, and their handler is
+    small enough (see memo.py) that the Application's routing, match-info and
+    middleware machinery would be a large part of each request. Everything
+    else (pages, API, probes, any other method or a query string) goes through
+    the app as usual, so this changes speed, not behaviour: the same handlers
+    are also the app's routes.
+    """
+    by_path = app[DECISIONS_BY_PATH]
+    general = server.request_handler
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        handler = by_path.get(request.raw_path)
+        if handler is not None and request.method == "GET":
+            return await handler(request)
+        return await general(request)
+
+    server.request_handler = dispatch
+
+
 def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Application:
     from forwardauth import extensions
 
@@ -200,9 +241,14 @@ def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Applicat
     app = web.Application(client_max_size=64 * 1024)
     ctx = Context(runtime, store or open_store(resolve_state_url(runtime.config)))
     app[CTX] = ctx
-    app.router.add_get("/auth/nginx", _handler(reqmod.headers_nginx, "nginx", redirects=False))
-    app.router.add_get("/auth/traefik", _handler(reqmod.headers_forwarded, "traefik", redirects=True))
-    app.router.add_get("/auth/caddy", _handler(reqmod.headers_forwarded, "caddy", redirects=True))
+    decisions = {
+        "/auth/nginx": _handler(ctx, reqmod.NGINX, "nginx", redirects=False),
+        "/auth/traefik": _handler(ctx, reqmod.FORWARDED, "traefik", redirects=True),
+        "/auth/caddy": _handler(ctx, reqmod.FORWARDED, "caddy", redirects=True),
+    }
+    app[DECISIONS_BY_PATH] = decisions
+    for path, handler in decisions.items():
+        app.router.add_get(path, handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -13,11 +13,10 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from cachetools import LRUCache
-
 from forwardauth.levels import Levels
 from forwardauth.sealing import SealError, Sealer
 
+MAX_OPENED = 20_000  # opened cookies remembered per process
 MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total
 _MAX_FIELD = 1024
 _MAX_GROUPS = 256
@@ -42,13 +41,15 @@ class Session:
     def auth_time(self) -> float:
         return max(self.proofs.values(), default=self.iat)
 
+    def last_proven(self, levels: Levels, required: str) -> float | None:
+        """When `required` or a higher level was last proven (None: never)."""
+        times = [t for lv in levels.and_above(required) if (t := self.proofs.get(lv.name)) is not None]
+        return max(times, default=None)
+
     def proven_since(self, levels: Levels, required: str, since: float) -> bool:
         """True when `required` or a higher level was proven at or after `since`."""
-        for lv in levels.and_above(required):
-            t = self.proofs.get(lv.name)
-            if t is not None and t >= since:
-                return True
-        return False
+        last = self.last_proven(levels, required)
+        return last is not None and last >= since
 
     def to_json(self) -> bytes:
         d = {
@@ -148,8 +149,10 @@ class SessionCodec:
         # Cookie value -> its decrypted, validated Session. A browser sends the
         # same cookie on every request, so the hot path decrypts and parses it
         # once; the time checks below still run on every call. A new key ring
-        # (reload) builds a new codec, hence a new, empty cache.
-        self._opened: LRUCache = LRUCache(maxsize=20_000)
+        # (reload) builds a new codec, hence a new, empty cache. A plain dict,
+        # emptied when full: its lookup is a fraction of an LRU's, and a full
+        # table costs one decryption per active cookie afterwards.
+        self._opened: dict[str, Session] = {}
 
     def new(
         self,
@@ -199,6 +202,8 @@ class SessionCodec:
                 return Opened(None, "malformed")
             if session.level not in self.levels:
                 return Opened(None, "unknown level")
+            if len(self._opened) >= MAX_OPENED:
+                self._opened.clear()
             self._opened[value] = session
         if now >= session.exp:
             return Opened(None, "expired")

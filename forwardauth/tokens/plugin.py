@@ -144,22 +144,24 @@ def _answer(ctx: Context, decision: Decision, req: OriginalRequest, ans: respons
         headers = tuple((k, v) for k, v in ans.headers if k != "WWW-Authenticate")
         ans = replace(ans, headers=headers + (("WWW-Authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
     if s.assertion.enabled and decision.outcome is Outcome.ALLOW and session is not None:
-        value = _assertion(ctx, session, req.host, now)
-        if value is not None:
-            ans = replace(ans, headers=ans.headers + ((s.assertion.header, value),))
+        signed = _assertion(ctx, session, req.host, now)
+        if signed is not None:
+            value, renew_at = signed
+            ans = replace(ans, headers=ans.headers + ((s.assertion.header, value),), until=min(ans.until, renew_at))
     return ans
 
 
-def _assertion(ctx: Context, session: Session, host: str, now: float) -> str | None:
-    """A short-lived JWT for the app, audience = the requested host. Cached for
-    half its life per (session, host, level), so signing is rare on the hot path."""
+def _assertion(ctx: Context, session: Session, host: str, now: float) -> tuple[str, float] | None:
+    """A short-lived JWT for the app, audience = the requested host, and when to
+    sign a new one. Cached for half its life per (session, host, level), so
+    signing is rare on the hot path."""
     st = state(ctx)
     signer = st.signer(ctx.runtime)
     life = settings_mod.settings(ctx.runtime.config).assertion.lifetime
     key = (session.sid, session.sub, host, session.level)
     hit = st.assertions.get(key)
     if hit is not None and hit[1] > now:
-        return hit[0]
+        return hit
     claims = {"sub": session.sub, "level": session.level, "auth_time": int(session.auth_time), "src": session.source}
     if session.email:
         claims["email"] = session.email
@@ -172,8 +174,8 @@ def _assertion(ctx: Context, session: Session, host: str, now: float) -> str | N
     except JwtError as exc:
         log.warning("identity assertion not added: %s", exc)
         return None
-    st.assertions[key] = (value, now + life / 2)
-    return value
+    st.assertions[key] = hit = (value, now + life / 2)
+    return hit
 
 
 # --- app wiring --------------------------------------------------------------

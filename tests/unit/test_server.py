@@ -142,9 +142,16 @@ async def test_health_and_ready(client):
 
 
 async def test_metrics_count_outcomes(client):
+    series = 'forwardauth_decisions_total{endpoint="nginx",outcome="unauthenticated"} '
+
+    async def count() -> float:
+        text = await (await client.get("/metrics")).text()
+        return float(text.split(series, 1)[1].split("\n", 1)[0])
+
+    before = await count()
     await client.get("/auth/nginx", headers=nginx("https://app.test/x"))
-    text = await (await client.get("/metrics")).text()
-    assert 'forwardauth_decisions_total{endpoint="nginx",outcome="unauthenticated"}' in text
+    await client.get("/auth/nginx", headers=nginx("https://app.test/y"))
+    assert await count() == before + 2
 
 
 async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):

@@ -1,0 +1,71 @@
+"""Answers remembered for decision requests that recur exactly.
+
+A proxy asks about the same request over and over: every asset of a page,
+every poll of an API, from the same client with the same cookie. Parsing the
+forwarded headers and the decision are pure functions of their inputs, so
+when the inputs are the same, the work need not be done again:
+
+- `request()`: the forwarded header values (and the peer) -> the parsed,
+  normalised OriginalRequest. Nothing but the inputs and the trusted proxies
+  (fixed for one Runtime) goes into it.
+- `answer()`: (those header values, the session object) -> the allowed answer
+  (its outcome and headers; the status is 200). The decision also depends on the clock (a
+  rule's max_age lapses; an identity assertion is re-signed), which is why
+  each answer carries `until`, and on the state store's health (past
+  `tokens.stale_grace` answers turn into 503s), which is why the server
+  consults this memo only while the store answers.
+
+What is never remembered is the credential check: opening the cookie (expiry,
+idle timeout, refresh), the revocation check and a bearer token's caveats run
+on every request, and the session object they return is part of the key. A
+revoked, expired or different credential therefore never reaches a remembered
+answer; and only allowed answers without `Set-Cookie` are remembered, since
+every denial is logged and audited as it happens.
+
+One memo belongs to one Runtime: a reload (new policy, keys, trusted proxies)
+starts an empty one. Both tables are bounded and are simply emptied when full:
+keys are made from client-supplied headers, so they must not grow without
+limit, and an empty table costs one slow request per key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from multidict import CIMultiDict
+
+from forwardauth.request import OriginalRequest
+from forwardauth.session import Session
+
+MAX_ENTRIES = 8192
+
+
+class Memo:
+    def __init__(self, runtime: Any, max_entries: int = MAX_ENTRIES):
+        self.runtime = runtime
+        self.max_entries = max_entries
+        self._requests: dict[tuple, OriginalRequest] = {}
+        self._answers: dict[tuple, tuple[Session | None, Any, CIMultiDict, float]] = {}
+
+    def request(self, key: tuple, parse: Callable[..., OriginalRequest], *args: Any) -> OriginalRequest:
+        """The parsed request for these header values: `parse(*args)`, which
+        raises BadRequest for malformed ones (those are not remembered)."""
+        req = self._requests.get(key)
+        if req is None:
+            req = parse(*args)
+            if len(self._requests) >= self.max_entries:
+                self._requests.clear()
+            self._requests[key] = req
+        return req
+
+    def answer(self, key: tuple, session: Session | None, now: float) -> tuple[Any, CIMultiDict] | None:
+        """(outcome, headers) of the 200 answer remembered for this request and this very session object, still valid at `now`."""
+        hit = self._answers.get((key, id(session)))
+        if hit is None or hit[0] is not session or now >= hit[3]:
+            return None
+        return hit[1], hit[2]
+
+    def remember(self, key: tuple, session: Session | None, outcome: Any, headers: CIMultiDict, until: float) -> None:
+        if len(self._answers) >= self.max_entries:
+            self._answers.clear()
+        self._answers[(key, id(session))] = (session, outcome, CIMultiDict(headers), until)
