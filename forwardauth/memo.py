@@ -60,8 +60,10 @@ class Memo:
 
     def answer(self, key: tuple, session: Session | None, now: float) -> tuple[Any, CIMultiDict] | None:
         """(outcome, headers) of the 200 answer remembered for this request and this very session object, still valid at `now`."""
+        # id() is a safe key: the entry holds the session, so no other object
+        # can get its id while the entry exists.
         hit = self._answers.get((key, id(session)))
-        if hit is None or hit[0] is not session or now >= hit[3]:
+        if hit is None or now >= hit[3]:
             return None
         return hit[1], hit[2]
 
