@@ -131,10 +131,31 @@ def parse_method(value: str | None) -> str:
     return value.strip().upper()
 
 
+def ascii_target(value: str, what: str) -> str:
+    """`value` with every non-ASCII byte percent-encoded. Raises BadRequest.
+
+    A request target is ASCII (RFC 9112), but nginx's $request_uri and Caddy's
+    {http.request.uri} pass on whatever raw bytes the client sent, and the
+    server hands header bytes over as UTF-8 with undecodable bytes as lone
+    surrogates. Encoding them gives the form a browser would have sent, so
+    `/caf\xc3\xa9` is judged as `/caf%C3%A9` (= `/café`), and a stray `\xff`
+    becomes `%FF`, which a path refuses (not UTF-8) and a query keeps."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not valid text") from None
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
 def parse_uri(value: str | None) -> str:
     """An origin-form request target (`/path?query`). Raises BadRequest."""
     if not value:
         raise BadRequest("missing original URI header")
+    if len(value) > MAX_URL:
+        raise BadRequest("original URI too long")
+    value = ascii_target(value, "original URI")
     if len(value) > MAX_URL:
         raise BadRequest("original URI too long")
     if not value.startswith("/") or _CTL_RE.search(value):
@@ -250,6 +271,9 @@ def build(
 
 def from_url(url: str) -> tuple[str, str, str]:
     """(scheme, host[:port], uri) from an absolute URL like nginx's X-Original-URL."""
+    if len(url) > MAX_URL:
+        raise BadRequest("original URL too long")
+    url = ascii_target(url, "original URL")
     if len(url) > MAX_URL:
         raise BadRequest("original URL too long")
     if _CTL_RE.search(url):

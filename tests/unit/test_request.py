@@ -113,3 +113,42 @@ def test_client_address_skips_trusted_hops_and_ignores_spoofed_left_entries():
     assert client_address("10.0.0.5", PEER, TRUSTED) == ip("10.0.0.5")  # all trusted: leftmost
     assert client_address(None, PEER, TRUSTED) == PEER
     assert client_address("[2001:db8::1]", PEER, TRUSTED) == ip("2001:db8::1")
+
+
+# Raw bytes past ASCII: nginx's $request_uri and Caddy's {http.request.uri} pass
+# on what the client sent; the server gives header bytes as UTF-8 with lone
+# surrogates for the bytes that are not. They are judged percent-encoded.
+@pytest.mark.parametrize("uri,path,raw_uri", [
+    ("/caf\xe9", "/café", "/caf%C3%A9"),
+    ("/?q=\udcff", "/", "/?q=%FF"),
+    ("/a?\udcc3\udca9", "/a", "/a?%C3%A9"),
+])
+def test_non_ascii_targets_are_percent_encoded(uri, path, raw_uri):
+    r = headers_forwarded({"X-Forwarded-Method": "GET", "X-Forwarded-Host": "a.test", "X-Forwarded-Uri": uri},
+                          PEER, TRUSTED)
+    assert (r.path, r.raw_uri, r.url) == (path, raw_uri, f"http://a.test{raw_uri}")
+    n = nginx(**{"X-Original-URL": f"https://a.test{uri}", "X-Original-Method": "GET"})
+    assert (n.path, n.raw_uri) == (path, raw_uri)
+
+
+@pytest.mark.parametrize("headers,message", [
+    ({"X-Original-URL": "https://a.test/x\udcff", "X-Original-Method": "GET"},
+     "path is not valid UTF-8 after percent-decoding"),
+    ({"X-Original-URI": "/x\udcff", "X-Original-Method": "GET", "Host": "a.test"},
+     "path is not valid UTF-8 after percent-decoding"),
+    ({"X-Original-URI": "/x\ud800", "X-Original-Method": "GET", "Host": "a.test"}, "original URI is not valid text"),
+    ({"X-Original-URL": "https://a.test/x\ud800", "X-Original-Method": "GET"}, "original URL is not valid text"),
+    ({"X-Original-URL": "https://\xe9.test/", "X-Original-Method": "GET"}, "malformed host"),
+    ({"X-Original-URI": "/" + "\xe9" * 3000, "X-Original-Method": "GET", "Host": "a.test"}, "original URI too long"),
+])
+def test_non_ascii_refusals(headers, message):
+    with pytest.raises(BadRequest) as exc:
+        nginx(**headers)
+    assert str(exc.value) == message
+
+
+def test_forwarded_uri_with_bad_byte_is_refused():
+    with pytest.raises(BadRequest) as exc:
+        headers_forwarded({"X-Forwarded-Method": "GET", "X-Forwarded-Host": "a.test", "X-Forwarded-Uri": "/x\udcff"},
+                          PEER, TRUSTED)
+    assert str(exc.value) == "path is not valid UTF-8 after percent-decoding"

@@ -166,3 +166,47 @@ async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
     assert ctx.reload() is False and ctx.runtime is rt
     path.write_text(BASE + "policy: {default: anonymous}\n")
     assert ctx.reload() is True and ctx.runtime.config.policy.rules == ()
+
+
+async def _raw(port: int, path: bytes, headers: bytes) -> bytes:
+    """One request written byte for byte (a client library would re-encode)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + headers + b"\r\n")
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+def _status_and_body(data: bytes) -> tuple[int, bytes, bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+@pytest.mark.parametrize("endpoint,headers,status,body", [
+    (b"/auth/traefik", b"X-Forwarded-Method: GET\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-Uri: /x\xff\r\n",
+     400, b"400 Bad Request: path is not valid UTF-8 after percent-decoding\n"),
+    (b"/auth/caddy", b"X-Forwarded-Method: GET\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-Uri: /public/?\xff\r\n",
+     200, b""),
+    (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://app.test/x\xff\r\n",
+     400, b"400 Bad Request: path is not valid UTF-8 after percent-decoding\n"),
+    (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://app.test/public/caf\xc3\xa9\r\n",
+     200, b""),
+    (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://\xc3\xa9.test/\r\n",
+     400, b"400 Bad Request: malformed host\n"),
+])
+async def test_raw_non_ascii_bytes_never_500(client, endpoint, headers, status, body):
+    got, head, text = _status_and_body(await _raw(client.server.port, endpoint, headers))
+    assert (got, text) == (status, body), head
+
+
+async def test_raw_non_ascii_query_redirects_with_it_encoded(client):
+    data = await _raw(client.server.port, b"/auth/nginx",
+                      b"X-Original-Method: GET\r\nX-Original-URL: https://app.test/x?\xff\r\n"
+                      b"Cookie: fa=k1.\xff\xfe\r\n")
+    status, head, _ = _status_and_body(data)
+    assert status == 401, head
+    assert (b"X-Forwardauth-Location: https://auth.example.com/oauth2/start?rd=https%3A%2F%2Fapp.test%2Fx%3F%25FF\r\n"
+            in head), head
