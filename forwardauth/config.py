@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from forwardauth.durations import parse_duration
+from forwardauth.durations import format_duration, parse_duration
 from forwardauth.errors import ConfigError
 from forwardauth.levels import Level, Levels
 from forwardauth.policy import Action, PathPattern, Policy, Rule
@@ -190,7 +190,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     keys = _keys(r, top.get("keys"))
     state = _state(r, top.get("state", "sqlite://var/state.db"))
     rev = r.mapping(top.get("revocation"), "revocation", {"refresh_interval"})
-    refresh = r.duration(rev, "refresh_interval", "revocation", 2.0) or 2.0
+    refresh = r.duration(rev, "refresh_interval", "revocation", 2.0)
+    if refresh is None or refresh < 0.05:
+        if refresh is not None:
+            r.error("revocation.refresh_interval", f"must be at least 50ms, got {_show(rev['refresh_interval'])}")
+        refresh = 2.0
     headers = _headers(r, top.get("headers"))
     levels = _levels(r, top.get("levels"))
     policy = _policy(r, top.get("policy"), levels)
@@ -267,6 +271,9 @@ def _session(r: Reader, raw: Any) -> SessionConfig:
         r.error(f"{w}.lifetime", "must be at least 60s")
     if idle is not None and idle < 2:
         r.error(f"{w}.idle_timeout", "must be at least 2s")
+    if idle is not None and lifetime is not None and idle > lifetime:
+        r.error(f"{w}.idle_timeout", f"must not be longer than session.lifetime ({format_duration(lifetime)}), "
+                                     f"got {format_duration(idle)}")
     if name.startswith("__Host-") and (domain or not secure):
         r.error(f"{w}.cookie_name", "a __Host- cookie needs secure: true and no domain")
     if name.startswith("__Secure-") and not secure:
@@ -326,14 +333,29 @@ def _levels(r: Reader, raw: Any) -> Levels:
             continue
         seen.add(name)
         w = f"levels[{i}] ({name})"
-        acr = r.str_list(d, "acr", w) or []
-        amr = r.str_list(d, "amr", w) or []
+        acr = _claim_values(r, d, "acr", w)
+        amr = _claim_values(r, d, "amr", w)
         lf = r.string(d, "local_factor", w, None)
         items.append(Level(name, len(items), tuple(acr), tuple(amr), lf))
     all_acr = [a for lv in items for a in lv.acr]
     for a in {a for a in all_acr if all_acr.count(a) > 1}:
         r.error("levels", f"acr value {a!r} is listed for more than one level")
     return Levels(tuple(items)) if items else Levels((Level("password", 0),))
+
+
+# acr/amr values go into the WWW-Authenticate challenge (quoted, space-separated
+# acr_values) and into the provider request: printable ASCII without space,
+# `"` or `\` (RFC 6749's NQCHAR less space), which also covers URIs and URNs.
+_CLAIM_RE = re.compile(r'^[\x21\x23-\x5b\x5d-\x7e]{1,256}$')
+
+
+def _claim_values(r: Reader, d: dict, key: str, where: str) -> list[str]:
+    values = r.str_list(d, key, where) or []
+    for j, v in enumerate(values):
+        if not _CLAIM_RE.match(v):
+            r.error(f"{where}.{key}[{j}]", f"must be 1-256 printable ASCII characters without spaces, quotes or "
+                                           f"backslashes, got {_show(v)}")
+    return [v for v in values if _CLAIM_RE.match(v)]
 
 
 def _policy(r: Reader, raw: Any, levels: Levels) -> Policy:
@@ -370,9 +392,13 @@ _RULE_KEYS = {
 def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
     name = entry.get("name") if isinstance(entry, dict) else None
     w = f"policy.rules[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+    if entry is None:
+        # "- " with nothing after it: dropping it would shift first-match order.
+        r.error(w, "empty rule (a `-` with nothing after it)")
+        return None
     d = r.mapping(entry, w, _RULE_KEYS)
     if not d:
-        if entry is not None and isinstance(entry, dict):
+        if isinstance(entry, dict):
             r.error(w, "empty rule")
         return None
     before = len(r.problems)
@@ -412,7 +438,9 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
         action = Action.DENY
     elif "level" in d:
         level = d["level"]
-        if level not in levels:
+        if not isinstance(level, str):
+            r.error(f"{w}.level", f"must be one level name (levels: {', '.join(levels.names)}), got {_show(level)}")
+        elif level not in levels:
             r.error(f"{w}.level", f"unknown level {_show(level)} (levels: {', '.join(levels.names)})")
     else:
         ml = d["methods_levels"]
@@ -424,7 +452,9 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
                 mu = str(m).upper()
                 if mu not in METHODS:
                     r.error(f"{w}.methods_levels.{m}", f"unknown HTTP method {_show(m)}")
-                if lv not in levels:
+                if not isinstance(lv, str):
+                    r.error(f"{w}.methods_levels.{m}", f"must be one level name, got {_show(lv)}")
+                elif lv not in levels:
                     r.error(f"{w}.methods_levels.{m}", f"unknown level {_show(lv)}")
                 pairs.append((mu, lv))
             mlevels = tuple(pairs)

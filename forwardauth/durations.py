@@ -5,6 +5,7 @@ Kept apart so that config errors and CLI flags parse durations the same way.
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -14,8 +15,10 @@ _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string with one unit suffix.
 
-    Raises ValueError with the offending value; negative or absurd values
-    (more than ten years) are refused because they are always mistakes.
+    Raises ValueError with the offending value; negative, absurd (more than
+    ten years) and non-finite values (YAML's .nan, .inf) are refused because
+    they are always mistakes: a NaN max_age or lifetime compares false with
+    every time, so it would never expire.
     """
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
@@ -28,7 +31,7 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"not a duration: {value!r}")
-    if seconds < 0 or seconds > 10 * 365 * 86400:
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 10 * 365 * 86400:
         raise ValueError(f"duration out of range: {value!r}")
     return seconds
 

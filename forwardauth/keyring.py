@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import secrets
@@ -123,7 +124,7 @@ class KeyRing:
                 secret = b64d(e["secret"])
             except ValueError:
                 raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): secret is not base64url") from None
-            keys.append(Key(e["id"], secret, float(e.get("created", 0) or 0)))
+            keys.append(Key(e["id"], secret, _created(e, f"{where}[{i}] (id {e['id']!r})")))
         return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
@@ -211,5 +212,25 @@ def _signing_entries(entries: object, where: str) -> tuple[SigningKey, ...]:
             raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): private is not a base64url PKCS#8 key") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): must be a P-256 key")
-        out.append(SigningKey(e["id"], key, float(e.get("created", 0) or 0)))
+        out.append(SigningKey(e["id"], key, _created(e, f"{where}[{i}] (id {e['id']!r})")))
     return tuple(out)
+
+
+def _created(entry: dict, where: str) -> float:
+    """The optional "created" field: unix seconds (a number), or absent/null."""
+    v = entry.get("created")
+    if v is None:
+        return 0.0
+    if isinstance(v, str):  # tolerated: "1700000000"
+        try:
+            v = float(v)
+        except ValueError:
+            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}")
+    return float(v)
+
+
+def _show(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -29,6 +29,8 @@ class Levels:
         object.__setattr__(self, "_by_name", {lv.name: lv for lv in self.items})
 
     def get(self, name: str) -> Level | None:
+        if not isinstance(name, str):  # a YAML list or mapping where a name belongs
+            return None
         return self._by_name.get(name)  # type: ignore[attr-defined]
 
     def __getitem__(self, name: str) -> Level:
@@ -38,7 +40,7 @@ class Levels:
         return lv
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name  # type: ignore[attr-defined]
+        return isinstance(name, str) and name in self._by_name  # type: ignore[attr-defined]
 
     @property
     def names(self) -> tuple[str, ...]:

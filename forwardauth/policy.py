@@ -45,7 +45,10 @@ class PathPattern:
         if not text.startswith("/"):
             raise ValueError(f"path pattern must start with '/' or 're:', got {text!r}")
         if any(c in text for c in "*?["):
-            return cls(text, "glob", _glob_to_regex(text))
+            try:
+                return cls(text, "glob", _glob_to_regex(text))
+            except re.error as exc:
+                raise ValueError(f"invalid glob {text!r}: {exc.msg}") from None
         return cls(text, "prefix")
 
     def matches(self, path: str) -> bool:

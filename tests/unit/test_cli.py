@@ -95,7 +95,17 @@ def test_keys_generate_rotate_list(tmp_path, capsys):
     assert main(["keys", "list", str(f)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{ring.current.id}\tseals+opens") and lines[1].startswith(f"{first}\topens")
-    assert all(b"secret" not in line.encode() for line in lines)
+    # Never the key material: no secret (or private key) in any encoding appears in the listing.
+    from forwardauth.keyring import b64e
+
+    text = "\n".join(lines)
+    for k in ring.keys:
+        assert b64e(k.secret) not in text and k.secret.hex() not in text
+    saved = json.loads(f.read_text())
+    for k in saved["keys"] + saved["signing"]:
+        material = k.get("secret") or k["private"]
+        assert material not in text and material[:16] not in text
+    assert len(lines) == len(saved["keys"]) + len(saved["signing"])
 
 
 def test_session_issue_and_revoke(cfg, capsys):
@@ -123,3 +133,35 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("serve", "check", "explain", "keys", "session"):
         assert cmd in out
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("    - {name: x, level: [mfa]}\n",
+     "policy.rules[3] (x).level: must be one level name (levels: password, mfa), got ['mfa']"),
+    ("    - {name: x, level: {a: 1}}\n",
+     "policy.rules[3] (x).level: must be one level name (levels: password, mfa), got {'a': 1}"),
+    ("    - {name: x, methods_levels: {GET: [mfa]}}\n",
+     "policy.rules[3] (x).methods_levels.GET: must be one level name, got ['mfa']"),
+    ("    - {name: x, paths: ['/x[z-a]'], level: mfa}\n",
+     "policy.rules[3] (x).paths[0]: invalid glob '/x[z-a]': bad character range z-a"),
+    ("    - {name: x, paths: ['/a[]'], level: mfa}\n",
+     "policy.rules[3] (x).paths[0]: invalid glob '/a[]': unterminated character set"),
+    ("    -\n", "policy.rules[3]: empty rule (a `-` with nothing after it)"),
+])
+def test_check_names_file_rule_and_field_without_traceback(cfg, capsys, extra, expected):
+    cfg.write_text(CONFIG.format(extra=extra))
+    assert main(["check", "-c", str(cfg)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"{cfg}: {expected}\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("created,shown", [("\"yesterday\"", "'yesterday'"), ("[1]", "[1]"), ("-5", "-5"),
+                                           ("true", "True")])
+def test_check_reports_a_bad_created_in_the_key_file(cfg, capsys, created, shown):
+    keys = cfg.parent / "keys.json"
+    data = json.loads(keys.read_text())
+    kid = data["keys"][0]["id"]
+    keys.write_text(keys.read_text().replace(f'"created": {data["keys"][0]["created"]}', f'"created": {created}', 1))
+    assert main(["check", "-c", str(cfg)]) == 1
+    assert capsys.readouterr().err == (f"{keys}: keys[0] (id {kid!r}): created must be a time in unix seconds, "
+                                       f"got {shown}\n")

@@ -110,3 +110,84 @@ def test_example_oidc_section_is_valid_when_uncommented():
     assert (oidc.issuer, oidc.client_id, oidc.essential_acr, oidc.login_timeout) == (
         "https://idp.example.com", "forwardauth", True, 600)
     assert "s3cret" not in repr(oidc)
+
+
+# Values of the wrong type, bad globs, empty rules: one clear line each, never a traceback.
+@pytest.mark.parametrize("rules,expected", [
+    ("- {level: [mfa]}", "test.yaml: policy.rules[1].level: must be one level name (levels: password, mfa, hardware), "
+                         "got ['mfa']"),
+    ("- {level: {a: 1}}", "test.yaml: policy.rules[1].level: must be one level name (levels: password, mfa, hardware), "
+                          "got {'a': 1}"),
+    ("- {methods_levels: {GET: [mfa]}}", "test.yaml: policy.rules[1].methods_levels.GET: must be one level name, "
+                                         "got ['mfa']"),
+    ("- {methods_levels: {GET: {a: 1}}}", "test.yaml: policy.rules[1].methods_levels.GET: must be one level name, "
+                                          "got {'a': 1}"),
+    ("- {paths: ['/x[z-a]'], level: mfa}", "test.yaml: policy.rules[1].paths[0]: invalid glob '/x[z-a]': "
+                                           "bad character range z-a"),
+    ("- {paths: ['/a[]'], level: mfa}", "test.yaml: policy.rules[1].paths[0]: invalid glob '/a[]': "
+                                        "unterminated character set"),
+    ("- {level: mfa, max_age: .nan}", "test.yaml: policy.rules[1].max_age: duration out of range: nan"),
+    ("- {level: mfa, max_age: .inf}", "test.yaml: policy.rules[1].max_age: duration out of range: inf"),
+    ("- {level: mfa, max_age: -.inf}", "test.yaml: policy.rules[1].max_age: duration out of range: -inf"),
+])
+def test_wrong_types_are_config_errors(rules, expected):
+    got = problems("policy:\n  rules:\n    - {level: password}\n    " + rules + "\n")
+    assert got == [expected]
+
+
+@pytest.mark.parametrize("entry", ["-", "- null", "- ~"])
+def test_empty_rule_is_an_error_naming_its_index(entry):
+    """Silently dropping it would move every later rule up one place in first-match order."""
+    got = problems(f"policy:\n  rules:\n    - {{level: password}}\n    {entry}\n    - {{deny: true}}\n")
+    assert got == ["test.yaml: policy.rules[1]: empty rule (a `-` with nothing after it)"]
+
+
+@pytest.mark.parametrize("field", ["lifetime", "idle_timeout"])
+@pytest.mark.parametrize("value", [".nan", ".inf", ".NaN"])
+def test_non_finite_session_durations_are_refused(field, value):
+    """A NaN lifetime or idle timeout compares false with every time: sessions would never expire."""
+    old = {"lifetime": "lifetime: 1h", "idle_timeout": "idle_timeout: 10m"}[field]
+    assert old in BASE
+    got = problems("policy: {rules: []}\n", BASE.replace(old, f"{field}: {value}"))
+    assert f"test.yaml: session.{field}: duration out of range: {float(value.lower().lstrip('.'))!r}" in got, got
+
+
+def test_non_finite_refresh_interval_is_refused():
+    got = problems("revocation: {refresh_interval: .nan}\npolicy: {rules: []}\n")
+    assert got == ["test.yaml: revocation.refresh_interval: duration out of range: nan"]
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "10ms"])
+def test_zero_refresh_interval_is_refused(value):
+    got = problems(f"revocation: {{refresh_interval: {value}}}\npolicy: {{rules: []}}\n")
+    assert got == [f"test.yaml: revocation.refresh_interval: must be at least 50ms, got {value!r}"
+                   .replace("'0'", "0")]
+
+
+def test_idle_timeout_longer_than_lifetime_is_refused():
+    got = problems("policy: {rules: []}\n", BASE.replace("lifetime: 1h, idle_timeout: 10m",
+                                                         "lifetime: 1h, idle_timeout: 2h"))
+    assert got == ["test.yaml: session.idle_timeout: must not be longer than session.lifetime (1h), got 2h"]
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    ("acr", '["urn:a b"]', "'urn:a b'"),
+    ("acr", "['urn:\"x']", "'urn:\"x'"),
+    ("acr", '["urn:x\\r\\nX-Evil: 1"]', "'urn:x\\r\\nX-Evil: 1'"),
+    ("acr", '["a\\\\b"]', "'a\\\\b'"),
+    ("amr", '["otp", "caf\\u00e9"]', "'café'"),
+])
+def test_acr_and_amr_values_are_token_characters(field, value, shown):
+    """They go into the quoted acr_values of WWW-Authenticate: a quote or CR/LF would break the header."""
+    base = BASE.replace('- {name: hardware, acr: ["urn:acr:hwk"], amr: [hwk]}',
+                        f'- {{name: hardware, {field}: {value}}}')
+    got = problems("policy: {rules: []}\n", base)
+    index = 1 if field == "amr" and "otp" in value else 0
+    assert got == [f"test.yaml: levels[2] (hardware).{field}[{index}]: must be 1-256 printable ASCII characters "
+                   f"without spaces, quotes or backslashes, got {shown}"]
+
+
+def test_uri_acr_values_are_accepted():
+    base = BASE.replace('acr: ["urn:acr:hwk"]', 'acr: ["http://schemas.openid.net/pape/policies/2007/06/multi-factor"]')
+    assert make_config("policy: {rules: []}\n", base).levels["hardware"].acr == (
+        "http://schemas.openid.net/pape/policies/2007/06/multi-factor",)

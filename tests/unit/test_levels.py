@@ -31,3 +31,11 @@ def test_level_from_amr_when_acr_unusable():
 
 def test_and_above():
     assert [lv.name for lv in L.and_above("mfa")] == ["mfa", "hardware"]
+
+
+def test_non_string_names_are_not_levels():
+    from forwardauth.levels import Level, Levels
+
+    lv = Levels((Level("password", 0), Level("mfa", 1)))
+    assert ["mfa"] not in lv and {"a": 1} not in lv and lv.get(["mfa"]) is None  # type: ignore[arg-type]
+    assert lv.at_least("mfa", "password") and not lv.at_least(["mfa"], "password")  # type: ignore[arg-type]

@@ -126,3 +126,23 @@ def test_index_agrees_with_a_linear_scan(specs, host, path, method):
 @given(hosts, hosts)
 def test_wildcard_never_matches_a_mere_suffix(a, b):
     assert not host_matches("*." + a, b + a) or (b + a).endswith("." + a)
+
+
+@pytest.mark.parametrize("glob,message", [
+    ("/x[z-a]", "invalid glob '/x[z-a]': bad character range z-a"),
+    ("/a[]", "invalid glob '/a[]': unterminated character set"),
+    ("/a[", "unclosed '[' in glob '/a['"),
+])
+def test_bad_globs_are_value_errors(glob, message):
+    with pytest.raises(ValueError) as exc:
+        PathPattern.parse(glob)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("glob,yes,no", [
+    ("/a[!x]/b", "/ay/b", "/ax/b"),
+    ("/f[0-9]", "/f7", "/fa"),
+])
+def test_glob_character_classes(glob, yes, no):
+    p = PathPattern.parse(glob)
+    assert p.matches(yes) and not p.matches(no)
