@@ -9,6 +9,7 @@ nginx gets a 401 and its `error_page` does the redirect, using the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from forwardauth.decision import Decision, Outcome
 from forwardauth.durations import format_duration
 from forwardauth.request import OriginalRequest
 from forwardauth.session import Session
+
+log = logging.getLogger("forwardauth")
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -71,11 +74,34 @@ def identity_headers(cfg: Config, session: Session) -> tuple[tuple[str, str], ..
     return out
 
 
+_REPORTED: set[str] = set()  # groups already logged as dropped (bounded)
+
+
+def header_groups(cfg: Config, session: Session) -> str:
+    """The groups joined with `headers.groups_separator`, leaving out any group
+    that contains the separator or a control character: the app splits the
+    header on the separator, so an identity provider's group "x,admins" would
+    otherwise read as the two groups "x" and "admins". Dropped groups are
+    logged once each."""
+    sep = cfg.headers.groups_separator
+    kept = [g for g in session.groups if g and sep not in g and g.isprintable()]
+    if len(kept) != len(session.groups):
+        dropped = [g for g in session.groups if g not in kept and g not in _REPORTED]
+        if dropped:
+            if len(_REPORTED) > 1000:
+                _REPORTED.clear()
+            _REPORTED.update(dropped)
+            log.warning("groups left out of the identity headers: they contain the separator or a control "
+                        "character", extra={"fields": {"user": session.sub, "separator": sep,
+                                                       "groups": [g[:80] for g in dropped[:10]]}})
+    return sep.join(kept)
+
+
 def _identity_headers(cfg: Config, session: Session) -> list[tuple[str, str]]:
     values = {
         "user": session.sub,
         "email": session.email or "",
-        "groups": cfg.headers.groups_separator.join(session.groups),
+        "groups": header_groups(cfg, session),
         "level": session.level,
         "name": session.name or "",
         "auth_time": str(int(session.auth_time)),

@@ -133,3 +133,25 @@ def test_post_from_a_browser_is_not_redirected():
 def test_forbidden_answers(path, session, status, body):
     a = answer(CFG, outcome(path, session), req(path), redirects=True)
     assert (a.status, a.body) == (status, body)
+
+
+def test_groups_with_the_separator_or_controls_are_left_out(caplog):
+    """An IdP group "x,admins" must not read as the groups "x" and "admins" to the app."""
+    import logging
+
+    s = sess("password", ("dev", "x,admins", "ops\r\nX-Admin: 1", "qa"), sub="smuggler")
+    with caplog.at_level(logging.WARNING, "forwardauth"):
+        a = answer(CFG, outcome("/app/", s), req("/app/"), redirects=False)
+        answer(CFG, outcome("/app/", sess("password", ("x,admins",), sub="smuggler")), req("/app/"), False)
+    h = dict(a.headers)
+    assert h["X-Auth-Request-Groups"] == "dev,qa" and h["Remote-Groups"] == "dev,qa"
+    warnings = [r for r in caplog.records if "groups left out" in r.getMessage()]
+    assert len(warnings) == 1  # once per group, not once per request
+    assert warnings[0].fields["groups"] == ["x,admins", "ops\r\nX-Admin: 1"]  # type: ignore[attr-defined]
+
+
+def test_groups_separator_is_the_configured_one():
+    cfg = make_config("headers: {groups_separator: '|'}\npolicy: {rules: [{level: password}]}\n")
+    s = sess("password", ("a,b", "c|admins", "d"))
+    a = answer(cfg, decide(req("/x"), s, cfg.policy, cfg.levels, NOW), req("/x"), redirects=False)
+    assert dict(a.headers)["Remote-Groups"] == "a,b|d"
