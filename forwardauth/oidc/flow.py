@@ -43,6 +43,9 @@ class LoginState:
     max_age: float | None
     created: float
     hint: str | None = None  # the signed-in subject when this is a step-up
+    # True when the request made the provider re-authenticate (prompt=login
+    # or max_age): only then is the callback's own time a proof time.
+    forced: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -56,10 +59,14 @@ class LoginState:
         for f in ("state", "nonce", "verifier", "rd", "level"):
             if not isinstance(getattr(s, f), str):
                 raise ValueError("bad login state")
+        if not _number(s.created) or not (s.max_age is None or _number(s.max_age)) \
+                or not (s.hint is None or isinstance(s.hint, str)) or not isinstance(s.forced, bool):
+            raise ValueError("bad login state")
         return s
 
 
-def new_login(rd: str, level: str, max_age: float | None, now: float, hint: str | None) -> LoginState:
+def new_login(rd: str, level: str, max_age: float | None, now: float, hint: str | None,
+              forced: bool = False) -> LoginState:
     return LoginState(
         state=secrets.token_urlsafe(24),
         nonce=secrets.token_urlsafe(24),
@@ -69,6 +76,7 @@ def new_login(rd: str, level: str, max_age: float | None, now: float, hint: str 
         max_age=max_age,
         created=now,
         hint=hint,
+        forced=forced,
     )
 
 
@@ -107,8 +115,11 @@ def authorization_url(
         values = [a for lv in levels.and_above(login.level) for a in lv.acr]
         params["acr_values"] = " ".join(values)
         if cfg.essential_acr:
-            params["claims"] = json.dumps({"id_token": {"acr": {"essential": True, "values": values}}},
-                                          separators=(",", ":"))
+            id_token: dict[str, Any] = {"acr": {"essential": True, "values": values}}
+            if force_login or login.max_age is not None:
+                # When the re-authentication happened is what the callback checks.
+                id_token["auth_time"] = {"essential": True}
+            params["claims"] = json.dumps({"id_token": id_token}, separators=(",", ":"))
     if login.max_age is not None:
         params["max_age"] = str(int(login.max_age))
     if force_login:
@@ -129,6 +140,7 @@ class Proven:
     name: str | None
     groups: tuple[str, ...]
     acr: str | None
+    auth_time: float | None = None  # as the provider reports it
 
 
 def check_claims(
@@ -161,28 +173,55 @@ def check_claims(
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise LoginError(401, "ID token has no valid subject")
+    auth_time = claims.get("auth_time") if _number(claims.get("auth_time")) else None
     if login.max_age is not None:
-        auth_time = claims.get("auth_time")
-        if not _number(auth_time):
+        if auth_time is None:
             raise LoginError(401, "ID token lacks auth_time although max_age was requested")
         if now - auth_time > login.max_age + skew:
             raise LoginError(401, "the provider did not re-authenticate within max_age")
+    if login.forced and auth_time is not None and auth_time < login.created - skew:
+        # prompt=login (or max_age) was sent: an auth_time from before this
+        # login started means the provider answered from its existing session.
+        raise LoginError(401, "the provider did not re-authenticate as asked (auth_time is older than this sign-in)")
     acr = claims.get("acr") if isinstance(claims.get("acr"), str) else None
     amr = claims.get("amr") if isinstance(claims.get("amr"), list) else None
     level = levels.from_claims(acr, [m for m in amr or () if isinstance(m, str)])
-    groups = claims.get(cfg.groups_claim, [])
-    if isinstance(groups, str):
-        groups = [groups]
-    if not isinstance(groups, list):
-        groups = []
     return Proven(
         sub=sub,
         level=level.name if level else None,
         email=_text(claims.get("email")),
         name=_text(claims.get("name")) or _text(claims.get("preferred_username")),
-        groups=tuple(g for g in groups if isinstance(g, str) and 0 < len(g) <= 255)[:256],
+        groups=groups_of(claims.get(cfg.groups_claim)),
         acr=acr,
+        auth_time=float(auth_time) if auth_time is not None else None,
     )
+
+
+def groups_of(value: Any) -> tuple[str, ...]:
+    """A groups claim (ID token or userinfo): a list of names, or one name; anything else is none."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return ()
+    return tuple(g for g in value if isinstance(g, str) and 0 < len(g) <= 255)[:256]
+
+
+def proof_time(proven: Proven, login: LoginState, now: float) -> float | None:
+    """When the level the provider proved was proven, for freshness (max_age) checks.
+
+    Forced re-authentication (prompt=login or max_age; check_claims has made
+    sure auth_time, when present, is not older than the login): the callback
+    itself, since some providers keep auth_time at their session's start after
+    a step-up. Otherwise the provider may have answered from an SSO session of
+    any age: its auth_time, never later than now. Without auth_time in either
+    case: None, no proof time at all, so a route with max_age sends the user
+    back to the provider (with max_age, which makes auth_time mandatory).
+    """
+    if proven.auth_time is None:
+        return None
+    if login.forced:
+        return now
+    return min(now, proven.auth_time)
 
 
 def _number(v: Any) -> bool:

@@ -56,7 +56,8 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
             r.error(f"{w}.id_token_algorithms[{i}]", f"{a!r} is not allowed (allowed: {', '.join(ALLOWED_ALGS)})")
     extra = d.get("extra_auth_params", {}) or {}
     reserved = {"state", "nonce", "code_challenge", "code_challenge_method", "redirect_uri", "client_id",
-                "response_type", "scope", "acr_values", "max_age", "prompt", "login_hint", "claims"}
+                "response_type", "scope", "acr_values", "max_age", "prompt", "login_hint", "claims",
+                "response_mode", "request", "request_uri"}
     if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
         r.error(f"{w}.extra_auth_params", "must map parameter names to strings")
         extra = {}

@@ -38,7 +38,8 @@ def test_authorization_request_asks_for_the_level_and_binds_pkce():
     q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert q["acr_values"] == "urn:acr:mfa urn:acr:mfa2 urn:acr:hwk"
     assert json.loads(q["claims"]) == {"id_token": {"acr": {"essential": True,
-                                                            "values": ["urn:acr:mfa", "urn:acr:mfa2", "urn:acr:hwk"]}}}
+                                                            "values": ["urn:acr:mfa", "urn:acr:mfa2", "urn:acr:hwk"]},
+                                                    "auth_time": {"essential": True}}}
     assert (q["max_age"], q["prompt"], q["login_hint"]) == ("900", "login", "alice")
     assert q["code_challenge_method"] == "S256"
     assert q["code_challenge"] == flow.pkce_challenge(lg.verifier) != lg.verifier
@@ -99,3 +100,64 @@ def test_login_state_round_trip_and_cookie_names_differ_per_login():
     a, b = login(), login()
     assert flow.LoginState.from_json(a.to_json()) == a
     assert flow.login_cookie_name("fa", a.state) != flow.login_cookie_name("fa", b.state)
+
+
+def test_unforced_login_asks_for_no_auth_time_and_no_reauthentication():
+    url = flow.authorization_url("https://idp.test/auth", OIDC, CFG.levels, login(), "https://auth/cb", False)
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert json.loads(q["claims"]) == {"id_token": {"acr": {"essential": True,
+                                                            "values": ["urn:acr:mfa", "urn:acr:mfa2", "urn:acr:hwk"]}}}
+    assert "prompt" not in q and "max_age" not in q
+
+
+def test_forced_login_refuses_an_auth_time_from_before_it_started():
+    lg = login(forced=True)
+    with pytest.raises(flow.LoginError) as exc:
+        check(lg, claims(lg, auth_time=NOW - 61))  # clock_skew is 60 s
+    assert (exc.value.status, exc.value.message) == (
+        401, "the provider did not re-authenticate as asked (auth_time is older than this sign-in)")
+    assert check(lg, claims(lg, auth_time=NOW - 59)).auth_time == NOW - 59
+
+
+@pytest.mark.parametrize("forced,auth_time,expected", [
+    (True, NOW - 30, NOW + 10),    # forced: the callback's own time (auth_time may lag after a step-up)
+    (True, None, None),            # forced, no auth_time: no proof time at all
+    (False, NOW - 3600, NOW - 3600),  # answered from an SSO session: its auth_time
+    (False, NOW + 500, NOW + 10),  # never later than now
+    (False, None, None),           # no auth_time: conservative, no proof time
+])
+def test_proof_time(forced, auth_time, expected):
+    lg = login(forced=forced)
+    proven = check(lg, claims(lg, auth_time=auth_time))
+    assert flow.proof_time(proven, lg, NOW + 10) == expected
+
+
+@pytest.mark.parametrize("value,expected", [
+    (["a", "b"], ("a", "b")),
+    ("admins", ("admins",)),               # one name, not six one-letter groups
+    (["ok", "", "x" * 256, 7, None], ("ok",)),
+    ({"a": 1}, ()),
+    (None, ()),
+    ([f"g{i}" for i in range(300)], tuple(f"g{i}" for i in range(256))),
+])
+def test_groups_normalisation(value, expected):
+    assert flow.groups_of(value) == expected
+
+
+@pytest.mark.parametrize("change", [{"created": "x"}, {"forced": "yes"}, {"max_age": []}, {"hint": 5},
+                                    {"unknown": 1}])
+def test_login_state_refuses_odd_fields(change):
+    d = json.loads(login().to_json())
+    d.update(change)
+    with pytest.raises((ValueError, TypeError)):
+        flow.LoginState.from_json(json.dumps(d).encode())
+
+
+@pytest.mark.parametrize("name", ["response_mode", "request", "request_uri", "state", "prompt"])
+def test_protocol_parameters_cannot_be_extra_auth_params(name):
+    from forwardauth.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        make_config("policy: {rules: []}\noidc: {issuer: https://idp.test, client_id: fa, client_secret: s, "
+                    f"extra_auth_params: {{{name}: x}}}}\n")
+    assert f"oidc.extra_auth_params.{name}: is set by forwardauth and cannot be overridden" in str(exc.value)
