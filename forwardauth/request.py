@@ -288,8 +288,8 @@ def from_url(url: str) -> tuple[str, str, str]:
     return parts.scheme, parts.netloc, uri
 
 
-NGINX_FIELDS = ("X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Forwarded-Proto", "X-Forwarded-Host",
-                "Host", "X-Forwarded-For", "X-Real-IP", "Accept")
+NGINX_FIELDS = ("X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Forwarded-Proto", "Host",
+                "X-Forwarded-For", "X-Real-IP", "Accept")
 FORWARDED_FIELDS = ("X-Forwarded-Method", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Uri",
                     "X-Forwarded-For", "Accept")
 
@@ -297,14 +297,19 @@ FORWARDED_FIELDS = ("X-Forwarded-Method", "X-Forwarded-Proto", "X-Forwarded-Host
 def nginx_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
     """nginx auth_request: X-Original-URL, or X-Original-URI + Host; X-Original-Method.
 
+    Without X-Original-URL the host is the Host header only, never
+    X-Forwarded-Host: auth_request passes every header the client sent on to
+    the subrequest, so a snippet that sets X-Original-URI and Host but not
+    X-Forwarded-Host would let the client choose the host it is judged on.
+    X-Forwarded-Proto only gives the scheme of the redirect back after sign-in.
+
     `values` are the NGINX_FIELDS headers in order (None when absent): the
     server reads exactly these, and remembers parsed requests by them."""
-    url, uri, method, proto, fwd_host, host, fwd_for, real_ip, accept = values
+    url, uri, method, proto, host, fwd_for, real_ip, accept = values
     if url:
         scheme, host, uri = from_url(url)
     else:
         scheme = proto or "http"
-        host = fwd_host or host
     return build(method=method, scheme=scheme, host=host, uri=uri, forwarded_for=fwd_for or real_ip, peer=peer,
                  trusted=trusted, accept=accept)
 

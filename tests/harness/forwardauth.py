@@ -18,6 +18,9 @@ import yaml
 from .procs import Proc, free_port, http_status
 
 APP_HOST = "app.test"
+# A host the policy lets through anonymously but no proxy serves: a request
+# naming it must never reach the app (see test_proxies).
+STATUS_HOST = "status.test"
 COOKIE = "forwardauth"
 PASSWORD_ACR = "urn:forwardauth:acr:password"
 MFA_ACR = "urn:forwardauth:acr:mfa"
@@ -26,6 +29,7 @@ MFA_ACR = "urn:forwardauth:acr:mfa"
 POLICY = {
     "default": "deny",
     "rules": [
+        {"name": "status", "hosts": [STATUS_HOST], "allow": "anonymous"},
         {"name": "public", "hosts": [APP_HOST], "paths": ["/public/"], "allow": "anonymous"},
         {"name": "closed", "hosts": [APP_HOST], "paths": ["/deny/"], "deny": True},
         {"name": "mfa", "hosts": [APP_HOST], "paths": ["/mfa/"], "level": "mfa"},

@@ -63,13 +63,19 @@ http {{
     scgi_temp_path {workdir}/tmp/scgi;
     upstream forwardauth {{ server 127.0.0.1:{fa_port}; keepalive 16; }}
     upstream app {{ server 127.0.0.1:{app_port}; keepalive 16; }}
+    # As in examples/nginx/nginx.conf: other host names are refused.
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        server_name _;
+        return 444;
+    }}
     server {{
         listen 127.0.0.1:{port};
         server_name {server_name};
         include {NGINX_SNIPPETS}/forwardauth.conf;
         location / {{
             include {NGINX_SNIPPETS}/forwardauth-protect.conf;
-            proxy_set_header Host $http_host;
+            proxy_set_header Host $host;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_pass http://app;

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from harness.client import Reply, request
-from harness.forwardauth import APP_HOST, COOKIE, MFA_ACR
+from harness.forwardauth import APP_HOST, COOKIE, MFA_ACR, STATUS_HOST
 
 pytestmark = pytest.mark.proxy
 
@@ -259,3 +260,51 @@ def test_echo_app_reports_alias_headers(echo_app):
     reply = request(echo_app.port, "/x", host="127.0.0.1", headers=FORGED)
     assert identity_seen(reply)["x-auth-request-user"] == ["admin", "admin"]
     assert json.loads(reply.body)["path"] == "/x"
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Bytes in, bytes out: for request lines and headers a client library would not send."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        out = b""
+        while chunk := conn.recv(65536):
+            out += chunk
+    return out
+
+
+def test_host_the_proxy_does_not_serve_never_reaches_the_app(proxy):
+    """The policy lets status.test through anonymously, but no proxy serves it: asking for it
+    must not reach the app (nginx's example has a default_server that refuses other names)."""
+    reply = raw_request(proxy.port, f"GET /password/x HTTP/1.1\r\nHost: {STATUS_HOST}\r\n"
+                                    "Connection: close\r\n\r\n".encode())
+    expected = {"nginx": b"",  # 444: connection closed, nothing sent
+                "traefik": b"HTTP/1.1 404 Not Found\r\n", "caddy": b"HTTP/1.1 200 OK\r\n"}[proxy.name]
+    assert reply.startswith(expected) and (expected or reply == b""), reply
+    assert b'"headers"' not in reply  # not the echo app's answer
+
+
+def test_absolute_url_is_judged_on_the_host_the_proxy_routes_on(proxy):
+    """A request line naming app.test with "Host: status.test": the proxy routes it to the
+    app, so forwardauth must judge app.test (sign-in needed), not the anonymous status.test."""
+    reply = raw_request(proxy.port, f"GET http://{APP_HOST}:{proxy.port}/password/x HTTP/1.1\r\n"
+                                    f"Host: {STATUS_HOST}\r\nAccept: application/json\r\n"
+                                    "Connection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 401 "), reply
+    assert b'"headers"' not in reply
+
+
+def test_non_ascii_bytes_in_the_path_are_never_a_server_error(proxy):
+    """Raw bytes past ASCII in the request target: a path that is not UTF-8 is refused with
+    forwardauth's 400; a raw UTF-8 path is judged like its percent-encoded form."""
+    host = f"{APP_HOST}:{proxy.port}".encode()
+    bad = raw_request(proxy.port, b"GET /public/x\xff HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+    # nginx turns an auth_request answer other than 2xx/401/403 into its own 500
+    # (and logs forwardauth's 400); Traefik and Caddy pass the 400 on.
+    expected = b"HTTP/1.1 500 " if proxy.name == "nginx" else b"HTTP/1.1 400 Bad Request\r\n"
+    assert bad.startswith(expected) and b'"headers"' not in bad, bad
+    if proxy.name != "nginx":
+        assert bad.endswith(b"\r\n\r\n400 Bad Request: path is not valid UTF-8 after percent-decoding\n"), bad
+    good = raw_request(proxy.port, b"GET /password/caf\xc3\xa9 HTTP/1.1\r\nHost: " + host
+                       + b"\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+    assert good.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), good
+    assert good.split(b"\r\n\r\n", 1)[1].startswith(b'{"error": "unauthorized"'), good

@@ -72,6 +72,20 @@ def test_nginx_uri_and_host():
     assert r.client == PEER
 
 
+def test_nginx_host_comes_from_host_only_never_x_forwarded_host():
+    """auth_request hands the client's headers to the subrequest: a snippet that sets
+    X-Original-URI and Host must not let a client-sent X-Forwarded-Host pick the host."""
+    r = nginx(**{"X-Original-URI": "/admin/", "X-Original-Method": "GET", "Host": "app.example.com",
+                 "X-Forwarded-Host": "status.example.com"})
+    assert (r.host, r.url) == ("app.example.com", "http://app.example.com/admin/")
+    with pytest.raises(BadRequest) as exc:
+        nginx(**{"X-Original-URI": "/x", "X-Original-Method": "GET", "X-Forwarded-Host": "status.example.com"})
+    assert str(exc.value) == "missing original host header"
+    r = nginx(**{"X-Original-URL": "https://app.example.com/a", "X-Original-Method": "GET", "Host": "fa:4180",
+                 "X-Forwarded-Host": "status.example.com", "X-Forwarded-Proto": "http"})
+    assert r.url == "https://app.example.com/a"
+
+
 def test_traefik_headers():
     r = headers_forwarded({"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https",
                            "X-Forwarded-Host": "app.example.com", "X-Forwarded-Uri": "/p",
