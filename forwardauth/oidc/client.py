@@ -2,17 +2,21 @@
 
 Only the sign-in endpoints use this; the decision endpoints never do, so a
 provider outage leaves existing sessions working. Discovery and keys are
-cached; a token signed with an unknown `kid` triggers at most one JWKS
-refetch per `jwks_min_interval` (the provider rotated its keys).
+cached (an hour); a token signed with an unknown `kid` triggers at most one
+JWKS refetch per `jwks_min_interval` (the provider rotated its keys).
+Concurrent fetches of the same document share one request. Whether the
+provider is up is judged from its recent answers (see `metadata_for_login`),
+so a login start costs a provider request at most every few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from joserfc import jws, jwt
@@ -22,8 +26,11 @@ from joserfc.jwk import KeySet
 from forwardauth.oidc.flow import LoginError
 from forwardauth.oidc.settings import OidcConfig
 
-DISCOVERY_TTL = 3600.0
-JWKS_MIN_INTERVAL = 30.0
+DISCOVERY_TTL = 3600.0  # discovery document kept this long
+KEYS_TTL = 3600.0  # signing keys kept this long, then fetched again at the next sign-in
+JWKS_MIN_INTERVAL = 30.0  # at most one refetch for an unknown kid in this long
+HEALTH_TTL = 10.0  # a provider that answered within this long is taken to be up
+DOWN_TTL = 5.0  # a failed request is remembered this long: starts answer at once
 MAX_DOCUMENT = 256 * 1024
 
 
@@ -42,14 +49,26 @@ class Metadata:
 
 
 class ProviderClient:
+    """One per process. The timings are attributes so tests can shorten them."""
+
     def __init__(self, cfg: OidcConfig):
         self.cfg = cfg
+        self.discovery_ttl = DISCOVERY_TTL
+        self.keys_ttl = KEYS_TTL
+        self.jwks_min_interval = JWKS_MIN_INTERVAL
+        self.health_ttl = HEALTH_TTL
+        self.down_ttl = DOWN_TTL
         self._session: aiohttp.ClientSession | None = None
         self._meta: Metadata | None = None
-        self._meta_at = 0.0
+        self._meta_at = -math.inf
         self._keys: KeySet | None = None
-        self._keys_at = 0.0
-        self._lock = asyncio.Lock()
+        self._keys_at = -math.inf
+        self._ok_at = -math.inf  # last answer from the provider
+        self._down_at = -math.inf  # last failure to get one
+        self._down_reason = ""
+        # One fetch in flight per document: concurrent callers share it
+        # (nobody waits behind someone else's timeout).
+        self._inflight: dict[str, asyncio.Future] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -63,52 +82,93 @@ class ProviderClient:
         if self._session is not None:
             await self._session.close()
 
+    def _answered(self) -> None:
+        self._ok_at = time.monotonic()
+
+    def _failed(self, reason: str) -> ProviderDown:
+        self._down_at, self._down_reason = time.monotonic(), reason
+        return ProviderDown(reason)
+
     async def _get_json(self, url: str, **kw: Any) -> dict:
         try:
             async with self._http().get(url, **kw) as r:
                 if r.status != 200:
-                    raise ProviderDown(f"provider answered {r.status} for {url}")
+                    raise self._failed(f"provider answered {r.status} for {url}")
                 body = await r.content.read(MAX_DOCUMENT + 1)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise ProviderDown(f"cannot reach the provider ({exc.__class__.__name__})") from None
-        return _json_object(body, url)
+            raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
+        try:
+            d = _json_object(body, url)
+        except ProviderDown as exc:
+            raise self._failed(str(exc)) from None
+        self._answered()
+        return d
 
-    async def metadata(self, fresh: bool = False) -> Metadata:
-        ttl = 0.0 if fresh else DISCOVERY_TTL
-        if self._meta is not None and time.monotonic() - self._meta_at < ttl:
+    async def _shared(self, what: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        fut = self._inflight.get(what)
+        if fut is None or fut.done():
+            fut = asyncio.ensure_future(fetch())
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
+            self._inflight[what] = fut
+        # shield: a caller that gives up (client went away) does not cancel the others' fetch.
+        return await asyncio.shield(fut)
+
+    async def metadata(self) -> Metadata:
+        """The discovery document, cached for `discovery_ttl`."""
+        if self._meta is not None and time.monotonic() - self._meta_at < self.discovery_ttl:
             return self._meta
-        async with self._lock:
-            if self._meta is not None and time.monotonic() - self._meta_at < ttl:
-                return self._meta
-            url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            d = await self._get_json(url)
-            if d.get("issuer") != self.cfg.issuer:
-                raise ProviderDown("discovery document names a different issuer")
-            try:
-                meta = Metadata(
-                    issuer=d["issuer"],
-                    authorization_endpoint=_url(d["authorization_endpoint"]),
-                    token_endpoint=_url(d["token_endpoint"]),
-                    jwks_uri=_url(d["jwks_uri"]),
-                    userinfo_endpoint=_url(d["userinfo_endpoint"]) if d.get("userinfo_endpoint") else None,
-                    end_session_endpoint=_url(d["end_session_endpoint"]) if d.get("end_session_endpoint") else None,
-                )
-            except (KeyError, ValueError):
-                raise ProviderDown("discovery document is incomplete") from None
-            self._meta, self._meta_at = meta, time.monotonic()
-            return meta
+        return await self._shared("discovery", self._fetch_metadata)
+
+    async def metadata_for_login(self) -> Metadata:
+        """Metadata for a new login, when the provider looks up.
+
+        A provider that answered within `health_ttl` is taken to be up (cached
+        document); else one shared discovery fetch checks (and refreshes). A
+        failure within `down_ttl` answers at once: a burst of starts while the
+        provider is down costs one timeout, not one each.
+        """
+        now = time.monotonic()
+        if self._down_at > self._ok_at and now - self._down_at < self.down_ttl:
+            raise ProviderDown(self._down_reason)
+        if self._meta is not None and now - self._ok_at < self.health_ttl \
+                and now - self._meta_at < self.discovery_ttl:
+            return self._meta
+        return await self._shared("discovery", self._fetch_metadata)
+
+    async def _fetch_metadata(self) -> Metadata:
+        url = self.cfg.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        d = await self._get_json(url)
+        if d.get("issuer") != self.cfg.issuer:
+            raise self._failed("discovery document names a different issuer")
+        try:
+            meta = Metadata(
+                issuer=d["issuer"],
+                authorization_endpoint=_url(d["authorization_endpoint"]),
+                token_endpoint=_url(d["token_endpoint"]),
+                jwks_uri=_url(d["jwks_uri"]),
+                userinfo_endpoint=_url(d["userinfo_endpoint"]) if d.get("userinfo_endpoint") else None,
+                end_session_endpoint=_url(d["end_session_endpoint"]) if d.get("end_session_endpoint") else None,
+            )
+        except (KeyError, ValueError):
+            raise self._failed("discovery document is incomplete") from None
+        self._meta, self._meta_at = meta, time.monotonic()
+        return meta
 
     async def _key_set(self, refresh: bool) -> KeySet:
-        if self._keys is not None and not refresh:
+        """The provider's signing keys: cached for `keys_ttl`; `refresh` (unknown kid) refetches
+        at most once per `jwks_min_interval`, and concurrent refetches share one request."""
+        age = time.monotonic() - self._keys_at
+        if self._keys is not None and age < (self.jwks_min_interval if refresh else self.keys_ttl):
             return self._keys
-        if refresh and self._keys is not None and time.monotonic() - self._keys_at < JWKS_MIN_INTERVAL:
-            return self._keys
+        return await self._shared("jwks", self._fetch_keys)
+
+    async def _fetch_keys(self) -> KeySet:
         meta = await self.metadata()
         d = await self._get_json(meta.jwks_uri)
         try:
             keys = KeySet.import_key_set({"keys": [k for k in d.get("keys", []) if k.get("use", "sig") == "sig"]})
         except (JoseError, ValueError, TypeError, AttributeError):
-            raise ProviderDown("provider JWKS is invalid") from None
+            raise self._failed("provider JWKS is invalid") from None
         self._keys, self._keys_at = keys, time.monotonic()
         return keys
 
@@ -142,8 +202,9 @@ class ProviderClient:
                 body = await r.content.read(MAX_DOCUMENT + 1)
                 status = r.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise ProviderDown(f"cannot reach the provider ({exc.__class__.__name__})") from None
+            raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
         d = _json_object(body, "token endpoint")
+        self._answered()
         if status != 200:
             err = d.get("error") if isinstance(d.get("error"), str) else "error"
             raise LoginError(400, f"the provider refused the authorization code ({err[:64]})")

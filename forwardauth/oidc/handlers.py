@@ -11,13 +11,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
-from urllib.parse import urlencode
+from dataclasses import replace
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from cachetools import TTLCache
 
-from forwardauth.cookies import clear_cookie, set_cookie
+from forwardauth.cookies import clear_cookie
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
@@ -30,11 +32,25 @@ from forwardauth.start import AUTHENTICATORS, Need
 
 log = logging.getLogger("forwardauth.oidc")
 CLIENT = web.AppKey("oidc_client", ProviderClient)
-MAX_LOGINS_PER_BROWSER = 8
+# The `oidc:` section the app was built with. The provider client and the
+# routes are made once, so every handler uses these settings too: a reload
+# (SIGHUP) that changes the section is reported, and applies after a restart.
+SETTINGS = web.AppKey("oidc_settings", OidcConfig)
+
+# Per-login cookies. Each browser tab's login has its own cookie (so parallel
+# logins work), scoped to /oauth2/ so /oauth2/start sees the ones already
+# there and can drop the oldest: together they must stay far below the
+# 8 KB a server accepts for the Cookie header, next to a session cookie of up
+# to 3.8 KB.
+LOGIN_PATH = "/oauth2/"
+MAX_LOGINS_PER_BROWSER = 4  # live login cookies, the newest kept
+LOGIN_COOKIES_BUDGET = 3500  # bytes of login cookies (name=value) in one Cookie header
+MAX_LOGIN_RD = 2000  # characters of `rd` a login carries (its cookie stays under ~3 KB)
 
 
-def oidc_config(ctx: Context) -> OidcConfig | None:
-    return ctx.runtime.config.sections.get("oidc")
+def oidc_config(request: web.Request) -> OidcConfig | None:
+    """The settings this app runs with (see SETTINGS)."""
+    return request.app.get(SETTINGS)
 
 
 def callback_url(ctx: Context) -> str:
@@ -49,54 +65,131 @@ def redirect(url: str) -> web.Response:
     return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
+def _login_prefix(ctx: Context) -> str:
+    # Scoped to /oauth2/, so it cannot be a __Host- cookie.
+    return ("__Secure-" if ctx.runtime.config.session.secure else "") + "forwardauth"
+
+
 def _login_cookie(ctx: Context, state: str) -> str:
-    # Scoped to /oauth2/callback, so it cannot be a __Host- cookie.
-    return flow.login_cookie_name(("__Secure-" if ctx.runtime.config.session.secure else "") + "forwardauth", state)
+    return flow.login_cookie_name(_login_prefix(ctx), state)
+
+
+def login_set_cookie(ctx: Context, name: str, value: str, max_age: int) -> str:
+    """Set-Cookie for a per-login cookie: always SameSite=Lax, whatever `session.same_site` says.
+
+    The provider sends the browser back to the callback with a cross-site
+    navigation, which a SameSite=Strict cookie would not come with.
+    """
+    scfg = ctx.runtime.config.session
+    parts = [f"{name}={value}", f"Path={LOGIN_PATH}", f"Max-Age={max(0, int(max_age))}", "HttpOnly", "SameSite=Lax"]
+    if scfg.secure:
+        parts.append("Secure")
+    if scfg.domain:
+        parts.append(f"Domain={scfg.domain}")
+    return "; ".join(parts)
+
+
+def _stale_logins(request: web.Request, ctx: Context, cfg: OidcConfig, new_bytes: int, now: float) -> list[str]:
+    """Names of this browser's login cookies to clear so that, with a new one of
+    `new_bytes`, at most MAX_LOGINS_PER_BROWSER and LOGIN_COOKIES_BUDGET bytes remain.
+    The oldest go first; expired or unreadable ones always go."""
+    prefix = _login_prefix(ctx) + "_login_"
+    sealer = _sealer(ctx)
+    found: list[tuple[float, str, int]] = []
+    for name, value in request.cookies.items():
+        if not name.startswith(prefix):
+            continue
+        try:
+            created = flow.LoginState.from_json(sealer.open(value)).created
+        except (SealError, ValueError, TypeError):
+            created = -math.inf
+        found.append((created, name, len(name) + len(value) + 2))
+    found.sort(reverse=True)
+    kept, used, stale = 1, new_bytes, []
+    for created, name, size in found:
+        if now - created > cfg.login_timeout or kept >= MAX_LOGINS_PER_BROWSER or used + size > LOGIN_COOKIES_BUDGET:
+            stale.append(name)
+        else:
+            kept, used = kept + 1, used + size
+    return stale
+
+
+def _too_long(rd: str) -> web.Response:
+    return page(400, "Address too long",
+                f"The address to return to after signing in is {len(rd)} characters long; at most "
+                f"{MAX_LOGIN_RD} are kept during a sign-in. Open a shorter address of the site and sign in from there.")
 
 
 async def begin(request: web.Request, rd: str, level: str, max_age: float | None,
                 session: Session | None) -> web.Response:
     """Redirect to the provider with a step-up request for `level`."""
     ctx = request.app[CTX]
-    cfg = oidc_config(ctx)
+    cfg = oidc_config(request)
     assert cfg is not None
+    if len(rd) > MAX_LOGIN_RD:
+        return _too_long(rd)
     try:
-        # Fetched afresh for every login start (logins are rare), so a provider
-        # that is down gets a clear page here instead of a browser error there.
-        meta = await request.app[CLIENT].metadata(fresh=True)
+        # Cached metadata while the provider answers; a provider that is down
+        # gets a clear page here instead of a browser error there.
+        meta = await request.app[CLIENT].metadata_for_login()
     except ProviderDown as exc:
         log.warning("provider unreachable at sign-in", extra={"fields": {"error": str(exc)}})
         return page(502, "Sign-in is unavailable",
                     "The identity provider cannot be reached right now. Please try again in a minute.")
     now = time.time()
-    login = flow.new_login(rd, level, max_age, now, session.sub if session else None)
     # Re-authentication is forced when someone is already signed in (step-up),
     # or when freshness is required.
-    force = session is not None or max_age is not None
+    forced = session is not None or max_age is not None
+    login = flow.new_login(rd, level, max_age, now, session.sub if session else None, forced)
+    try:
+        sealed = _sealer(ctx).seal(login.to_json())
+    except SealError:
+        return _too_long(rd)
     url = flow.authorization_url(meta.authorization_endpoint, cfg, ctx.runtime.config.levels, login,
-                                 callback_url(ctx), force)
+                                 callback_url(ctx), forced)
     resp = redirect(url)
-    scfg = ctx.runtime.config.session
     name = _login_cookie(ctx, login.state)
-    resp.headers.add("Set-Cookie", set_cookie(scfg, name, _sealer(ctx).seal(login.to_json()),
-                                              int(cfg.login_timeout), path="/oauth2/callback"))
+    for stale in _stale_logins(request, ctx, cfg, len(name) + len(sealed) + 2, now):
+        resp.headers.add("Set-Cookie", login_set_cookie(ctx, stale, "", 0))
+    resp.headers.add("Set-Cookie", login_set_cookie(ctx, name, sealed, int(cfg.login_timeout)))
     return resp
+
+
+def _audit(request: web.Request, ctx: Context, event: str, user: str | None, level: str | None, reason: str,
+           rd: str | None = None) -> None:
+    """One line in the audit log (never a code, token or cookie: `reason` is a safe message)."""
+    from forwardauth.audit import for_context, request_id
+    from forwardauth.signin.routes import client_of
+
+    host = path = None
+    if rd:
+        parts = urlsplit(rd)
+        host, path = parts.hostname, parts.path or "/"
+    for_context(ctx).emit(event, user=user, client=client_of(request, ctx), host=host, path=path, level=level,
+                          reason=reason, request_id=request_id(request.headers))
 
 
 async def callback(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    cfg = oidc_config(ctx)
+    cfg = oidc_config(request)
     if cfg is None:
         return page(404, "Not found", "Upstream sign-in is not configured.")
+    _warn_if_changed(request, ctx, cfg)
     try:
         return await _callback(request, ctx, cfg)
     except flow.LoginError as exc:
         log.info("sign-in refused", extra={"fields": {"reason": exc.message}})
+        _audit(request, ctx, "signin_refused", None, None, f"oidc: {exc.message}")
         return page(exc.status, "Sign-in failed", exc.message, ("/oauth2/start", "Start again"))
     except ProviderDown as exc:
+        _audit(request, ctx, "signin_refused", None, None, f"oidc: provider unavailable ({exc})")
         return page(502, "Sign-in is unavailable", f"The identity provider cannot be reached: {exc}")
 
 
+# States already answered, so the same answer cannot be used twice. Per
+# process: with several workers or replicas a replayed answer (state and its
+# login cookie) can land on another process; the provider's one-time
+# authorization code is what refuses it there.
 USED_STATES: TTLCache = TTLCache(maxsize=100_000, ttl=3600)
 
 
@@ -105,7 +198,6 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
     state = q.get("state")
     if not state or len(state) > 256:
         raise flow.LoginError(400, "The sign-in answer has no state; start again.")
-    scfg = ctx.runtime.config.session
     name = _login_cookie(ctx, state)
     sealed = request.cookies.get(name)
     if not sealed:
@@ -142,41 +234,61 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
     if proven.email is None and isinstance(tokens.get("access_token"), str):
         info = await client.userinfo(tokens["access_token"])
         if info.get("sub") == proven.sub:
-            proven = flow.Proven(proven.sub, proven.level, flow._text(info.get("email")),
-                                 proven.name or flow._text(info.get("name")),
-                                 proven.groups or tuple(g for g in info.get(cfg.groups_claim, []) or ()
-                                                        if isinstance(g, str))[:256],
-                                 proven.acr)
+            proven = replace(proven, email=flow._text(info.get("email")),
+                             name=proven.name or flow._text(info.get("name")),
+                             groups=proven.groups or flow.groups_of(info.get(cfg.groups_claim)))
     if proven.level is None:
         raise flow.LoginError(403, "The identity provider did not prove any level configured here "
                                    f"(acr {proven.acr!r}).")
 
     current, _, _ = current_session(ctx, request.cookies, now)
     levels = ctx.runtime.config.levels
-    if current is not None and current.sub == proven.sub:
+    proven_at = flow.proof_time(proven, login, now)
+    if current is not None and current.source == "oidc" and current.sub == proven.sub:
+        # The same upstream person: keep what they proved before.
         proofs = dict(current.proofs)
-        proofs[proven.level] = now
+        if proven_at is not None:
+            proofs[proven.level] = max(proven_at, proofs.get(proven.level, proven_at))
         level = proven.level if levels.at_least(proven.level, current.level) else current.level
-        new = ctx.runtime.codec.new(proven.sub, level, now, email=proven.email, name=proven.name,
-                                    groups=proven.groups, proofs=proofs, source="oidc")
     else:
-        # A different person (or nobody) was signed in: replace, never merge.
-        new = ctx.runtime.codec.new(proven.sub, proven.level, now, email=proven.email, name=proven.name,
-                                    groups=proven.groups, source="oidc")
+        # Nobody, a different person, or someone from another source (a local
+        # account may share the name): replace, never merge.
+        proofs = {proven.level: proven_at} if proven_at is not None else {}
+        level = proven.level
+    new = ctx.runtime.codec.new(proven.sub, level, now, email=proven.email, name=proven.name,
+                                groups=proven.groups, proofs=proofs, source="oidc")
     if current is not None and current.sid != new.sid:
         await ctx.store.revoke(current.sid, current.exp)
     log.info("signed in", extra={"fields": {"user": new.sub, "level": proven.level, "required": login.level,
                                             "source": "oidc"}})
     if not levels.at_least(proven.level, login.level):
+        _audit(request, ctx, "signin_ok", new.sub, new.level,
+               f"oidc: proved {proven.level}, below the {login.level} asked for", login.rd)
         resp = page(403, "A stronger sign-in is needed",
                     f"You are signed in at level {proven.level}, but this page needs level {login.level}, "
                     "which your identity provider did not confirm.",
                     (login.rd, "Back to the page"))
     else:
+        _audit(request, ctx, "signin_ok", new.sub, new.level, f"oidc: proved {proven.level}", login.rd)
         resp = redirect(login.rd)
     resp.headers.add("Set-Cookie", session_cookie(ctx, new, now))
-    resp.headers.add("Set-Cookie", clear_cookie(scfg, name, path="/oauth2/callback"))
+    resp.headers.add("Set-Cookie", login_set_cookie(ctx, name, "", 0))
     return resp
+
+
+CHECKED = web.AppKey("oidc_checked_config", dict)
+
+
+def _warn_if_changed(request: web.Request, ctx: Context, started: OidcConfig | None) -> None:
+    """Once per loaded config: say so when a reload changed the `oidc:` section (it needs a restart)."""
+    now_cfg = ctx.runtime.config
+    checked = request.app[CHECKED]
+    if checked.get("config") is now_cfg:
+        return
+    checked["config"] = now_cfg
+    if now_cfg.sections.get("oidc") != started:
+        log.warning("the oidc section changed on reload; restart forwardauth to apply it "
+                    "(the settings it started with stay in use)")
 
 
 SIGNED_OUT_PATH = "/oauth2/signed_out"
@@ -191,7 +303,7 @@ async def end_session_url(request: web.Request, rd: str) -> str | None:
     and `rd` travels sealed in `state`.
     """
     ctx = request.app[CTX]
-    cfg = oidc_config(ctx)
+    cfg = oidc_config(request)
     if cfg is None:
         return None
     try:
@@ -225,9 +337,11 @@ async def signed_out(request: web.Request) -> web.Response:
 
 
 def _setup(app: web.Application, ctx: Context) -> None:
-    cfg = oidc_config(ctx)
+    app[CHECKED] = {"config": ctx.runtime.config}
+    cfg = ctx.runtime.config.sections.get("oidc")
     if cfg is None:
         return
+    app[SETTINGS] = cfg
     app[CLIENT] = ProviderClient(cfg)
     app.router.add_get("/oauth2/callback", callback)
     app.router.add_get(SIGNED_OUT_PATH, signed_out)
@@ -242,8 +356,12 @@ def _setup(app: web.Application, ctx: Context) -> None:
 async def authenticate(request: web.Request, need: Need) -> web.StreamResponse | None:
     """The upstream provider handles a need when it is configured and the level has acr/amr values."""
     ctx = request.app[CTX]
+    cfg = oidc_config(request)
+    _warn_if_changed(request, ctx, cfg)
+    if cfg is None:
+        return None
     lv = ctx.runtime.config.levels[need.level]
-    if oidc_config(ctx) is None or not (lv.acr or lv.amr):
+    if not (lv.acr or lv.amr):
         return None
     return await begin(request, need.rd, need.level, need.max_age, need.session)
 

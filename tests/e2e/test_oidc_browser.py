@@ -206,7 +206,8 @@ def assert_identity(resp, level: str, proven_after: float) -> None:
     seen = identity(resp)
     auth_time = seen.pop("x-auth-request-auth-time", None)
     assert seen == expected_identity(level), seen
-    # auth_time is when forwardauth recorded the latest proof (the callback).
+    # auth_time is the latest proof: the provider's auth_time for a first sign-in
+    # (nothing forced it), the callback's time after a forced re-authentication.
     assert auth_time is not None and len(auth_time) == 1, auth_time
     assert int(proven_after) <= int(auth_time[0]) <= time.time() + 1, (auth_time, proven_after)
 

@@ -325,6 +325,7 @@ class OidcProvider:
         auth_time: int | None = None,
         id_token_omit: Sequence[str] | None = None,
         id_token_set: Mapping[str, Any] | None = None,
+        id_token_raw: str | None = None,
         error: str | None = None,
         error_description: str | None = None,
     ) -> int:
@@ -339,6 +340,8 @@ class OidcProvider:
         id_token_omit / id_token_set: the next ID token for `sub` from the
           token endpoint loses / gets these claims, re-signed with the
           provider's own key (e.g. id_token_omit=["auth_time"]).
+        id_token_raw: the next ID token for `sub` is this string, as is (a
+          token forged by the test).
         error: the interaction ends with this OAuth error instead (e.g.
           "access_denied"); `sub` is then ignored.
         Returns how many logins are queued.
@@ -348,7 +351,7 @@ class OidcProvider:
             entry["acr"] = acr
         for key, value in (("amr", amr), ("email", email), ("name", name), ("groups", groups),
                            ("auth_time_offset", auth_time_offset), ("auth_time", auth_time),
-                           ("id_token_omit", id_token_omit), ("id_token_set", id_token_set),
+                           ("id_token_omit", id_token_omit), ("id_token_set", id_token_set), ("id_token_raw", id_token_raw),
                            ("error", error), ("error_description", error_description)):
             if value is not None:
                 entry[key] = list(value) if isinstance(value, (list, tuple)) else value

@@ -377,6 +377,11 @@ provider.use(async (ctx, next) => {
   const override = idTokenOverrides.get(payload.sub);
   if (!override) return;
   idTokenOverrides.delete(payload.sub);
+  if (typeof override.raw === 'string') {
+    // The test's own token (e.g. alg "none"), served as is.
+    ctx.body = { ...ctx.body, id_token: override.raw };
+    return;
+  }
   for (const claim of override.omit || []) delete payload[claim];
   Object.assign(payload, override.set || {});
   ctx.body = { ...ctx.body, id_token: signJws(header, payload) };
@@ -445,10 +450,11 @@ function loginResult(details, choice) {
   } else if (Number.isInteger(choice.auth_time_offset)) {
     login.ts = now + choice.auth_time_offset;
   }
-  if (choice.id_token_omit || choice.id_token_set) {
+  if (choice.id_token_omit || choice.id_token_set || typeof choice.id_token_raw === 'string') {
     idTokenOverrides.set(String(sub), {
       omit: splitList(choice.id_token_omit) || [],
       set: choice.id_token_set || {},
+      raw: choice.id_token_raw,
     });
   } else {
     idTokenOverrides.delete(String(sub));

@@ -111,3 +111,22 @@ async def test_no_sign_in_method_for_the_level(client):
     r = await client.get("/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2F", allow_redirects=False)
     assert r.status == 503
     assert "This page needs level password, and no sign-in method configured here can prove it." in await r.text()
+
+
+async def test_oidc_added_by_a_reload_needs_a_restart(client, caplog):
+    """The provider client and the callback route are made at start: an `oidc:` section that a reload
+    adds is not half-applied (it used to answer 500), and the log says a restart is needed."""
+    from forwardauth.server import CTX
+
+    ctx = client.server.app[CTX]
+    with_oidc = make_config("policy: {rules: [{level: password}]}\n"
+                            "oidc: {issuer: https://idp.example.com, client_id: fa, client_secret: s}\n", BASE_RD)
+    ctx.runtime = Runtime.build(with_oidc)
+    client.session.cookie_jar.clear()
+    with caplog.at_level("WARNING", logger="forwardauth.oidc"):
+        r = await client.get("/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2F", allow_redirects=False)
+    assert r.status == 503
+    assert "This page needs level password, and no sign-in method configured here can prove it." in await r.text()
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "the oidc section changed on reload; restart forwardauth to apply it (the settings it started with stay in use)"]
+    assert (await client.get("/oauth2/callback?state=x&code=y")).status == 404
