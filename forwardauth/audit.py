@@ -10,13 +10,16 @@ The signature of `emit` is the whole vocabulary: there is no free-form
 field, so a password, code, secret, cookie or token cannot be passed in by
 mistake. `path` is the path only: a query string (which may carry tokens)
 is cut off. Lines are written with one `write` on a file opened for append,
-so lines from several worker processes never interleave.
+so lines from several worker processes never interleave. Writing never
+raises into a request, and the decision endpoints only queue their lines
+(see `AuditLog`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import secrets
 import sys
@@ -73,12 +76,30 @@ def _timestamp(now: float) -> str:
 
 
 class AuditLog:
-    """Writes audit lines to `target`: "stdout", "stderr" or a file path."""
+    """Writes audit lines to `target`: "stdout", "stderr" or a file path.
+
+    The file is opened here, so a path that cannot be written fails when the
+    log is made (at startup), with an OSError naming it. After that, writing
+    never raises: a failed write (full disk, file gone) is reported once on
+    stderr, the line is dropped, and the next success is reported too.
+
+    `emit` writes before it returns (the sign-in pages and the CLI, where a
+    line must be there when the answer is). `emit(..., background=True)`
+    only queues the line for a writer thread: the decision endpoints use it,
+    so a slow disk never holds up the event loop. `flush()` waits for the
+    queue; `close()` flushes and closes.
+    """
 
     def __init__(self, target: str = "stdout"):
         self.target = target
         self._fd: int | None = None
         self._lock = threading.Lock()
+        self._failing = False
+        self._closed = False
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._done = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
         if target not in ("stdout", "stderr"):
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
@@ -113,34 +134,111 @@ class AuditLog:
         }
         return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
-    def emit(self, event: str, **fields: str | float | None) -> str:
-        """Write one event; returns the line written. Never raises for I/O:
-        a full disk must not turn a sign-in into a crash (it is reported on
-        stderr instead)."""
+    def emit(self, event: str, *, background: bool = False, **fields: str | float | None) -> str:
+        """Write one event; returns the line. Raises only for an unknown event
+        or field (programming errors), never for I/O."""
         text = self.line(event, **fields)  # type: ignore[arg-type]
         data = (text + "\n").encode("ascii")
-        try:
-            with self._lock:
-                if self._fd is not None:
-                    os.write(self._fd, data)
-                else:
-                    stream = sys.stdout if self.target == "stdout" else sys.stderr
-                    stream.write(text + "\n")
-                    stream.flush()
-        except OSError as exc:
-            sys.stderr.write(f"forwardauth: audit log {self.target}: write failed: {exc.strerror}\n")
+        if background:
+            with self._done:
+                self._pending += 1
+            self._start_writer()
+            self._queue.put(data)
+        else:
+            self._write(data)
         return text
 
+    def _write(self, data: bytes) -> None:
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ValueError("closed")
+                if self._fd is not None:
+                    while data:  # one write per call; loop only on a short write
+                        data = data[os.write(self._fd, data):]
+                else:
+                    stream = sys.stdout if self.target == "stdout" else sys.stderr
+                    stream.write(data.decode("ascii"))
+                    stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream or file
+            if not self._failing:
+                self._failing = True
+                why = getattr(exc, "strerror", None) or str(exc)
+                _report(f"forwardauth: audit log {self.target}: write failed: {why}; "
+                        "audit lines are being lost until it works again\n")
+            return
+        if self._failing:
+            self._failing = False
+            _report(f"forwardauth: audit log {self.target}: writing again\n")
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
+                    self._writer.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:  # whatever else is queued goes out in the same write (whole lines only)
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            lines = [b for b in batch if b is not None]
+            if lines:
+                self._write(b"".join(lines))
+            with self._done:
+                self._pending -= len(lines)
+                self._done.notify_all()
+            if stop:
+                return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued line is written (or failed); False on timeout."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
     def close(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._queue.put(None)
+            writer.join(5.0)
+            self._writer = None
         with self._lock:
+            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
 
 
+def _report(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def open_target(target: str, where: str = "local.audit") -> AuditLog:
+    """An AuditLog for `target`, or ConfigError naming the setting and why it cannot be written."""
+    from forwardauth.errors import ConfigError
+
+    try:
+        return AuditLog(target)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot open the audit log {target!r} for writing: "
+                           f"{exc.strerror or exc}"]) from None
+
+
 def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported: no cycle)
     """The audit log of a running app, shared by every part (`ctx.extensions["audit"]`),
-    made from the `local.audit` setting on first use."""
+    made from the `local.audit` setting on first use (the sign-in part makes it
+    when the app is built, so a path that cannot be written stops the start
+    with a ConfigError instead of failing a request later)."""
     log = ctx.extensions.get("audit")
     if log is None:
         from forwardauth.runtime import resolve_path
@@ -150,5 +248,5 @@ def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported
         target = settings(cfg).audit
         if target not in ("stdout", "stderr"):
             target = str(resolve_path(cfg, target))
-        log = ctx.extensions.setdefault("audit", AuditLog(target))
+        log = ctx.extensions.setdefault("audit", open_target(target))
     return log

@@ -32,6 +32,20 @@ class Step(str, Enum):
     ENROL = "enrol"  # "this page needs a second factor; set one up"
 
 
+def can_step_up(held: str, level: str, levels: Levels, password_level: str) -> bool:
+    """May a local factor raise a session held at `held` to `level`?
+
+    Only from the level just below `level` (or from `level` and above, to
+    prove it again for a `max_age` rule), and never from below the password
+    level: a factor adds to what the session proved, it does not replace the
+    steps in between. Unknown levels: no.
+    """
+    lv, pw, h = levels.get(level), levels.get(password_level), levels.get(held)
+    if lv is None or pw is None or h is None:
+        return False
+    return h.rank >= max(lv.rank - 1, pw.rank)
+
+
 def next_step(
     session: Session | None,
     level: str,
@@ -45,8 +59,7 @@ def next_step(
     """The local step for a need of `level` that the session does not satisfy yet."""
     lv, pw = levels[level], levels[password_level]
     if session is not None and lv.local_factor == "totp":
-        held = levels.get(session.level)
-        if held is not None and held.rank >= max(lv.rank - 1, pw.rank):
+        if can_step_up(session.level, level, levels, password_level):
             return Step.TOTP if has_totp else Step.ENROL
     if prefer_upstream or not local_password:
         return None

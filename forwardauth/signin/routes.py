@@ -8,6 +8,7 @@ wrong password get the same one.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import sys
@@ -26,10 +27,11 @@ from forwardauth.decision import Decision, Outcome
 from forwardauth.responses import Answer
 from forwardauth.redirects import safe_redirect
 from forwardauth.runtime import Runtime
-from forwardauth.server import ANSWER_HOOKS, APP_HOOKS, CTX, Context, current_session, peer_address, session_cookie
+from forwardauth.server import (ANSWER_HOOKS, APP_HOOKS, CREDENTIAL_HOOKS, CTX, Context, current_session, peer_address,
+                               session_cookie)
 from forwardauth.session import Session
 from forwardauth.signin import csrf
-from forwardauth.signin.flow import Step, next_step
+from forwardauth.signin.flow import Step, can_step_up, next_step
 from forwardauth.signin.pages import group_secret, render, stylesheet
 from forwardauth.signin.service import Attempt, LocalAuth, account_key
 from forwardauth.start import AUTHENTICATORS, Need, need_for, satisfied
@@ -51,6 +53,10 @@ MSG_CODE_FORMAT = "Enter the 6-digit code from your authenticator app."
 MSG_CODE_WRONG = "That code is not right. Check that your phone's clock is correct and try the next code."
 MSG_CODE_REPLAYED = "That code has already been used. Wait for the next code (a new one appears every 30 seconds)."
 MSG_SESSION_ENDED = "Your session has ended. Please sign in again."
+MSG_LEVEL_FIRST = "Sign in with your password first, then come back to this step."
+MSG_NO_TOTP_LEVEL = "No level here is proven with a one-time code."
+MSG_ENROL_BUSY = ("An authenticator app is being set up for this account in another window. "
+                  "Finish it there, or start again here in a minute.")
 
 
 def banned_message(minutes: int) -> str:
@@ -346,6 +352,16 @@ def _need_session(request: web.Request, ctx: Context, f: Facts, rd: str, level: 
     return None
 
 
+def _password_level(ctx: Context) -> str:
+    return local_auth(ctx).password_level.name
+
+
+def _can_step_up(ctx: Context, session: Session, level: str) -> bool:
+    """A local factor may raise `session` to `level` only from the level just
+    below it, and never from below the password level (see flow.can_step_up)."""
+    return can_step_up(session.level, level, ctx.runtime.config.levels, _password_level(ctx))
+
+
 def _totp_reason(level: str) -> str:
     return f"This page needs level {level}: your password and a code from your authenticator app."
 
@@ -374,7 +390,9 @@ async def totp_get(request: web.Request) -> web.Response:
         return r
     assert f.session is not None
     if not level:
-        return _message(request, ctx, 404, "Not available", "No level here is proven with a one-time code.")
+        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, level):
+        return _redirect(_query("/oauth2/start", rd=rd, level=level))
     acct = await local_auth(ctx).accounts.get_account(account_key(f.session))
     if acct is None or not acct.has_totp:
         return _redirect(_query("/oauth2/step_up", rd=rd, level=level))
@@ -407,7 +425,12 @@ async def totp_post(request: web.Request) -> web.Response:
         return _totp_page(request, ctx, 400, f, rd, level, error=MSG_CODE_FORMAT)
     lv = auth.levels.get(level) if level else None
     if lv is None:
-        return _message(request, ctx, 404, "Not available", "No level here is proven with a one-time code.")
+        audit(ctx, f, "totp_failed", user=user, target=rd, reason="no_totp_level")
+        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, lv.name):
+        audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=f"level_too_low ({f.session.level})")
+        return _message(request, ctx, 403, "Two-step sign-in", error=MSG_LEVEL_FIRST, user=user,
+                        link=(_query("/oauth2/start", rd=rd, level=_password_level(ctx)), "Sign in"))
     key = account_key(f.session)
     attempt = await auth.check_totp(key, form["code"], f.client, f.now)
     if attempt.ok:
@@ -448,7 +471,9 @@ async def step_up_get(request: web.Request) -> web.Response:
         return r
     assert f.session is not None
     if not level:
-        return _message(request, ctx, 404, "Not available", "No level here is proven with a one-time code.")
+        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, level):
+        return _redirect(_query("/oauth2/start", rd=rd, level=level))
     acct = await auth.accounts.get_account(account_key(f.session))
     if acct is not None and acct.has_totp:
         return _redirect(_query("/oauth2/totp", rd=rd, level=level))
@@ -486,6 +511,10 @@ async def enroll_get(request: web.Request) -> web.Response:
     if (r := _need_session(request, ctx, f, rd, level)) is not None:
         return r
     assert f.session is not None
+    if not level:
+        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, level):
+        return _redirect(_query("/oauth2/start", rd=rd, level=level))
     if not auth.settings.totp.self_enrolment:
         return _message(request, ctx, 403, "Ask an administrator",
                         "An authenticator app can only be set up by an administrator here.", user=f.session.sub)
@@ -525,7 +554,12 @@ async def enroll_post(request: web.Request) -> web.Response:
                         link=(_query("/oauth2/totp/enroll", rd=rd, level=level), "Start again"), user=user)
     lv = auth.levels.get(level) if level else None
     if lv is None:
-        return _message(request, ctx, 404, "Not available", "No level here is proven with a one-time code.")
+        audit(ctx, f, "totp_failed", user=user, target=rd, reason="no_totp_level")
+        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, lv.name):
+        audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=f"level_too_low ({f.session.level})")
+        return _message(request, ctx, 403, "Set up two-step sign-in", error=MSG_LEVEL_FIRST, user=user,
+                        link=(_query("/oauth2/start", rd=rd, level=_password_level(ctx)), "Sign in"))
     attempt = await auth.finish_enrolment(key, f.session, form["pending"], form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)
@@ -540,6 +574,9 @@ async def enroll_post(request: web.Request) -> web.Response:
     if attempt.reason == "enrolment_expired" or secret is None:
         return _message(request, ctx, 400, "Set up two-step sign-in",
                         error="This set-up page has expired. Please start again.",
+                        link=(_query("/oauth2/totp/enroll", rd=rd, level=level), "Start again"), user=user)
+    if attempt.reason == "enrolment_busy":
+        return _message(request, ctx, 409, "Set up two-step sign-in", error=MSG_ENROL_BUSY,
                         link=(_query("/oauth2/totp/enroll", rd=rd, level=level), "Start again"), user=user)
     if attempt.reason == "already_enrolled":
         return _message(request, ctx, 409, "Already set up",
@@ -574,13 +611,43 @@ async def home(request: web.Request) -> web.Response:
 # --- decisions that say no -------------------------------------------------------------
 
 
+# The decision request being answered, for the request id of a denial's audit
+# line: ANSWER_HOOKS are not given the aiohttp request, so a hook at the head
+# of CREDENTIAL_HOOKS (which are, and which run first on every decision)
+# remembers it. It never answers (returns None), does no I/O, and costs one
+# ContextVar.set per decision.
+_DECISION_REQUEST: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("decision_request",
+                                                                                      default=None)
+
+
+def _remember_request(ctx: Context, request: web.Request, req: reqmod.OriginalRequest, now: float) -> None:
+    _DECISION_REQUEST.set(request)
+    return None
+
+
+_denial_failed = False
+
+
 def _audit_denial(ctx: Context, decision: Decision, req: reqmod.OriginalRequest, ans: Answer, reason: str,
                   now: float) -> Answer:
-    """A 403 from the decision endpoints is an audit event (the 401s are just "please sign in")."""
+    """A 403 from the decision endpoints is an audit event (the 401s are just "please sign in").
+
+    The line is only queued (AuditLog.emit(background=True)): the decision
+    endpoints never wait for the disk, and nothing here can fail the answer.
+    """
+    global _denial_failed
     if decision.outcome in (Outcome.DENIED, Outcome.FORBIDDEN):
-        audit_log(ctx).emit("decision_denied", user=decision.session.sub if decision.session else None,
-                            client=str(req.client) if req.client else None, host=req.host, path=req.path,
-                            level=decision.required_level, reason=decision.reason, now=now)
+        try:
+            request = _DECISION_REQUEST.get()
+            rid = request_id(request.headers if request is not None else {})
+            audit_log(ctx).emit("decision_denied", background=True,
+                                user=decision.session.sub if decision.session else None,
+                                client=str(req.client) if req.client else None, host=req.host, path=req.path,
+                                level=decision.required_level, reason=decision.reason, request_id=rid, now=now)
+        except Exception:  # noqa: BLE001 - the answer goes out whatever happens to its audit line
+            if not _denial_failed:
+                _denial_failed = True
+                log.exception("could not write the audit line of a denied decision")
     return ans
 
 
@@ -610,6 +677,7 @@ async def _bootstrap(app: web.Application) -> None:
 
 
 def setup(app: web.Application, ctx: Context) -> None:
+    audit_log(ctx)  # opened now: a path that cannot be written stops the start (ConfigError), not a request
     r = app.router
     r.add_get("/oauth2/static/forwardauth.css", stylesheet)
     r.add_get("/oauth2/sign_in", sign_in_get)
@@ -633,4 +701,5 @@ def setup(app: web.Application, ctx: Context) -> None:
 
 APP_HOOKS.append(setup)
 AUTHENTICATORS.insert(0, authenticate)
+CREDENTIAL_HOOKS.insert(0, _remember_request)
 ANSWER_HOOKS.append(_audit_denial)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from forwardauth.regulation import Regulator, failure_store
 from forwardauth.runtime import Runtime
 from forwardauth.sealing import SealError
 from forwardauth.session import Session, new_session_id
+from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
 from forwardauth.state.base import StateStore
 from forwardauth.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
@@ -39,6 +41,9 @@ log = logging.getLogger("forwardauth.signin")
 _HASHING = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="scrypt")
 
 
+ENROL_CLAIM = 60.0  # seconds a set-up may hold its claim (see LocalAuth._claim_enrolment)
+
+
 async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_HASHING, fn, *args)
 
@@ -47,7 +52,8 @@ async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
 class Attempt:
     ok: bool
     reason: str  # ok | wrong_password | unknown_user | system_account | no_password | locked | banned |
-    #              malformed_code | wrong_code | replayed | no_totp | already_enrolled | enrolment_expired
+    #              malformed_code | wrong_code | replayed | no_totp | already_enrolled | enrolment_expired |
+    #              enrolment_busy | secret_unreadable
     account: Account | None = None
     retry_after: float = 0.0  # while banned: seconds left
     ban_started: bool = False  # this failure reached a limit: refused from now on
@@ -105,10 +111,11 @@ class LocalAuth:
     # --- passwords -----------------------------------------------------------
 
     async def check_password(self, username: str, password: str, client: str | None, now: float) -> Attempt:
-        """Regulation first, then the same scrypt work for every username."""
-        verdict = await self.regulator.check(username, client, now)
+        """Regulation first (the attempt is counted before it is checked), then
+        the same scrypt work for every username."""
+        verdict, ticket = await self.regulator.reserve(username, client, now)
         account = await self.accounts.get_account(username) if USERNAME_RE.match(username) else None
-        if verdict.banned:
+        if ticket is None:
             return Attempt(False, "banned", account, verdict.retry_after)  # not even looked at
         if account is None or account.kind != "human" or account.password_hash is None:
             await _off_loop(dummy_verify, password, self.settings.scrypt)
@@ -119,10 +126,12 @@ class LocalAuth:
             ok = await _off_loop(verify_password, password, account.password_hash)
             reason = "wrong_password"
         if not ok:
-            v = await self.regulator.failed(username, client, now)
+            v = await self.regulator.failed(ticket)
             return Attempt(False, reason, account, v.retry_after, v.banned)
         assert account is not None and account.password_hash is not None
-        await self.regulator.succeeded(username)
+        v = await self.regulator.passed(ticket, time.time())
+        if v.banned:  # a parallel attempt started a ban while this one was checked
+            return Attempt(False, "banned", account, v.retry_after)
         if not account.active:
             return Attempt(False, "locked", account)
         if needs_rehash(account.password_hash, self.settings.scrypt):
@@ -150,14 +159,19 @@ class LocalAuth:
             log.error("a TOTP secret does not open with the key ring (was its key removed?)",
                       extra={"fields": {"user": key}})
             return Attempt(False, "secret_unreadable", account)
+        verdict, ticket = await self.regulator.reserve(key, client, now)  # counted before the code is looked at
+        if ticket is None:
+            return Attempt(False, "banned", account, verdict.retry_after)
         step = match_step(secret, code, now)
         reason = "wrong_code" if step is None else "replayed"
         if step is not None and await self.accounts.claim_totp_step(key, step):
-            await self.regulator.succeeded(key)
+            v = await self.regulator.passed(ticket, time.time())
+            if v.banned:  # the code is used up all the same: it was seen
+                return Attempt(False, "banned", account, v.retry_after)
             if self.box.needs_reseal(account.totp_secret_enc):
                 await self.accounts.put_account(account.changed(now, totp_secret_enc=self.box.seal(key, secret)))
             return Attempt(True, "ok", account)
-        v = await self.regulator.failed(key, client, now)
+        v = await self.regulator.failed(ticket)
         return Attempt(False, reason, account, v.retry_after, v.banned)
 
     def begin_enrolment(self, key: str, label: str, now: float, secret: str | None = None) -> Enrolment:
@@ -168,7 +182,14 @@ class LocalAuth:
 
     async def finish_enrolment(self, key: str, session: Session, pending: str, code: str, client: str | None,
                                now: float) -> Attempt:
-        """Store the seed once a first code from it is right (that code is then used up)."""
+        """Store the seed once a first code from it is right (that code is then used up).
+
+        Two set-ups of one account at once (two tabs, two replicas): only one
+        may store its seed. The store has no "set the secret only if none"
+        operation, so the winner is decided by an atomic counter in the
+        failure store ("enrol:<key>", see `_claim_enrolment`); the other
+        gets `enrolment_busy`, or `already_enrolled` once the first is done.
+        """
         verdict = await self.regulator.check(key, client, now)
         if verdict.banned:
             return Attempt(False, "banned", retry_after=verdict.retry_after)
@@ -184,15 +205,53 @@ class LocalAuth:
             return Attempt(False, "unknown_user")  # deleted while signed in
         if normalise_code(code) is None:
             return Attempt(False, "malformed_code", account)
+        verdict, ticket = await self.regulator.reserve(key, client, now)
+        if ticket is None:
+            return Attempt(False, "banned", account, verdict.retry_after)
         step = match_step(secret, code, now)
         if step is None:
-            v = await self.regulator.failed(key, client, now)
+            v = await self.regulator.failed(ticket)
             return Attempt(False, "wrong_code", account, v.retry_after, v.banned)
-        if account is None:
-            account = Account(key, display_name=session.name, email=session.email, created=now, updated=now)
-        account = account.changed(now, totp_secret_enc=self.box.seal(key, secret), totp_last_step=step)
-        await self.accounts.put_account(account)
-        return Attempt(True, "ok", account)
+        if not await self._claim_enrolment(key, now):
+            return Attempt(False, "enrolment_busy", account)
+        try:
+            v = await self.regulator.passed(ticket, time.time())
+            if v.banned:
+                return Attempt(False, "banned", account, v.retry_after)
+            current = await self.accounts.get_account(key)  # again, now that this set-up holds the claim
+            if current is not None and current.has_totp:
+                return Attempt(False, "already_enrolled", current)
+            if current is None and account is not None:
+                return Attempt(False, "unknown_user")  # deleted meanwhile
+            sealed = self.box.seal(key, secret)
+            if current is None:
+                new = Account(key, display_name=session.name, email=session.email, created=now, updated=now,
+                              totp_secret_enc=sealed, totp_last_step=step)
+                if not await self.accounts.add_account(new):  # atomic: insert only
+                    return Attempt(False, "enrolment_busy")
+            else:
+                new = current.changed(now, totp_secret_enc=sealed, totp_last_step=step)
+                await self.accounts.put_account(new)
+            stored = await self.accounts.get_account(key)
+            if stored is None or stored.totp_secret_enc != sealed:
+                return Attempt(False, "enrolment_busy", stored)  # lost to a writer that did not take the claim
+            return Attempt(True, "ok", stored)
+        finally:
+            await self._release_enrolment(key)
+
+    async def _claim_enrolment(self, key: str, now: float) -> bool:
+        """An atomic "first one wins" across processes: `record_failure` counts,
+        in the same atomic step as it records, the claims stamped no later
+        than this one, so of claims stamped in order exactly one sees 1. The
+        winner releases (which also drops the losers' claims); a claim left
+        behind by a crashed process lapses after ENROL_CLAIM seconds. Claims
+        stamped out of order (clocks read a moment apart) could both win: the
+        re-read after the write in `finish_enrolment` catches that."""
+        stamp = max(now, time.time())
+        return await self.regulator.store.record_failure("enrol:" + key, stamp, ENROL_CLAIM) == 1
+
+    async def _release_enrolment(self, key: str) -> None:
+        await self.regulator.store.clear_failures("enrol:" + key)
 
     # --- sessions ------------------------------------------------------------
 
@@ -214,7 +273,12 @@ class LocalAuth:
         return s
 
     def stepped_up(self, session: Session, level: Level, now: float, account: Account | None) -> Session:
-        """The session raised to `level` (proven now), under a new id."""
+        """The session raised to `level` (proven now), under a new id.
+
+        Raises ValueError when `level` is not the next step from the session's
+        level (the pages check first, with `flow.can_step_up`)."""
+        if not can_step_up(session.level, level.name, self.levels, self.password_level.name):
+            raise ValueError(f"a session at {session.level!r} cannot step up to {level.name!r}")
         new_level = level.name if not self.levels.at_least(session.level, level.name) else session.level
         proofs = dict(session.proofs)
         proofs[level.name] = now

@@ -102,3 +102,54 @@ def test_request_id(headers, kept):
         assert rid == headers["X-Request-Id"]
     else:
         assert len(rid) == 16 and rid != headers.get("X-Request-Id")
+
+
+def test_background_lines_are_written_by_flush_and_close(tmp_path):
+    log = AuditLog(str(tmp_path / "a.log"))
+    for i in range(50):
+        log.emit("decision_denied", background=True, user=f"u{i}", now=0)
+    assert log.flush()
+    assert [json.loads(x)["user"] for x in (tmp_path / "a.log").read_text().splitlines()] == [
+        f"u{i}" for i in range(50)]
+    log.emit("decision_denied", background=True, user="last", now=0)
+    log.close()
+    assert json.loads((tmp_path / "a.log").read_text().splitlines()[-1])["user"] == "last"
+
+
+def test_a_failing_writer_reports_once_and_recovers(tmp_path, capsys):
+    log = AuditLog(str(tmp_path / "a.log"))
+    good = log._fd
+    log._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
+    for _ in range(3):
+        log.emit("signout", user="u")
+        log.emit("decision_denied", background=True, user="v")
+    assert log.flush()
+    err = capsys.readouterr().err
+    assert err == (f"forwardauth: audit log {tmp_path / 'a.log'}: write failed: Bad file descriptor; "
+                   "audit lines are being lost until it works again\n")
+    os.close(log._fd)
+    log._fd = good
+    log.emit("signout", user="back")
+    assert capsys.readouterr().err == f"forwardauth: audit log {tmp_path / 'a.log'}: writing again\n"
+    log.close()
+    assert [json.loads(x)["user"] for x in (tmp_path / "a.log").read_text().splitlines()] == ["back"]
+
+
+def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
+    log = AuditLog(str(tmp_path / "a.log"))
+    log.close()
+    log.emit("signout", user="late")
+    log.emit("signout", background=True, user="later")
+    log.flush()
+    out = capsys.readouterr()
+    assert out.out == "" and "write failed" in out.err
+    assert (tmp_path / "a.log").read_text() == ""
+
+
+def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
+    from forwardauth.audit import open_target
+    from forwardauth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
+                                          r"No such file or directory$"):
+        open_target(str(tmp_path / "nope" / "a.log"))

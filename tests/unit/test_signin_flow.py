@@ -38,3 +38,20 @@ def test_a_totp_level_two_above_is_not_reached_by_totp_alone():
     levels = Levels((Level("basic", 0), Level("password", 1), Level("mfa", 2, local_factor="totp")))
     assert next_step(s("basic", "oidc"), "mfa", levels, local_password=False, has_totp=True,
                      password_level="basic") is None
+
+
+@pytest.mark.parametrize("held, level, ok", [
+    ("basic", "mfa", False),  # two levels up: the password is skipped
+    ("password", "mfa", True),
+    ("mfa", "mfa", True),  # proving it again (max_age)
+    ("hardware", "mfa", True),
+    ("basic", "password", False),  # below the password level: never
+    ("nope", "mfa", False),
+    ("password", "nope", False),
+])
+def test_can_step_up(held, level, ok):
+    from forwardauth.signin.flow import can_step_up
+
+    levels = Levels((Level("basic", 0), Level("password", 1), Level("mfa", 2, local_factor="totp"),
+                     Level("hardware", 3)))
+    assert can_step_up(held, level, levels, "password") is ok
