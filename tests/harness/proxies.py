@@ -2,8 +2,9 @@
 
 Each proxy runs the configuration this repository ships, not a copy of it:
 nginx includes nginx/forwardauth.conf and nginx/forwardauth-protect.conf,
-Traefik loads examples/traefik/dynamic.yaml and Caddy examples/caddy/Caddyfile
-(both take their addresses from the environment). A missing binary is a skip
+Traefik loads examples/traefik/traefik.yaml (with the test's address) and
+dynamic.yaml, Caddy examples/caddy/Caddyfile (both take their addresses
+from the environment). A missing binary is a skip
 with a reason outside CI and a failure under CI=true.
 """
 
@@ -14,10 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .procs import Proc, find_tool, free_port, http_status
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_SNIPPETS = REPO / "nginx"
+TRAEFIK_STATIC = REPO / "examples" / "traefik" / "traefik.yaml"
 TRAEFIK_DYNAMIC = REPO / "examples" / "traefik" / "dynamic.yaml"
 CADDYFILE = REPO / "examples" / "caddy" / "Caddyfile"
 
@@ -97,20 +101,25 @@ def start_nginx(workdir: Path, fa_port: int, app_port: int, host: str) -> Runnin
     return Running("nginx", port, Proc("nginx", argv, workdir / "error.log"))
 
 
+def traefik_static(workdir: Path, port: int) -> Path:
+    """examples/traefik/traefik.yaml as shipped, with only the test's address, the
+    dynamic file's path and debug logging changed (so its other settings, such
+    as aliasHeadersStrategy, are what the tests run with)."""
+    static = yaml.safe_load(TRAEFIK_STATIC.read_text())
+    static["entryPoints"]["web"]["address"] = f"127.0.0.1:{port}"
+    static["providers"]["file"].update(filename=str(TRAEFIK_DYNAMIC), watch=False)
+    static["log"] = {"level": "DEBUG"}
+    static.pop("accessLog", None)
+    path = workdir / "traefik.yaml"
+    path.write_text(yaml.safe_dump(static, sort_keys=False))
+    return path
+
+
 def start_traefik(workdir: Path, fa_port: int, app_port: int, host: str, cookie: str) -> Running:
     binary = require("traefik")
     port = free_port()
-    argv = [
-        binary,
-        # The settings of examples/traefik/traefik.yaml, with a test port.
-        f"--entryPoints.web.address=127.0.0.1:{port}",
-        "--entryPoints.web.http.aliasHeadersStrategy=delete",
-        f"--providers.file.filename={TRAEFIK_DYNAMIC}",
-        "--providers.file.watch=false",
-        "--log.level=DEBUG",
-        "--global.checkNewVersion=false",
-        "--global.sendAnonymousUsage=false",
-    ]
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, f"--configFile={traefik_static(workdir, port)}"]
     env = {**os.environ, "APP_HOST": host, "FORWARDAUTH_URL": f"http://127.0.0.1:{fa_port}",
            "APP_URL": f"http://127.0.0.1:{app_port}", "FORWARDAUTH_COOKIE": cookie}
     return Running("traefik", port, Proc("traefik", argv, workdir / "traefik.log", env=env, cwd=workdir))

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.proxy
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 API = {"Accept": "application/json"}
 IDENTITY = ("x-auth-request-user", "x-auth-request-email", "x-auth-request-groups", "x-auth-request-level",
-            "x-auth-request-name", "x-auth-request-auth-time", "remote-user", "remote-email", "remote-groups",
-            "remote-name")
+            "x-auth-request-name", "x-auth-request-auth-time", "x-auth-request-jwt", "remote-user", "remote-email",
+            "remote-groups", "remote-name")
 # What a forger sends: the identity headers, and names that alias them for
 # CGI/WSGI-style apps (which read X_Auth_Request_User as X-Auth-Request-User).
 FORGED = {
@@ -32,6 +32,8 @@ FORGED = {
     "X-Auth-Request-Level": "mfa", "X-Auth-Request-Name": "Admin", "Remote-User": "admin",
     "Remote-Groups": "admins", "Remote-Email": "admin@evil.test", "Remote-Name": "Admin",
     "X_Auth_Request_User": "admin", "Remote_User": "admin", "X-Auth_Request-Groups": "admins",
+    "X.Auth.Request.User": "admin", "Remote.User": "admin", "X-Auth.Request-Level": "mfa",
+    "X-Auth-Request-Jwt": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "X_Auth_Request_Jwt": "forged",
 }
 
 
@@ -258,7 +260,8 @@ def test_readiness_and_health(forwardauth):
 def test_echo_app_reports_alias_headers(echo_app):
     """Control for the forgery tests: the echo app itself shows alias-named headers."""
     reply = request(echo_app.port, "/x", host="127.0.0.1", headers=FORGED)
-    assert identity_seen(reply)["x-auth-request-user"] == ["admin", "admin"]
+    assert identity_seen(reply)["x-auth-request-user"] == ["admin", "admin", "admin"]
+    assert len(identity_seen(reply)["x-auth-request-jwt"]) == 2
     assert json.loads(reply.body)["path"] == "/x"
 
 
@@ -308,3 +311,16 @@ def test_non_ascii_bytes_in_the_path_are_never_a_server_error(proxy):
                        + b"\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
     assert good.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), good
     assert good.split(b"\r\n\r\n", 1)[1].startswith(b'{"error": "unauthorized"'), good
+
+
+def test_forwardauth_api_token_is_not_passed_to_the_app(proxy):
+    """A forwardauth token is checked by forwardauth and then removed; the app's own
+    Authorization (Basic, or a Bearer that is not a forwardauth token) passes unchanged."""
+    for value in ("Bearer fa1_notarealtoken", "bearer  fa1_x", "BEARER fa1_y"):
+        reply = get(proxy, "/public/x", headers={**API, "Authorization": value})
+        assert reply.status == 200, reply
+        assert "authorization" not in reply.app_headers(), (value, reply)
+    for value in ("Basic YWxhZGRpbjpvcGVuc2VzYW1l", "Bearer app-own-token"):
+        reply = get(proxy, "/public/x", headers={**API, "Authorization": value})
+        assert reply.status == 200, reply
+        assert reply.app_headers()["authorization"] == [value], reply
