@@ -194,18 +194,34 @@ async def healthz(request: web.Request) -> web.Response:
 READY_CHECKS: list[Callable[[Context], str | None]] = []
 
 
+def _stale_grace(ctx: Context) -> float:
+    """tokens.stale_grace: how long decisions keep answering from memory while
+    the state store is unreachable (the tokens part owns the setting)."""
+    try:
+        from forwardauth.tokens.settings import settings
+    except ImportError:  # pragma: no cover - the part is always shipped
+        return 0.0
+    return settings(ctx.runtime.config).stale_grace
+
+
 async def readyz(request: web.Request) -> web.Response:
+    """Ready once the state store has been read, and for as long as decisions
+    are answered as usual: through a store outage up to tokens.stale_grace
+    (answers come from memory meanwhile), so balancers do not pull every
+    replica at once during a short outage. Past the grace the parts' checks
+    say what is refused; the core's own limit (never shorter than three
+    refresh intervals) is the backstop."""
     ctx = request.app[CTX]
     rev = ctx.revocations
-    limit = max(3 * ctx.runtime.config.revocation_refresh, 5.0)
     if rev.last_ok is None:
         return web.Response(status=503, text="not ready: state store not read yet\n")
-    if time.monotonic() - rev.last_ok > limit:
-        return web.Response(status=503, text=f"not ready: state store unreachable ({rev.last_error})\n")
     for check in READY_CHECKS:
         why = check(ctx)
         if why is not None:
             return web.Response(status=503, text=f"not ready: {why}\n")
+    limit = max(3 * ctx.runtime.config.revocation_refresh, 5.0, _stale_grace(ctx))
+    if time.monotonic() - rev.last_ok > limit:
+        return web.Response(status=503, text=f"not ready: state store unreachable ({rev.last_error})\n")
     return web.Response(text="ready\n")
 
 

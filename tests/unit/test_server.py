@@ -135,10 +135,18 @@ async def test_health_and_ready(client):
     assert (await client.get("/healthz")).status == 200
     r = await client.get("/readyz")
     assert (r.status, await r.text()) == (200, "ready\n")
-    client.ctx.revocations.last_ok -= 3600
+    # A short outage (past three refresh intervals, within tokens.stale_grace,
+    # 30 s by default): decisions still answer from memory, so still ready.
+    client.ctx.revocations.last_ok -= 10
     client.ctx.revocations.last_error = "down"
     r = await client.get("/readyz")
-    assert (r.status, await r.text()) == (503, "not ready: state store unreachable (down)\n")
+    assert (r.status, await r.text()) == (200, "ready\n")
+    # Past the grace: not ready, and the tokens part says what is refused.
+    client.ctx.revocations.last_ok -= 3590  # 3600 s in all
+    r = await client.get("/readyz")
+    assert (r.status, await r.text()) == (
+        503, "not ready: state store unreachable for 1h (down); past tokens.stale_grace (30s) bearer tokens "
+             "and revocation-sensitive routes are refused\n")
 
 
 async def test_metrics_count_outcomes(client):
@@ -210,3 +218,30 @@ async def test_raw_non_ascii_query_redirects_with_it_encoded(client):
     assert status == 401, head
     assert (b"X-Forwardauth-Location: https://auth.example.com/oauth2/start?rd=https%3A%2F%2Fapp.test%2Fx%3F%25FF\r\n"
             in head), head
+
+
+class _DownStore(MemoryStore):
+    """A state store that never answers."""
+
+    async def revocation_version(self):
+        from forwardauth.state.base import StoreUnavailable
+
+        raise StoreUnavailable("connection refused")
+
+
+async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes():
+    """Without one good read the revocation snapshot is empty: a revoked session would
+    pass. Until the store has been read, sessions are refused (503) and /readyz says why;
+    anonymous routes still answer."""
+    rt = Runtime.build(make_config(POLICY))
+    async with TestClient(TestServer(build_app(rt, _DownStore()), host="127.0.0.1")) as c:
+        r = await c.get("/readyz")
+        assert (r.status, await r.text()) == (503, "not ready: state store not read yet\n")
+        s = rt.codec.new("alice", "password", time.time())
+        h = {**nginx("https://app.test/x"), "Cookie": f"fa={rt.codec.seal(s)}"}
+        r = await c.get("/auth/nginx", headers=h)
+        assert r.status == 503, await r.text()
+        assert "X-Auth-Request-User" not in r.headers
+        assert (await r.text()).startswith("503 Service Unavailable: the state store is never reached")
+        r = await c.get("/auth/nginx", headers={**nginx("https://app.test/public/a"), "Cookie": h["Cookie"]})
+        assert (r.status, await r.text()) == (200, "")
