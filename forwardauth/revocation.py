@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
+from pathlib import Path
 
 from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
 
@@ -19,6 +21,17 @@ log = logging.getLogger("forwardauth.revocation")
 
 # "Lock by deep-future epoch" (seed 001): everything issued before this is dead.
 FAR_FUTURE = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, safe to log and show on /readyz: the exception's class
+    and where it was raised, never its message (which may hold data read from
+    the store, or a URL with a password)."""
+    where = ""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb:
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}"
+    return f"unexpected {exc.__class__.__name__}{where}"
 
 
 class Revocations:
@@ -47,6 +60,10 @@ class Revocations:
             if self.last_error != str(exc):
                 log.warning("revocation refresh failed: %s", exc)
             self.last_error = str(exc)
+            return False
+        except Exception as exc:  # a bug or bad data: fail closed, keep trying (never kill the loop)
+            self.last_error = failure(exc)
+            log.error("revocation refresh failed: %s", self.last_error)
             return False
         self.last_ok = time.monotonic()
         self.last_error = None

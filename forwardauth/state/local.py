@@ -54,6 +54,12 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
+def _bump_accounts(c: sqlite3.Connection) -> None:
+    """Account writes bump the token index's version (see tokens.store.TokenStore):
+    each process's index then learns locks and group changes at its next tick."""
+    c.execute("UPDATE meta SET value = value + 1 WHERE key='tokens_version'")
+
+
 def _tx(c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """One write transaction (BEGIN IMMEDIATE: takes the write lock up front)."""
     c.execute("BEGIN IMMEDIATE")
@@ -82,6 +88,8 @@ class SQLiteLocalMixin:
             cur = c.execute(
                 f"INSERT OR IGNORE INTO accounts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(account)
             )
+            if cur.rowcount == 1:
+                _bump_accounts(c)
             return cur.rowcount == 1
 
         return await self.run(lambda c: _tx(c, q))
@@ -98,13 +106,18 @@ class SQLiteLocalMixin:
                 "totp_secret_enc=excluded.totp_secret_enc, updated=excluded.updated",
                 _row(account),
             )
+            _bump_accounts(c)
 
         await self.run(lambda c: _tx(c, q))
 
     async def delete_account(self, name: str) -> bool:
-        return await self.run(
-            lambda c: _tx(c, lambda c: c.execute("DELETE FROM accounts WHERE username=?", (name,)).rowcount == 1)
-        )
+        def q(c: sqlite3.Connection) -> bool:
+            n = c.execute("DELETE FROM accounts WHERE username=?", (name,)).rowcount
+            if n:
+                _bump_accounts(c)
+            return n == 1
+
+        return await self.run(lambda c: _tx(c, q))
 
     async def list_accounts(self) -> list[Account]:
         rows = await self.run(lambda c: c.execute(f"SELECT {_COLUMNS} FROM accounts ORDER BY username").fetchall())
@@ -147,6 +160,13 @@ class SQLiteLocalMixin:
 class MemoryLocalMixin:
     """The same, in process memory (tests, single-process experiments)."""
 
+    def _bump_accounts(self) -> None:
+        from forwardauth.tokens.store import memory_state
+
+        st = memory_state(self)
+        with st["lock"]:
+            st["version"] += 1
+
     def _local(self) -> tuple[threading.Lock, dict[str, Account], dict[str, list[float]]]:
         st = self.__dict__.get("_local_state")
         if st is None:
@@ -162,7 +182,8 @@ class MemoryLocalMixin:
             if account.username in accounts:
                 return False
             accounts[account.username] = account
-            return True
+        self._bump_accounts()
+        return True
 
     async def put_account(self, account: Account) -> None:
         from dataclasses import replace
@@ -176,11 +197,15 @@ class MemoryLocalMixin:
                     step = max(step, old.totp_last_step)
                 account = replace(account, totp_last_step=step, created=old.created)
             accounts[account.username] = account
+        self._bump_accounts()
 
     async def delete_account(self, name: str) -> bool:
         lock, accounts, _ = self._local()
         with lock:
-            return accounts.pop(name, None) is not None
+            found = accounts.pop(name, None) is not None
+        if found:
+            self._bump_accounts()
+        return found
 
     async def list_accounts(self) -> list[Account]:
         return [a for _, a in sorted(self._local()[1].items())]

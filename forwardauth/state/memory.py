@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from forwardauth.state.base import RevocationSnapshot, StateStore
 from forwardauth.state.local import MemoryLocalMixin
 
@@ -30,5 +32,7 @@ class MemoryStore(MemoryLocalMixin, StateStore):
         self.version += 1
 
     async def revoke(self, ident: str, until: float) -> None:
+        now = time.time()  # trim first, only what has expired anyway
+        self.revoked = {k: v for k, v in self.revoked.items() if v >= now}
         self.revoked[ident] = max(self.revoked.get(ident, 0.0), until)
         self.version += 1

@@ -5,12 +5,14 @@ Layout (every key under the `forwardauth:` prefix):
     rev:version     INCR on every revocation write (the cheap poll)
     epochs          hash user -> epoch (only ever raised, by a Lua script)
     revoked         sorted set ident -> until (ZADD GT: only ever extended)
-    tok:version     INCR when tokens are issued or revoked
+    tok:version     INCR when tokens are issued or revoked, and on account writes
     tokens          hash token id -> record (JSON); tok:used / tok:revoked hashes
     dbcreds         hash account -> sealed credentials (JSON)
     acct:<name>     account record (JSON); `accounts` set of names
     fail:<key>      sorted set of failure times (regulation)
-    events          pub/sub channel: "rev" / "tok" after each change
+    events          pub/sub channel: "rev" / "tok" after each change (account
+                    writes send "tok": a lock or a group change reaches every
+                    replica's token index in milliseconds)
 
 Replicas subscribe to `events` and refresh at once, so a revocation through
 one replica is in force on the others in milliseconds; the periodic refresh
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Any, Callable
 
@@ -176,8 +179,9 @@ class RedisStore(StateStore):
     async def revoke(self, ident: str, until: float) -> None:
         async with self._guard():
             async with self.r.pipeline(transaction=True) as p:
+                # Trim first, only what has expired anyway (an entry is needed until its `until`).
+                p.zremrangebyscore(P + "revoked", "-inf", f"({time.time()}")
                 p.zadd(P + "revoked", {ident: until}, gt=True)
-                p.zremrangebyscore(P + "revoked", "-inf", until - 400 * 86400)
                 p.incr(P + "rev:version")
                 p.publish(CHANNEL, "rev")
                 await p.execute()
@@ -258,6 +262,10 @@ class RedisStore(StateStore):
         d = json.loads(raw)
         return SealedCreds(str(d["sealed"]), float(d["updated"]), str(d["updated_by"]))
 
+    async def delete_dbcreds(self, account: str) -> bool:
+        async with self._guard():
+            return bool(await self.r.hdel(P + "dbcreds", account))
+
     # --- accounts (forwardauth.accounts.AccountStore) ---------------------------
 
     async def get_account(self, name: str) -> Account | None:
@@ -265,14 +273,23 @@ class RedisStore(StateStore):
             raw = await self.r.get(P + "acct:" + name)
         return Account.from_json(raw) if raw else None
 
+    async def _accounts_changed(self) -> None:
+        """Tell every replica's token index (version + pub/sub), as token writes do."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.incr(P + "tok:version")
+            p.publish(CHANNEL, "tok")
+            await p.execute()
+
     async def add_account(self, account: Account) -> bool:
         async with self._guard():
             ok = await self.r.set(P + "acct:" + account.username, account.to_json(), nx=True)
             if ok:
                 await self.r.sadd(P + "accounts", account.username)
+                await self._accounts_changed()
         return bool(ok)
 
-    async def _update(self, name: str, change: Callable[[Account | None], Account | None]) -> Any:
+    async def _update(self, name: str, change: Callable[[Account | None], Account | None],
+                      notify: bool = True) -> Any:
         """Optimistic transaction on one account (WATCH / MULTI, retried on conflict)."""
         key = P + "acct:" + name
         async with self._guard():
@@ -289,6 +306,9 @@ class RedisStore(StateStore):
                         p.multi()
                         p.set(key, new.to_json())
                         p.sadd(P + "accounts", name)
+                        if notify:
+                            p.incr(P + "tok:version")
+                            p.publish(CHANNEL, "tok")
                         await p.execute()
                         return True
                     except WatchError:
@@ -312,7 +332,9 @@ class RedisStore(StateStore):
             async with self.r.pipeline(transaction=True) as p:
                 p.delete(P + "acct:" + name)
                 p.srem(P + "accounts", name)
-                n, _ = await p.execute()
+                p.incr(P + "tok:version")
+                p.publish(CHANNEL, "tok")
+                n, *_ = await p.execute()
         return n == 1
 
     async def list_accounts(self) -> list[Account]:
@@ -331,7 +353,7 @@ class RedisStore(StateStore):
                 return None
             return replace(old, totp_last_step=step)
 
-        return await self._update(name, change)
+        return await self._update(name, change, notify=False)  # a used TOTP step: nothing for the index
 
     # --- failure counters (forwardauth.regulation.FailureStore) -----------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -141,12 +142,13 @@ class SQLiteStore(SQLiteLocalMixin, StateStore):
         def q(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
+                # Trim first, only what has expired anyway (an entry is needed until its `until`).
+                c.execute("DELETE FROM revoked WHERE until < ?", (time.time(),))
                 c.execute(
                     "INSERT INTO revoked (ident, until) VALUES (?, ?) "
                     "ON CONFLICT(ident) DO UPDATE SET until = max(until, excluded.until)",
                     (ident, until),
                 )
-                c.execute("DELETE FROM revoked WHERE until < ?", (until - 400 * 86400,))
                 self._bump(c)
                 c.execute("COMMIT")
             except BaseException:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from forwardauth.revocation import failure
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.tokens.store import TokenMeta, TokenStore
 
@@ -69,9 +70,21 @@ class TokenIndex:
                 log.warning("token index refresh failed: %s", exc)
             self.last_error = str(exc)
             return False
+        except Exception as exc:  # a bug or a bad record: fail closed, keep trying (never kill the loop)
+            self.last_error = failure(exc)
+            log.error("token index refresh failed: %s", self.last_error)
+            return False
         self.last_ok = time.monotonic()
         self.last_error = None
         return True
+
+    def unreachable_for(self) -> float:
+        """Seconds since the index last loaded (0 while it loads; inf if it never did)."""
+        if self.last_ok is None:
+            return float("inf")
+        if self.last_error is None:
+            return 0.0
+        return time.monotonic() - self.last_ok
 
     async def run(self, store: object, tokens: TokenStore, accounts: object | None, interval: float,
                   full_every: float) -> None:
@@ -109,8 +122,9 @@ class UsageRecorder:
         batch, self.pending = self.pending, {}
         try:
             await tokens.touch_tokens(batch)
-        except StoreUnavailable as exc:
-            log.warning("last-used write failed, kept for the next flush: %s", exc)
+        except Exception as exc:  # StoreUnavailable or a bug: keep the batch, keep the loop
+            why = str(exc) if isinstance(exc, StoreUnavailable) else failure(exc)
+            log.warning("last-used write failed, kept for the next flush: %s", why)
             for k, v in batch.items():
                 self.pending[k] = max(v, self.pending.get(k, 0.0))
             return
@@ -121,4 +135,7 @@ class UsageRecorder:
                   report: Callable[[dict[str, float]], None] | None = None) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.flush(tokens, report)
+            try:
+                await self.flush(tokens, report)
+            except Exception as exc:  # e.g. the audit report: log it, keep flushing
+                log.error("last-used flush failed: %s", failure(exc))

@@ -94,8 +94,11 @@ class TokenStore(Protocol):
     - `revoke_token(id, when)`: set `revoked` once; True if it was active.
     - `touch_tokens({id: t})`: last_used = max(last_used, t); no version bump
       (last use is for people to read, not for decisions).
-    - `tokens_version()`: bumped by put/revoke.
-    - `put_dbcreds`, `get_dbcreds`: one sealed blob per service account.
+    - `tokens_version()`: bumped by put/revoke, and by every account write
+      (add/put/delete), so each replica's index learns locks and group changes
+      at once (pub/sub with Redis) or within one refresh interval.
+    - `put_dbcreds`, `get_dbcreds`: one sealed blob per service account;
+      `delete_dbcreds(account)`: True when there was one.
     """
 
     async def put_token(self, meta: TokenMeta) -> None: ...
@@ -113,6 +116,8 @@ class TokenStore(Protocol):
     async def put_dbcreds(self, account: str, creds: SealedCreds) -> None: ...
 
     async def get_dbcreds(self, account: str) -> SealedCreds | None: ...
+
+    async def delete_dbcreds(self, account: str) -> bool: ...
 
 
 _COLS = "id, account, name, key_id, level, created, expires, created_by, last_used, revoked"
@@ -198,16 +203,24 @@ class SQLiteTokens:
             "SELECT sealed, updated, updated_by FROM dbcreds WHERE account=?", (account,)).fetchone())
         return SealedCreds(*row) if row else None
 
+    async def delete_dbcreds(self, account: str) -> bool:
+        return await self._tx(lambda c: c.execute("DELETE FROM dbcreds WHERE account=?", (account,)).rowcount == 1)
+
+
+def memory_state(store: Any) -> dict[str, Any]:
+    """The token state kept on a MemoryStore object (its accounts bump "version" too)."""
+    st = store.__dict__.get("_token_state")
+    if st is None:
+        st = store.__dict__.setdefault("_token_state", {"lock": threading.Lock(), "tokens": {}, "creds": {},
+                                                        "version": 0})
+    return st
+
 
 class MemoryTokens:
     """TokenStore in process memory, kept on the MemoryStore object."""
 
     def __init__(self, store: Any):
-        st = store.__dict__.get("_token_state")
-        if st is None:
-            st = store.__dict__.setdefault("_token_state", {"lock": threading.Lock(), "tokens": {}, "creds": {},
-                                                            "version": 0})
-        self.st = st
+        self.st = memory_state(store)
 
     async def put_token(self, meta: TokenMeta) -> None:
         with self.st["lock"]:
@@ -245,6 +258,9 @@ class MemoryTokens:
 
     async def get_dbcreds(self, account: str) -> SealedCreds | None:
         return self.st["creds"].get(account)
+
+    async def delete_dbcreds(self, account: str) -> bool:
+        return self.st["creds"].pop(account, None) is not None
 
 
 def token_store(store: StateStore) -> TokenStore:
