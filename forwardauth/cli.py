@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable, TypeVar
 
 from forwardauth import __version__, keyring
 from forwardauth.config import Config, load_config
@@ -17,8 +17,15 @@ from forwardauth.decision import decide_for_rule
 from forwardauth.durations import format_duration, parse_duration
 from forwardauth.errors import ConfigError
 from forwardauth.request import BadRequest, build, from_url
-from forwardauth.runtime import Runtime, resolve_state_url
+from forwardauth.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.sealing import SealError
+from forwardauth.session import MAX_COOKIE_BYTES
+from forwardauth.session import MAX_FIELD as MAX_SESSION_FIELD
+from forwardauth.session import MAX_GROUPS as MAX_SESSION_GROUPS
 from forwardauth.state import open_store
+from forwardauth.state.base import StoreUnavailable
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -234,9 +241,22 @@ def _cmd_session_issue(args: argparse.Namespace) -> int:
     rt = Runtime.build(_config(args))
     if args.level not in rt.config.levels:
         raise CliError(f"--level: unknown level {args.level!r} (levels: {', '.join(rt.config.levels.names)})")
-    s = rt.codec.new(args.user, args.level, time.time(), email=args.email, name=args.name,
-                     groups=args.groups, source="cli")
-    print(rt.codec.seal(s))
+    now = time.time()
+    s = rt.codec.new(args.user, args.level, now, email=args.email, name=args.name, groups=args.groups,
+                     source="cli")
+    try:
+        value = rt.codec.seal(s)
+    except SealError:
+        value = ""
+    # Print only a cookie the server will open: one over the size limit, or with a
+    # field longer than a session may hold, would be "not signed in" everywhere.
+    opened = rt.codec.open(value, now)
+    if opened.session is None:
+        raise CliError(f"this session does not fit in a cookie ({opened.reason if value else 'too large'}): "
+                       f"--user, --email and --name hold at most {MAX_SESSION_FIELD} characters each, --groups "
+                       f"at most {MAX_SESSION_GROUPS} groups, and the sealed cookie at most {MAX_COOKIE_BYTES} "
+                       "bytes")
+    print(value)
     return 0
 
 
@@ -251,10 +271,20 @@ def _cmd_session_revoke(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    epoch = asyncio.run(go())
+    epoch = asyncio.run(_with_store(cfg, go()))
     print(f"{args.user}: sessions issued before {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))} "
           f"are revoked (in force within {format_duration(cfg.revocation_refresh)})")
     return 0
+
+
+async def _with_store(cfg: Config, work: Awaitable[T]) -> T:
+    """Run `work`, which opens the state store; a store that cannot be opened or
+    reached (no such directory, no permission, Redis down) is a CliError."""
+    try:
+        return await work
+    except (OSError, StoreUnavailable) as exc:
+        raise CliError(store_problem(cfg, exc)) from None
+
 
 
 # --- main --------------------------------------------------------------------

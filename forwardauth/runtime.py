@@ -52,3 +52,21 @@ def resolve_state_url(config: Config) -> str:
     if config.state.startswith("sqlite://"):
         return "sqlite://" + str(resolve_path(config, config.state[len("sqlite://") :]))
     return config.state
+
+
+def store_label(config: Config) -> str:
+    """The state store, for messages: an SQLite store's file, else only the
+    scheme (a Redis URL may hold a password)."""
+    url = resolve_state_url(config)
+    if url.startswith("sqlite://"):
+        return url
+    return url.split("://", 1)[0] + "://..."
+
+
+def store_problem(config: Config, exc: BaseException) -> str:
+    """One line for a state store that cannot be opened or reached."""
+    if isinstance(exc, OSError):
+        why = f"cannot open: {exc.strerror or exc.__class__.__name__}" + (f" ({exc.filename})" if exc.filename else "")
+    else:
+        why = str(exc)
+    return f"state store {store_label(config)}: {why}"

@@ -13,14 +13,16 @@ import multiprocessing
 import os
 import signal
 import ssl
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from forwardauth import keyring
 from forwardauth.config import Config, load_config, parse_config
-from forwardauth.runtime import Runtime
+from forwardauth.runtime import Runtime, store_problem
 from forwardauth.server import CTX, build_app, decisions_first
+from forwardauth.state.base import StoreUnavailable
 
 log = logging.getLogger("forwardauth")
 
@@ -47,12 +49,19 @@ def _loop_factory():
         return asyncio.new_event_loop
 
 
+class StartupError(Exception):
+    """The server cannot start (state store, port): one line for the log, exit status 1."""
+
+
 async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.synchronize.Event | None") -> None:
     cfg = runtime.config.server
     app = build_app(runtime)
     ctx = app[CTX]
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the state store
+    except (OSError, StoreUnavailable) as exc:
+        raise StartupError(store_problem(runtime.config, exc)) from None
     assert runner.server is not None
     decisions_first(runner.server, app)
     ssl_ctx = None
@@ -62,7 +71,12 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
         ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_port=reuse_port, ssl_context=ssl_ctx,
                        backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
+                           f"{exc.strerror or exc.__class__.__name__}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -76,23 +90,32 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
     await runner.cleanup()
 
 
-def run_worker(config: Config, reuse_port: bool, ready=None) -> None:
+def run_worker(config: Config, reuse_port: bool, ready=None) -> int:
+    """Serve until stopped. Returns the exit status: 1 when it could not start."""
     from forwardauth import logs
 
     logs.setup()
     runtime = Runtime.build(config)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(runtime, reuse_port, ready))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(runtime, reuse_port, ready))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc, extra={"fields": {"problem": str(exc)}})
+        return 1
+    return 0
+
+
+def _worker_process(config: Config, reuse_port: bool) -> None:
+    sys.exit(run_worker(config, reuse_port))
 
 
 def serve(config: Config, workers: int) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     Runtime.build(config)  # fail here, in the parent, on a bad key ring
     if workers <= 1:
-        run_worker(config, reuse_port=False)
-        return 0
+        return run_worker(config, reuse_port=False)
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=run_worker, args=(config, True), daemon=False) for _ in range(workers)]
+    procs = [mp.Process(target=_worker_process, args=(config, True), daemon=False) for _ in range(workers)]
     for p in procs:
         p.start()
 

@@ -18,8 +18,9 @@ from forwardauth.sealing import SealError, Sealer
 
 MAX_OPENED = 20_000  # opened cookies remembered per process
 MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total
-_MAX_FIELD = 1024
-_MAX_GROUPS = 256
+MAX_FIELD = 1024  # characters of sub, email, name, each group
+MAX_GROUPS = 256
+_MAX_FIELD, _MAX_GROUPS = MAX_FIELD, MAX_GROUPS
 
 
 @dataclass(frozen=True)

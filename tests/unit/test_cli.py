@@ -165,3 +165,57 @@ def test_check_reports_a_bad_created_in_the_key_file(cfg, capsys, created, shown
     assert main(["check", "-c", str(cfg)]) == 1
     assert capsys.readouterr().err == (f"{keys}: keys[0] (id {kid!r}): created must be a time in unix seconds, "
                                        f"got {shown}\n")
+
+
+LIMITS = ("--user, --email and --name hold at most 1024 characters each, --groups at most 256 groups, "
+          "and the sealed cookie at most 3800 bytes\n")
+
+
+@pytest.mark.parametrize("args,reason", [
+    (["--user", "u" * 1025], "malformed"),
+    (["--user", "a", "--email", "e" * 1025], "malformed"),
+    (["--user", "a", "--groups", ",".join(f"g{i}" for i in range(257))], "malformed"),
+    (["--user", "a", "--groups", ",".join(f"group-{i:05d}" for i in range(200))], "oversized"),
+    (["--user", "a", "--groups", ",".join(f"group-name-{i:05d}" for i in range(256))], "too large"),
+])
+def test_session_issue_refuses_a_cookie_that_would_never_open(cfg, capsys, args, reason):
+    assert main(["session", "issue", "-c", str(cfg), "--level", "password", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"forwardauth: this session does not fit in a cookie ({reason}): " + LIMITS
+
+
+def test_session_issue_at_the_limits_opens(cfg, capsys):
+    assert main(["session", "issue", "-c", str(cfg), "--level", "password", "--user", "u" * 1024]) == 0
+    value = capsys.readouterr().out.strip()
+    assert Runtime.build(load_config(cfg)).codec.open(value, __import__("time").time()).session.sub == "u" * 1024
+
+
+def _unopenable_state(cfg):
+    blocker = cfg.parent / "blocker"
+    blocker.write_text("a file where a directory should be\n")
+    cfg.write_text(cfg.read_text().replace("state: sqlite://state.db", "state: sqlite://blocker/sub/state.db"))
+    return blocker / "sub"
+
+
+def test_session_revoke_with_an_unopenable_state_store(cfg, capsys):
+    where = _unopenable_state(cfg)
+    assert main(["session", "revoke", "-c", str(cfg), "--user", "alice"]) == 2
+    assert capsys.readouterr().err == (f"forwardauth: state store sqlite://{where}/state.db: cannot open: "
+                                       f"Not a directory ({where})\n")
+
+
+def test_serve_with_an_unopenable_state_store_exits_1_with_one_line(cfg, capsys):
+    where = _unopenable_state(cfg)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:4180", f"127.0.0.1:{port}"))
+    assert main(["serve", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = json.loads(err.strip().splitlines()[-1])
+    assert (line["level"], line["msg"]) == ("error", f"cannot start: state store sqlite://{where}/state.db: "
+                                                     f"cannot open: Not a directory ({where})")
