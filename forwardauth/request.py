@@ -3,8 +3,9 @@
 Each proxy describes the request it is asking about in its own headers; this
 module turns them into one `OriginalRequest` and refuses anything malformed.
 The path is normalised the way a permissive upstream app would see it
-(percent-decoded, dot segments resolved, repeated slashes folded), so that
-`/public/..%2fadmin` is matched as `/admin`, not as a public path.
+(percent-decoded, `;` path parameters dropped from each segment, dot
+segments resolved, repeated slashes folded), so that `/public/..%2fadmin` and
+`/admin;x/` are matched as `/admin` and `/admin/`, not as other paths.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _bracket(host: str) -> str:
 
 @lru_cache(maxsize=16384)
 def normalise_path(raw_path: str) -> str:
-    """Decoded, dot segments resolved, slashes folded. Raises BadRequest."""
+    """Decoded, path parameters dropped, dot segments resolved, slashes folded. Raises BadRequest."""
     if not raw_path.startswith("/"):
         raise BadRequest("path must start with '/'")
     try:
@@ -71,6 +72,10 @@ def normalise_path(raw_path: str) -> str:
     decoded = decoded.replace("\\", "/")
     out: list[str] = []
     for seg in decoded.split("/"):
+        # Path parameters (`/admin;jsessionid=x/`, `/..;/`) are dropped from each
+        # segment, as Tomcat and Spring do before routing: `/admin;x/` is /admin/.
+        if ";" in seg:
+            seg = seg.split(";", 1)[0]
         if seg in ("", "."):
             continue
         if seg == "..":

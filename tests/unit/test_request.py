@@ -25,6 +25,14 @@ PEER = ipaddress.ip_address("127.0.0.1")
     ("/a/b/..", "/a/"),
     ("/caf%C3%A9", "/café"),
     ("/a\\..\\admin", "/admin"),
+    # Path parameters, dropped per segment as Tomcat/Spring do before routing.
+    ("/admin;x/", "/admin/"),
+    ("/admin;jsessionid=abc/panel", "/admin/panel"),
+    ("/public/..;/admin/", "/admin/"),
+    ("/public;/../admin", "/admin"),
+    ("/admin%3bx/", "/admin/"),
+    ("/;/admin", "/admin"),
+    ("/a;b;c", "/a"),
 ])
 def test_normalise_path(raw, expected):
     assert normalise_path(raw) == expected

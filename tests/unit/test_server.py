@@ -245,3 +245,11 @@ async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes(
         assert (await r.text()).startswith("503 Service Unavailable: the state store is never reached")
         r = await c.get("/auth/nginx", headers={**nginx("https://app.test/public/a"), "Cookie": h["Cookie"]})
         assert (r.status, await r.text()) == (200, "")
+
+
+@pytest.mark.parametrize("uri", ["/admin;x/", "/admin;jsessionid=1/panel", "/public/..;/admin/"])
+async def test_path_parameters_do_not_slip_past_a_prefix_rule(client, uri):
+    """/admin/ needs mfa: a password session asking for /admin;x/ gets the step-up challenge."""
+    r = await client.get("/auth/traefik", headers={**traefik("app.test", uri), **cookie(client)})
+    assert r.status == 401
+    assert (await r.json())["required_level"] == "mfa"
