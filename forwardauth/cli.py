@@ -76,7 +76,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _register_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="validate a config file (exit 0 if valid, 1 with the errors)")
-    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-c", "--config", required=True, help="the config file (YAML)")
     p.set_defaults(func=_cmd_check)
 
 
@@ -93,13 +93,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _register_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="show how a request would be decided, and why")
-    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-c", "--config", required=True, help="the config file (YAML)")
     p.add_argument("--url", required=True, help="the original URL, e.g. https://app.example.com/admin/")
-    p.add_argument("--method", default="GET")
+    p.add_argument("--method", default="GET", help="the request method (default: GET)")
     p.add_argument("--client", help="client IP address (for rules with networks)")
     p.add_argument("--user", help="explain for this signed-in user (default: not signed in)")
-    p.add_argument("--email")
-    p.add_argument("--groups", type=_csv, default=())
+    p.add_argument("--email", help="the user's email (with --user)")
+    p.add_argument("--groups", type=_csv, default=(), metavar="A,B",
+                   help="the user's groups, comma-separated (with --user)")
     p.add_argument("--level", help="the user's level (default: the lowest)")
     p.add_argument("--proven-ago", type=_duration, default=0.0, metavar="DURATION",
                    help="how long ago the level was proven (for max_age), e.g. 20m")
@@ -175,7 +176,7 @@ def _register_keys(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rotate", metavar="FILE", help="add a new sealing key to FILE; old keys still open")
     g.set_defaults(func=_cmd_keys_generate)
     ls = ks.add_parser("list", help="list the key ids of a key ring file (never the secrets)")
-    ls.add_argument("file")
+    ls.add_argument("file", help="the key ring file")
     ls.set_defaults(func=_cmd_keys_list)
 
 
@@ -224,16 +225,16 @@ def _register_session(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("session", help="issue or revoke sessions")
     ss = p.add_subparsers(dest="session_cmd", required=True)
     i = ss.add_parser("issue", help="print a sealed session cookie value (for operators and tests)")
-    i.add_argument("-c", "--config", required=True)
-    i.add_argument("--user", required=True)
-    i.add_argument("--email")
-    i.add_argument("--name")
-    i.add_argument("--groups", type=_csv, default=())
-    i.add_argument("--level", required=True)
+    i.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    i.add_argument("--user", required=True, help="the user (subject) of the session")
+    i.add_argument("--email", help="the user's email")
+    i.add_argument("--name", help="the user's display name")
+    i.add_argument("--groups", type=_csv, default=(), metavar="A,B", help="the user's groups, comma-separated")
+    i.add_argument("--level", required=True, help="the level reached, proven now")
     i.set_defaults(func=_cmd_session_issue)
     r = ss.add_parser("revoke", help="sign a user out everywhere (bump their epoch)")
-    r.add_argument("-c", "--config", required=True)
-    r.add_argument("--user", required=True)
+    r.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    r.add_argument("--user", required=True, help="whose sessions (and tokens) issued until now are revoked")
     r.set_defaults(func=_cmd_session_revoke)
 
 
