@@ -4,23 +4,35 @@ Callers authenticate with a forwardauth bearer token, checked exactly as on
 the decision endpoints (signature, caveats against this request, index,
 revocation), except that a token the in-memory index has not heard of yet is
 looked up in the store (the API may do I/O; the decision endpoints may not).
+
+The caveats are checked against this API request as the server sees it: its
+method and path, and for `host=` caveats the host of `server.public_url`,
+never the Host header the client chose (a token narrowed to `host=app.test`
+must not reach the API by sending `Host: app.test`). A token that carries
+anything beyond the four caveats forwardauth mints (account, level, issued,
+expires) is *narrowed* (attenuated by its holder, or issued with host, path or
+method limits); the routes refuse to let a narrowed token issue tokens or be
+exchanged into a JWT wider than itself.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from forwardauth import request as reqmod
 from forwardauth.server import CTX, Context
 from forwardauth.session import Session
+from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import bearer_token, principal
 from forwardauth.tokens.index import Principal
-from forwardauth.tokens.plugin import state
+from forwardauth.tokens.plugin import stale_for, state
 from forwardauth.tokens.store import token_store
 
 MAX_BODY = 16 * 1024
@@ -48,23 +60,48 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data), content_type="application/json")
 
 
-def original(request: web.Request) -> reqmod.OriginalRequest:
-    """This API request as an OriginalRequest, for the token's caveats."""
+def original(request: web.Request, public_url: str) -> reqmod.OriginalRequest:
+    """This API request as an OriginalRequest, for the token's caveats. The
+    host is `server.public_url`'s, not the client's Host header."""
     try:
-        host, port = reqmod.parse_host(request.host or "")
-        return reqmod.OriginalRequest(method=request.method, scheme=request.scheme, host=host, port=port,
+        parts = urlsplit(public_url)
+        host, port = reqmod.parse_host(parts.netloc)
+        return reqmod.OriginalRequest(method=request.method, scheme=parts.scheme or "https", host=host, port=port,
                                       path=reqmod.normalise_path(request.path), raw_uri=request.path,
                                       client=None)
     except reqmod.BadRequest as exc:
         fail(400, "invalid_request", str(exc))
 
 
+MINTED = ("account", "level", "issued", "expires")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who called: the principal, and what their token's caveats say."""
+
+    session: Session
+    claims: cv.Claims
+    caveats: tuple[str, ...]
+
+    @property
+    def restricted(self) -> bool:
+        """Limited to hosts, paths or methods (a JWT cannot carry such limits)."""
+        c = self.claims
+        return bool(c.hosts or c.paths or c.methods)
+
+    @property
+    def narrowed(self) -> bool:
+        """Anything but exactly the four caveats forwardauth mints."""
+        return sorted(x.partition("=")[0] for x in self.caveats) != sorted(MINTED)
+
+
 def _challenge(realm: str, error: str | None = None) -> str:
     return f'Bearer realm="{realm}"' + (f', error="{error}"' if error else "")
 
 
-async def caller(request: web.Request) -> Session:
-    """The calling account's session-like principal, or a 401/503 ApiError."""
+async def caller(request: web.Request) -> Caller:
+    """The calling account's session-like principal and caveats, or a 401/503 ApiError."""
     ctx: Context = request.app[CTX]
     cfg = ctx.runtime.config
     realm = cfg.server.realm
@@ -74,11 +111,11 @@ async def caller(request: web.Request) -> Session:
         fail(401, "invalid_token" if auth else "unauthorized",
              "a forwardauth bearer token is required" if not auth else "malformed bearer token",
              **{"WWW-Authenticate": _challenge(realm, "invalid_token" if auth else None)})
-    if ctx.revocations.unreachable_for() > settings_mod.settings(cfg).stale_grace:
-        fail(503, "unavailable", "the state store is unreachable; tokens are refused", **{"Retry-After": "5"})
     st = state(ctx)
+    if stale_for(ctx, st) > settings_mod.settings(cfg).stale_grace:
+        fail(503, "unavailable", "the state store is unreachable; tokens are refused", **{"Retry-After": "5"})
     verifier = st.verifier(ctx.runtime.keyring)
-    req = original(request)
+    req = original(request, cfg.server.public_url)
     now = time.time()
     session, why = principal(verifier, token, req, st.index, ctx.revocations, cfg.levels, now)
     if session is None and why == "token: unknown or revoked":
@@ -88,7 +125,8 @@ async def caller(request: web.Request) -> Session:
         fail(401, "invalid_token", why.removeprefix("token: "),
              **{"WWW-Authenticate": _challenge(realm, "invalid_token")})
     st.usage.used(session.sid, now)
-    return session
+    v = verifier.verify(token)  # memoised: verified just above
+    return Caller(session, v.claims, v.caveats)
 
 
 async def _learn(ctx: Context, verifier: Any, token: str) -> None:

@@ -73,16 +73,21 @@ def document(server_url: str) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "forwardauth admin API", "version": "1",
                  "description": "Accounts, roles, API tokens and service-account database credentials. "
-                                "Authenticate with `Authorization: Bearer <forwardauth token>`."},
+                                "Authenticate with `Authorization: Bearer <forwardauth token>`: admin tokens "
+                                "for account management, any account's own token for what the summary "
+                                "of each operation allows it. Host caveats are checked against the "
+                                "server's public_url host."},
         "servers": [{"url": server_url}],
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/token": {"post": {
-                "summary": "Exchange a bearer token (header) or a password (+ TOTP) for a short-lived JWT",
+                "summary": "Exchange a bearer token (header) or a password (+ TOTP) for a short-lived JWT. "
+                           "The JWT's level and expiry are at most the token's; a token limited to hosts, "
+                           "paths or methods is refused (403).",
                 "security": [{"bearer": []}, {}],
                 "requestBody": {"required": False, **_json(exchange)},
                 "responses": {"200": {"description": "a JWT", **_json(_ref("Jwt"))},
-                              **_errors(400, 401, 413, 415, 429, 503)}}},
+                              **_errors(400, 401, 403, 413, 415, 429, 503)}}},
             "/api/v1/accounts": {
                 "get": _op("List accounts (admin)", {"200": {"description": "accounts",
                                                               **_json({"type": "array", "items": _ref("Account")})}},
@@ -93,7 +98,8 @@ def document(server_url: str) -> dict[str, Any]:
                 "get": _op("Read an account (admin or self)", {"200": {"description": "the account",
                                                                         **_json(_ref("Account"))}},
                            *_AUTH, 404, params=[_NAME]),
-                "delete": _op("Delete an account and revoke its tokens (admin)", {"204": {"description": "deleted"}},
+                "delete": _op("Delete an account (admin): its tokens are revoked, its sessions end (epoch), its "
+                              "database credentials are deleted", {"204": {"description": "deleted"}},
                               *_AUTH, 404, params=[_NAME])},
             "/api/v1/accounts/{name}/roles": {"put": _op(
                 "Set an account's roles (admin)", {"200": {"description": "the account", **_json(_ref("Account"))}},
@@ -101,15 +107,24 @@ def document(server_url: str) -> dict[str, Any]:
                 body={"type": "object", "additionalProperties": False, "required": ["roles"],
                       "properties": {"roles": _ROLES}})},
             "/api/v1/accounts/{name}/lock": {"post": _op(
-                "Lock an account: every session and token dies (admin)",
+                "Lock an account: every session and token dies, the epoch goes to the far future (admin)",
                 {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_NAME])},
+            "/api/v1/accounts/{name}/unlock": {"post": _op(
+                "Unlock an account: active again, the epoch comes back to now, so sessions and tokens from "
+                "before stay revoked (admin)",
+                {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_NAME])},
+            "/api/v1/accounts/{name}/revoke-sessions": {"post": _op(
+                "Sign an account out everywhere: every session and token issued until now dies (admin, or the "
+                "account itself)",
+                {"200": {"description": "the new epoch", **_json(_ref("Epoch"))}}, *_AUTH, 404, params=[_NAME])},
             "/api/v1/accounts/{name}/tokens": {
                 "get": _op("List an account's tokens with their last use",
                            {"200": {"description": "tokens", **_json({"type": "array", "items": _ref("Token")})}},
                            *_AUTH, 404, params=[_NAME]),
-                "post": _op("Issue a token (admin, the human themselves, or a holder of the service account's role)",
+                "post": _op("Issue a token (admin, the human themselves, or a holder of the service account's "
+                            "role), with a token as issued: a narrowed (attenuated or limited) token gets 403",
                             {"201": {"description": "the token, shown once", **_json(_ref("IssuedToken"))}},
-                            *_AUTH, 404, 413, 415, params=[_NAME], body=issue)},
+                            *_AUTH, 404, 409, 413, 415, params=[_NAME], body=issue)},
             "/api/v1/tokens": {"get": _op(
                 "List every token (admin)",
                 {"200": {"description": "tokens", **_json({"type": "array", "items": _ref("Token")})}}, *_AUTH)},
@@ -145,6 +160,8 @@ def document(server_url: str) -> dict[str, Any]:
                               "revoked": {"type": "number", "nullable": True}}},
                 "IssuedToken": {"allOf": [_ref("Token"), {"type": "object", "required": ["token"],
                                                           "properties": {"token": {"type": "string"}}}]},
+                "Epoch": {"type": "object", "required": ["username", "epoch"], "properties": {
+                    "username": {"type": "string"}, "epoch": {"type": "number"}}},
                 "Jwt": {"type": "object", "required": ["access_token", "token_type", "expires_in"], "properties": {
                     "access_token": {"type": "string"}, "token_type": {"type": "string"},
                     "expires_in": {"type": "integer"}, "issued_token_type": {"type": "string"}}},

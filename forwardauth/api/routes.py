@@ -16,15 +16,15 @@ from aiohttp import web
 
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
 from forwardauth.api import openapi
-from forwardauth.api.auth import ApiError, body, caller, error_response, fail, json_response
+from forwardauth.api.auth import ApiError, Caller, body, caller, error_response, fail, json_response
 from forwardauth.durations import parse_duration
 from forwardauth.server import CTX, Context
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.tokens import rules
 from forwardauth.tokens import settings as settings_mod
-from forwardauth.tokens.jwt import JwtError
+from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.plugin import audit_fn, state
-from forwardauth.tokens.service import Denied, Invalid, NotFound, TokenService, actor_of
+from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.tokens.index import Principal
 from forwardauth.tokens.store import TokenMeta
 
@@ -44,6 +44,8 @@ def _guard(fn: Handler) -> Handler:
             return error_response(ApiError(403, "forbidden", str(exc)))
         except NotFound as exc:
             return error_response(ApiError(404, "not_found", str(exc)))
+        except Conflict as exc:
+            return error_response(ApiError(409, "conflict", str(exc)))
         except (Invalid, AccountError) as exc:
             return error_response(ApiError(400, "invalid_request", str(exc)))
         except StoreUnavailable:
@@ -67,12 +69,23 @@ def _name(request: web.Request) -> str:
     return name
 
 
-async def _actor(request: web.Request, svc: TokenService) -> rules.Actor:
-    session = await caller(request)
-    acct = await svc.accounts.get_account(session.sub)
+async def _who(request: web.Request, svc: TokenService) -> tuple[rules.Actor, Caller]:
+    c = await caller(request)
+    acct = await svc.accounts.get_account(c.session.sub)
     if acct is None:
         fail(401, "invalid_token", "the token's account no longer exists")
-    return actor_of(acct)
+    return actor_of(acct), c
+
+
+async def _actor(request: web.Request, svc: TokenService) -> rules.Actor:
+    return (await _who(request, svc))[0]
+
+
+async def _sync(ctx: Context) -> None:
+    """After an epoch write: this process's revocation snapshot is reloaded
+    before the answer, so it is in force here at once (other replicas: pub/sub
+    or their next refresh)."""
+    await ctx.revocations.refresh(ctx.store)
 
 
 def _remember(ctx: Context, a: Account) -> None:
@@ -162,16 +175,11 @@ async def delete_account(request: web.Request) -> web.Response:
     svc = _service(ctx)
     name = _name(request)
     actor = await _actor(request, svc)
-    if not rules.may_admin(actor):
-        raise Denied("only admins may delete accounts")
-    if name == actor.name:
-        raise Denied("an admin cannot delete their own account")
-    await svc.account(name)
-    for t in await svc.tokens.list_tokens(name):
-        if t.revoked is None:
-            await svc.revoke(actor, t.id)
-    await svc.accounts.delete_account(name)
-    audit_fn(ctx)("account_deleted", user=name, reason=f"by {actor.name}")
+    await svc.delete_account(actor, name)
+    await _sync(ctx)
+    index = state(ctx).index
+    index.accounts = {k: v for k, v in index.accounts.items() if k != name}
+    index.tokens = {k: v for k, v in index.tokens.items() if v.account != name}
     return web.Response(status=204)
 
 
@@ -184,10 +192,9 @@ async def set_roles(request: web.Request) -> web.Response:
     if not rules.may_admin(actor):
         raise Denied("only admins may change roles")
     d = await body(request, {"roles"}, {"roles"})
-    acct = (await svc.account(name)).changed(groups=_roles(d))
-    await svc.accounts.put_account(acct)
+    acct = await svc.set_roles(actor, name, _roles(d))
+    await _sync(ctx)
     _remember(ctx, acct)
-    audit_fn(ctx)("account_updated", user=name, reason=f"roles set to {','.join(acct.groups) or '-'} by {actor.name}")
     return json_response(account_view(acct))
 
 
@@ -197,11 +204,33 @@ async def lock_account(request: web.Request) -> web.Response:
     svc = _service(ctx)
     name = _name(request)
     actor = await _actor(request, svc)
-    if name == actor.name:
-        raise Denied("an admin cannot lock their own account")
     acct = await svc.lock(actor, name)
+    await _sync(ctx)
     _remember(ctx, acct)
     return json_response(account_view(acct))
+
+
+@_guard
+async def unlock_account(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    svc = _service(ctx)
+    name = _name(request)
+    actor = await _actor(request, svc)
+    acct = await svc.unlock(actor, name)
+    await _sync(ctx)
+    _remember(ctx, acct)
+    return json_response(account_view(acct))
+
+
+@_guard
+async def revoke_sessions(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    svc = _service(ctx)
+    name = _name(request)
+    actor = await _actor(request, svc)
+    epoch = await svc.revoke_sessions(actor, name)
+    await _sync(ctx)
+    return json_response({"username": name, "epoch": epoch})
 
 
 # --- tokens ------------------------------------------------------------------
@@ -227,7 +256,12 @@ async def issue_token(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
     name = _name(request)
-    actor = await _actor(request, svc)
+    actor, c = await _who(request, svc)
+    if c.narrowed:
+        # Its limits (expiry, level, host, path, method) would not pass to
+        # what it issues: a narrowed token would mint a wider one.
+        raise Denied("a narrowed token (attenuated, or issued with host, path or method limits) may not issue "
+                     "tokens; use a token as it was issued")
     d = await body(request, {"name", "lifetime", "level", "host", "path", "method"})
     lifetime = d.get("lifetime")
     if lifetime is not None:
@@ -294,7 +328,13 @@ async def exchange(request: web.Request) -> web.Response:
     s = settings_mod.settings(cfg)
     now = time.time()
     if request.headers.get("Authorization"):
-        session = await caller(request)
+        c = await caller(request)
+        if c.restricted:
+            fail(403, "forbidden", "a token limited to hosts, paths or methods cannot be exchanged: "
+                                   "a JWT could not carry those limits")
+        # Level and expiry do pass: the JWT's level is the token's lowest, and
+        # it expires no later than the token.
+        session = c.session
         claims = {"sub": session.sub, "level": session.level, "tid": session.sid, "src": "token"}
         groups, email, until = session.groups, session.email, session.exp
         event_reason = f"token {session.sid} exchanged for a JWT"
@@ -317,6 +357,7 @@ async def exchange(request: web.Request) -> web.Response:
 
 
 async def _password_exchange(request: web.Request, ctx: Context, now: float) -> tuple:
+    from forwardauth.signin.routes import client_of
     from forwardauth.signin.service import LocalAuth
     from forwardauth.signin.settings import settings as local_settings
 
@@ -328,11 +369,16 @@ async def _password_exchange(request: web.Request, ctx: Context, now: float) -> 
     if not local_settings(ctx.runtime.config).enabled:
         fail(400, "unsupported_grant_type", "password sign-in is off (local.enabled)")
     auth = LocalAuth(ctx.runtime, ctx.store)
-    client = request.remote
+    # The real client, as the sign-in pages see it (X-Forwarded-For believed
+    # only from server.trusted_proxies), so one client's failures do not ban
+    # everyone behind the same proxy.
+    client = client_of(request, ctx)
     emit = audit_fn(ctx)
     attempt = await auth.check_password(username.strip().lower(), password, client, now)
     if not attempt.ok or attempt.account is None:
-        emit("signin_failed" if attempt.reason != "banned" else "signin_refused", user=username[:64], client=client,
+        # An unknown username is not written down: it may be a password typed in the wrong box.
+        known = attempt.account.username if attempt.account is not None else None
+        emit("signin_failed" if attempt.reason != "banned" else "signin_refused", user=known, client=client,
              reason=f"token exchange: {attempt.reason}")
         if attempt.reason == "banned":
             fail(429, "slow_down", "too many failed attempts; try again later",
@@ -366,7 +412,7 @@ async def jwks(request: web.Request) -> web.Response:
     except JwtError:
         keys = {"keys": []}
     return web.Response(text=json.dumps(keys), content_type="application/json",
-                        headers={"Cache-Control": "public, max-age=300"})
+                        headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -386,6 +432,8 @@ def install(app: web.Application, ctx: Context) -> None:
     r.add_delete("/api/v1/accounts/{name}", delete_account)
     r.add_put("/api/v1/accounts/{name}/roles", set_roles)
     r.add_post("/api/v1/accounts/{name}/lock", lock_account)
+    r.add_post("/api/v1/accounts/{name}/unlock", unlock_account)
+    r.add_post("/api/v1/accounts/{name}/revoke-sessions", revoke_sessions)
     r.add_get("/api/v1/accounts/{name}/tokens", list_tokens)
     r.add_post("/api/v1/accounts/{name}/tokens", issue_token)
     r.add_get("/api/v1/tokens", list_all_tokens)

@@ -193,9 +193,14 @@ def _cmd_groups(args: argparse.Namespace) -> int:
         if tuple(groups) == acct.groups:
             print(f"{args.user}: groups unchanged: {', '.join(groups) or 'none'}")
             return 0
-        await ops.accounts.put_account(acct.changed(groups=tuple(groups)))
-        await ops.revoke_sessions(args.user)
-        ops.audit("account_updated", args.user, f"groups set to {','.join(groups) or '-'} by operator (cli)")
+        # The same rule as `accounts roles` and the API (accounts.set_account_groups):
+        # a change ends the account's sessions and tokens.
+        from forwardauth.accounts import set_account_groups
+
+        if await set_account_groups(ops.store, args.user, groups) is None:
+            raise CliError(f"no account {args.user!r} (see: forwardauth users list)")
+        ops.audit("account_updated", args.user, f"groups set to {','.join(groups) or '-'} by operator (cli); "
+                                                 "sessions and tokens revoked")
         print(f"{args.user}: groups: {', '.join(groups) or 'none'} (signed out, to pick them up at next sign-in)")
         return 0
 
@@ -204,10 +209,12 @@ def _cmd_groups(args: argparse.Namespace) -> int:
 
 def _cmd_lock(args: argparse.Namespace) -> int:
     async def go(ops: Ops) -> int:
-        acct = await ops.need(args.user)
-        await ops.accounts.put_account(acct.changed(status="locked"))
-        await ops.revoke_sessions(args.user)
-        ops.audit("account_locked", args.user, "by operator (cli); sessions revoked")
+        await ops.need(args.user)
+        # The same as `accounts lock` and the API: epoch to the far future.
+        from forwardauth.accounts import lock_account
+
+        await lock_account(ops.store, args.user)
+        ops.audit("account_locked", args.user, "by operator (cli); every session and token revoked")
         print(f"{args.user}: locked; existing sessions are signed out")
         return 0
 
@@ -216,10 +223,14 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _cmd_unlock(args: argparse.Namespace) -> int:
     async def go(ops: Ops) -> int:
-        acct = await ops.need(args.user)
-        await ops.accounts.put_account(acct.changed(status="active"))
+        await ops.need(args.user)
+        # The same as `accounts unlock` and the API: active, epoch back to now.
+        from forwardauth.accounts import unlock_account
+
+        await unlock_account(ops.store, args.user)
         await Regulator(failure_store(ops.store), ops.settings.regulation).unban(args.user)
-        ops.audit("account_unlocked", args.user, "by operator (cli); failed-attempt ban lifted")
+        ops.audit("account_unlocked", args.user, "by operator (cli); failed-attempt ban lifted; "
+                                                  "older sessions and tokens stay revoked")
         print(f"{args.user}: unlocked (and any ban for failed attempts lifted)")
         return 0
 

@@ -48,6 +48,7 @@ class Verified:
     token_id: str
     key_id: str
     claims: cv.Claims
+    caveats: tuple[str, ...] = ()
 
 
 class TokenVerifier:
@@ -73,7 +74,7 @@ class TokenVerifier:
         m = mac.deserialize(token)
         key_id, token_id = mac.parse_identifier(m.identifier)
         mac.verify_signature(self.ring, m)
-        out = Verified(token_id, key_id, cv.parse(m.caveats))
+        out = Verified(token_id, key_id, cv.parse(m.caveats), m.caveats)
         self._ok[token] = out
         return out
 

@@ -25,8 +25,7 @@ from forwardauth.runtime import Runtime, resolve_path, resolve_state_url
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
-from forwardauth.tokens import rules
-from forwardauth.tokens.service import OPERATOR, Denied, Invalid, NotFound, TokenService
+from forwardauth.tokens.service import OPERATOR, Conflict, Denied, Invalid, NotFound, TokenService
 from forwardauth.tokens.store import TokenMeta
 
 CliError = core_cli.CliError
@@ -64,7 +63,7 @@ def _run(args: argparse.Namespace, fn: Callable[[TokenService, StateStore], Awai
 
     try:
         return asyncio.run(go())
-    except (Denied, Invalid, AccountError) as exc:
+    except (Denied, Invalid, Conflict, AccountError) as exc:
         raise CliError(str(exc)) from None
     except NotFound as exc:
         raise CliError(str(exc.args[0]) if exc.args else "not found") from None
@@ -103,7 +102,8 @@ def _register_accounts(sub: argparse._SubParsersAction) -> None:
     sh = s.add_parser("show", help="show one account (never its secrets)")
     sh.add_argument("name", type=_account_name)
     sh.set_defaults(func=_cmd_show)
-    r = s.add_parser("roles", help="set an account's roles")
+    r = s.add_parser("roles", help="set an account's roles (a change ends its sessions and tokens, "
+                                   "as `users groups` does)")
     r.add_argument("name", type=_account_name)
     r.add_argument("--set", required=True, dest="roles", help="comma-separated roles ('' for none)")
     r.set_defaults(func=_cmd_roles)
@@ -113,7 +113,8 @@ def _register_accounts(sub: argparse._SubParsersAction) -> None:
     ul = s.add_parser("unlock", help="set the status back to active; what was issued before stays revoked")
     ul.add_argument("name", type=_account_name)
     ul.set_defaults(func=_cmd_unlock)
-    d = s.add_parser("delete", help="delete an account and revoke its tokens")
+    d = s.add_parser("delete", help="delete an account: its tokens are revoked, its sessions end and its "
+                                    "database credentials are deleted")
     d.add_argument("name", type=_account_name)
     d.set_defaults(func=_cmd_delete)
     for sp in (c, ls, sh, r, lk, ul, d):
@@ -159,10 +160,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_roles(args: argparse.Namespace) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        a = (await svc.account(args.name)).changed(groups=check_groups(args.roles))
-        await svc.accounts.put_account(a)
-        svc.audit("account_updated", user=a.username, reason=f"roles set to {','.join(a.groups) or '-'}")
+        before = await svc.account(args.name)
+        a = await svc.set_roles(OPERATOR, args.name, check_groups(args.roles))
         print(_show_account(a))
+        if before.groups != a.groups:
+            print(f"{a.username}: roles changed: sessions and tokens issued until now are revoked", file=sys.stderr)
         return 0
 
     return _run(args, fn)
@@ -188,13 +190,8 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 
 def _cmd_delete(args: argparse.Namespace) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        await svc.account(args.name)
-        for t in await svc.tokens.list_tokens(args.name):
-            if t.revoked is None:
-                await svc.revoke(OPERATOR, t.id)
-        await svc.accounts.delete_account(args.name)
-        svc.audit("account_deleted", user=args.name, reason=f"by {OPERATOR.name}")
-        print(f"{args.name}: deleted")
+        await svc.delete_account(OPERATOR, args.name)
+        print(f"{args.name}: deleted; its tokens and sessions are revoked, its database credentials removed")
         return 0
 
     return _run(args, fn)
@@ -385,7 +382,8 @@ def _register_dbcreds(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-c", "--config", required=True)
     g.add_argument("account", type=_account_name)
     g.add_argument("--as", dest="actor", type=_account_name,
-                   help="read as this account, applying its rights (default: the operator)")
+                   help="read as this account, applying its rights (default: the operator, audited as "
+                        "'operator (cli)')")
     g.set_defaults(func=_cmd_dbcreds_get)
 
 
@@ -406,12 +404,8 @@ def _cmd_dbcreds_set(args: argparse.Namespace) -> int:
 
 def _cmd_dbcreds_get(args: argparse.Namespace) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        if args.actor is None:
-            # The operator holds the key ring: reading is theirs to do.
-            target = await svc.account(args.account)
-            actor = rules.Actor(target.username, target.kind, (target.username,))
-        else:
-            actor = await svc.actor(args.actor)
+        # The operator holds the key ring: reading is theirs to do (audited as "operator (cli)").
+        actor = OPERATOR if args.actor is None else await svc.actor(args.actor)
         print(json.dumps(await svc.get_dbcreds(actor, args.account), indent=2))
         return 0
 

@@ -32,21 +32,44 @@ class JwtError(ValueError):
     """Why a JWT was refused or cannot be made. Never contains the token."""
 
 
+# How long apps may cache /.well-known/jwks.json (its Cache-Control max-age).
+JWKS_MAX_AGE = 300
+
+
 @dataclass
 class JwtSigner:
-    """Signs with the newest key; knows every key that verifies."""
+    """Knows every key that verifies (all published in the JWKS) and signs with
+    the newest key that has been published for at least JWKS_MAX_AGE.
+
+    A key rotated in (`keys generate --rotate`) is published at once but signs
+    only once every app's cached JWKS can hold it: signing with it earlier
+    would make apps with a cached copy refuse the JWTs for up to 5 minutes.
+    When no key is that old (a new ring), the oldest one signs."""
 
     algorithm: str  # "ES256" or "HS512"
     issuer: str
-    signing_key: ECKey | OctKey | None
+    signing_key: ECKey | OctKey | None  # the newest key
     verify_keys: KeySet | OctKey | None
     public_jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
+    # (created, key), newest first: the candidates for signing
+    candidates: tuple[tuple[float, ECKey | OctKey], ...] = ()
 
     @classmethod
     def es256(cls, ring: KeyRing, issuer: str) -> "JwtSigner":
         keys = [ECKey.import_key(k.private, {"kid": k.id, "alg": "ES256", "use": "sig"}) for k in ring.signing]
         public = {"keys": [dict(k.as_dict(private=False), kid=k.kid, alg="ES256", use="sig") for k in keys]}
-        return cls("ES256", issuer, keys[0] if keys else None, KeySet(keys) if keys else None, public)
+        ordered = sorted(zip((k.created for k in ring.signing), keys), key=lambda ck: -ck[0])
+        return cls("ES256", issuer, keys[0] if keys else None, KeySet(keys) if keys else None, public,
+                   tuple(ordered))
+
+    def key_for(self, now: float) -> ECKey | OctKey | None:
+        """The key that signs at `now` (see the class docstring)."""
+        if not self.candidates:
+            return self.signing_key
+        for created, key in self.candidates:
+            if created <= now - JWKS_MAX_AGE:
+                return key
+        return self.candidates[-1][1]
 
     @classmethod
     def hs512(cls, secret: bytes, issuer: str) -> "JwtSigner":
@@ -56,15 +79,16 @@ class JwtSigner:
         return cls("HS512", issuer, key, key)
 
     def sign(self, claims: dict[str, Any], *, audience: str, lifetime: float, now: float) -> str:
-        if self.signing_key is None:
+        key = self.key_for(now)
+        if key is None:
             raise JwtError("no signing key in the key ring (add one: forwardauth keys generate --rotate FILE)")
         body = dict(claims)
         body.update({"iss": self.issuer, "aud": audience, "iat": int(now), "nbf": int(now) - 1,
                      "exp": int(now + lifetime), "jti": str(uuid.uuid4())})
         header: dict[str, Any] = {"alg": self.algorithm, "typ": "JWT"}
         if self.algorithm == "ES256":
-            header["kid"] = self.signing_key.kid
-        return jose_jwt.encode(header, body, self.signing_key, algorithms=[self.algorithm])
+            header["kid"] = key.kid
+        return jose_jwt.encode(header, body, key, algorithms=[self.algorithm])
 
     def verify(self, token: str, *, audience: str, now: float, leeway: int = 0) -> dict[str, Any]:
         if self.verify_keys is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -101,6 +102,14 @@ def audit_fn(ctx: Context) -> Any:
 # --- the decision endpoints --------------------------------------------------
 
 
+def stale_for(ctx: Context, st: TokensState | None = None) -> float:
+    """How long token decisions have gone without fresh state: the longer of
+    the revocation snapshot's and the token index's time since their last good
+    refresh (either loop failing, for any reason, counts)."""
+    st = st or state(ctx)
+    return max(ctx.revocations.unreachable_for(), st.index.unreachable_for())
+
+
 def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: float) -> tuple[Session | None, str] | None:
     auth = request.headers.get("Authorization")
     if auth is None:
@@ -109,9 +118,9 @@ def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: f
     if token is None:
         return (None, "token: malformed") if looks_like_ours(auth) else None
     cfg = ctx.runtime.config
-    if ctx.revocations.unreachable_for() > settings_mod.settings(cfg).stale_grace:
-        return None, STALE
     st = state(ctx)
+    if stale_for(ctx, st) > settings_mod.settings(cfg).stale_grace:
+        return None, STALE
     session, why = principal(st.verifier(ctx.runtime.keyring), token, req, st.index, ctx.revocations, cfg.levels, now)
     if session is not None:
         st.usage.used(session.sid, now)
@@ -119,7 +128,7 @@ def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: f
 
 
 def _unavailable(ctx: Context, what: str) -> responses.Answer:
-    down = ctx.revocations.unreachable_for()
+    down = stale_for(ctx)
     grace = settings_mod.settings(ctx.runtime.config).stale_grace
     since = "never reached" if down == float("inf") else f"unreachable for {format_duration(int(down))}"
     return responses.Answer(
@@ -135,14 +144,23 @@ def _answer(ctx: Context, decision: Decision, req: OriginalRequest, ans: respons
         return _unavailable(ctx, "bearer tokens are")
     session = decision.session
     if decision.allowed and session is not None and decision.required_level is not None:
-        if ctx.revocations.unreachable_for() > s.stale_grace:
+        if ctx.revocations.unreachable_for() > s.stale_grace or (
+                session.source == "token" and stale_for(ctx) > s.stale_grace):
             up_to = s.stale_sessions_up_to
             if session.source == "token" or up_to is None or not cfg.levels.at_least(up_to, decision.required_level):
                 return _unavailable(ctx, f"sessions on routes needing level {decision.required_level} are")
     if decision.outcome is Outcome.UNAUTHENTICATED and reason.startswith("token:"):
+        # RFC 6750: say what was wrong with the token (the reason names a
+        # caveat or a check, never the token), in the challenge and the body.
         realm = cfg.server.realm
+        why = reason.removeprefix("token:").strip()
         headers = tuple((k, v) for k, v in ans.headers if k != "WWW-Authenticate")
-        ans = replace(ans, headers=headers + (("WWW-Authenticate", f'Bearer realm="{realm}", error="invalid_token"'),))
+        ans = replace(ans, headers=headers + (
+            ("WWW-Authenticate", f'Bearer realm="{realm}", error="invalid_token", error_description="{why}"'),))
+        if ans.status == 401 and ans.content_type == "application/json":
+            body = {"error": "invalid_token", "error_description": f"The bearer token was refused: {why}",
+                    "required_level": decision.required_level}
+            ans = replace(ans, body=json.dumps(body) + "\n")
     if s.assertion.enabled and decision.outcome is Outcome.ALLOW and session is not None:
         signed = _assertion(ctx, session, req.host, now)
         if signed is not None:
@@ -224,11 +242,12 @@ def _hook(app: web.Application, ctx: Context) -> None:
 
 def _ready(ctx: Context) -> str | None:
     """Past the grace, /readyz says the store is down and what is refused because of it."""
-    down = ctx.revocations.unreachable_for()
+    down = stale_for(ctx)
     grace = settings_mod.settings(ctx.runtime.config).stale_grace
     if down <= grace or down == float("inf"):
         return None
-    return (f"state store unreachable for {format_duration(int(down))} ({ctx.revocations.last_error}); "
+    error = ctx.revocations.last_error or state(ctx).index.last_error
+    return (f"state store unreachable for {format_duration(int(down))} ({error}); "
             f"past tokens.stale_grace ({format_duration(grace)}) bearer tokens and revocation-sensitive "
             "routes are refused")
 

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from forwardauth.accounts import Account, AccountStore, account_store
+from forwardauth.accounts import (Account, AccountError, AccountStore, account_store, lock_account,
+                                  set_account_groups, unlock_account)
 from forwardauth.config import Config
 from forwardauth.keyring import KeyRing
-from forwardauth.revocation import FAR_FUTURE
 from forwardauth.sealing import SealError, Sealer
 from forwardauth.state.base import StateStore
 from forwardauth.tokens import caveats as cv
@@ -42,6 +42,10 @@ class Invalid(ValueError):
     pass
 
 
+class Conflict(RuntimeError):
+    """A concurrent change won. The message is safe to show."""
+
+
 # A callable (event, **fields) -> None that writes an audit line.
 AuditFn = Callable[..., Any]
 
@@ -59,6 +63,14 @@ def target_of(account: Account) -> rules.Target:
 
 
 OPERATOR = rules.Actor("operator (cli)", "human", (rules.ADMIN_ROLE,))
+
+
+def _may_know(actor: rules.Actor, account: str) -> bool:
+    """Whether `actor` could have any right over `account` (admin, itself, or
+    holding the role named after it). Checked before the account is looked up,
+    so everybody else gets the same "may not" for accounts that exist and
+    accounts that do not."""
+    return actor.active and (actor.is_admin or actor.name == account or account in actor.roles)
 
 
 @dataclass
@@ -91,6 +103,9 @@ class TokenService:
     async def issue(self, actor: rules.Actor, account: str, *, name: str = "default", lifetime: float | None = None,
                     level: str | None = None, restrictions: tuple[str, ...] = (), now: float | None = None) -> Issued:
         now = time.time() if now is None else now
+        if not _may_know(actor, account):  # before the lookup: no "no account" answer to outsiders
+            self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
+            raise Denied(f"{actor.name} may not issue tokens for {account}")
         target = await self.account(account)
         if not rules.may_issue(actor, target_of(target)):
             self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
@@ -108,11 +123,11 @@ class TokenService:
         if not 60 <= life <= self.settings.max_lifetime:
             raise Invalid(f"lifetime must be from 60s to {int(self.settings.max_lifetime)}s")
         for r in restrictions:
-            name, _, value = r.partition("=")
-            if name in ("account", "level", "issued", "expires"):
+            kind, _, value = r.partition("=")
+            if kind in ("account", "level", "issued", "expires"):
                 raise Invalid("restrictions may only be host=, path= or method=")
             try:
-                cv.make(name, value)
+                cv.make(kind, value)
             except cv.CaveatError as exc:
                 raise Invalid(f"restriction {r!r}: {exc}") from None
         if target.kind == "system":
@@ -127,9 +142,27 @@ class TokenService:
         m = mac.mint(self.ring, token_id, caveats)
         meta = TokenMeta(token_id, account, name, m.key_id, level, now, expires, actor.name)
         await self.tokens.put_token(meta)
+        if target.kind == "system":
+            await self._one_token(account, meta, now)
         self.audit("token_issued", user=account, level=level,
                    reason=f"token {token_id} ({name}) by {actor.name}, expires {int(expires)}")
         return Issued(m.serialize(), meta)
+
+    async def _one_token(self, account: str, mine: TokenMeta, now: float) -> None:
+        """A service account's one-token rule, also under concurrent issues: after
+        the write, every active token but the newest (by created, then id) is
+        revoked. Every issuer computes the same newest one, so exactly one
+        survives; an issuer whose token lost is told so."""
+        active = [t for t in await self.tokens.list_tokens(account) if t.revoked is None]
+        if not active:
+            return
+        newest = max(active, key=lambda t: (t.created, t.id))
+        for t in active:
+            if t.id != newest.id:
+                await self._revoke(t, now, f"replaced by token {newest.id}")
+        if newest.id != mine.id:
+            raise Conflict(f"another token for {account} was issued at the same moment; this one was revoked, "
+                           "issue again")
 
     async def _revoke(self, meta: TokenMeta, now: float, why: str) -> bool:
         changed = await self.tokens.revoke_token(meta.id, now)
@@ -155,6 +188,8 @@ class TokenService:
             if not actor.is_admin:
                 raise Denied("only admins may list every token")
             return await self.tokens.list_tokens()
+        if not _may_know(actor, account):
+            raise Denied(f"{actor.name} may not list tokens of {account}")
         target = await self.account(account)
         if not rules.may_list(actor, target_of(target)):
             raise Denied(f"{actor.name} may not list tokens of {account}")
@@ -162,27 +197,73 @@ class TokenService:
 
     # --- accounts ---------------------------------------------------------
 
-    async def lock(self, actor: rules.Actor, name: str) -> Account:
-        """Status locked and the epoch set to the far future: every session and token dies (seed 001)."""
+    async def _admin_target(self, actor: rules.Actor, name: str, what: str) -> None:
         if not rules.may_admin(actor):
-            raise Denied("only admins may lock accounts")
-        a = await self.account(name)
-        a = a.changed(status="locked")
-        await self.accounts.put_account(a)
-        await self.store.set_epoch(name, FAR_FUTURE)
-        self.audit("account_locked", user=name, reason=f"by {actor.name}")
+            raise Denied(f"only admins may {what}")
+        if actor is not OPERATOR and name == actor.name:
+            raise Denied(f"an admin cannot {what.replace(' accounts', '')} their own account")
+
+    async def lock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
+        """Status locked and the epoch set to the far future: every session and
+        token dies (seed 001). Shared with `users lock` (accounts.lock_account)."""
+        await self._admin_target(actor, name, "lock accounts")
+        a = await lock_account(self.store, name, now)
+        if a is None:
+            raise NotFound(f"no account {name!r}")
+        self.audit("account_locked", user=name, reason=f"by {actor.name}; every session and token revoked")
         return a
 
     async def unlock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
         """Status active and the epoch brought back from the far future to now:
         what was issued before or during the lock stays dead, new credentials work."""
-        if not rules.may_admin(actor):
-            raise Denied("only admins may unlock accounts")
-        a = (await self.account(name)).changed(status="active")
-        await self.accounts.put_account(a)
-        await self.store.reset_epoch(name, time.time() if now is None else now)
-        self.audit("account_unlocked", user=name, reason=f"by {actor.name}")
+        await self._admin_target(actor, name, "unlock accounts")
+        a = await unlock_account(self.store, name, now)
+        if a is None:
+            raise NotFound(f"no account {name!r}")
+        self.audit("account_unlocked", user=name, reason=f"by {actor.name}; older sessions and tokens stay revoked")
         return a
+
+    async def set_roles(self, actor: rules.Actor, name: str, roles: Any, now: float | None = None) -> Account:
+        """Roles are groups: a change ends the account's sessions and tokens
+        (accounts.set_account_groups, the same rule as `users groups`)."""
+        if not rules.may_admin(actor):
+            raise Denied("only admins may change roles")
+        try:
+            out = await set_account_groups(self.store, name, roles, now)
+        except AccountError as exc:
+            raise Invalid(f"roles: {exc}") from None
+        if out is None:
+            raise NotFound(f"no account {name!r}")
+        a, ended = out
+        self.audit("account_updated", user=name, reason=f"roles set to {','.join(a.groups) or '-'} by {actor.name}"
+                   + ("; sessions and tokens revoked" if ended else ""))
+        return a
+
+    async def revoke_sessions(self, actor: rules.Actor, name: str, now: float | None = None) -> float:
+        """Sign `name` out everywhere: every session and token issued until now
+        dies (epoch). Admins for anyone; an account for itself. Returns the epoch."""
+        if not (rules.may_admin(actor) or (actor.active and actor.name == name)):
+            raise Denied(f"{actor.name} may not revoke the sessions of {name}")
+        await self.account(name)
+        epoch = await self.store.set_epoch(name, time.time() if now is None else now)
+        self.audit("session_revoked", user=name, reason=f"sessions and tokens revoked by {actor.name}")
+        return epoch
+
+    async def delete_account(self, actor: rules.Actor, name: str, now: float | None = None) -> None:
+        """Delete `name`: its tokens are revoked, its database credentials deleted
+        and its epoch raised to now, so an account made later under the same name
+        inherits nothing (no token, no session, no credentials)."""
+        await self._admin_target(actor, name, "delete accounts")
+        now = time.time() if now is None else now
+        await self.account(name)
+        for t in await self.tokens.list_tokens(name):
+            if t.revoked is None:
+                await self._revoke(t, now, f"account deleted by {actor.name}")
+        await self.tokens.delete_dbcreds(name)
+        await self.store.set_epoch(name, now)
+        await self.accounts.delete_account(name)
+        self.audit("account_deleted", user=name, reason=f"by {actor.name}; tokens, sessions and "
+                                                         "database credentials removed")
 
     # --- database credentials --------------------------------------------
 
@@ -191,6 +272,8 @@ class TokenService:
 
     async def set_dbcreds(self, actor: rules.Actor, account: str, creds: dict[str, Any],
                           now: float | None = None) -> None:
+        if not actor.is_admin:
+            raise Denied(f"{actor.name} may not set database credentials for {account}")
         target = await self.account(account)
         if not rules.may_set_dbcreds(actor, target_of(target)):
             raise Denied(f"{actor.name} may not set database credentials for {account}")
@@ -201,10 +284,16 @@ class TokenService:
         self.audit("dbcreds_set", user=account, reason=f"by {actor.name}")
 
     async def get_dbcreds(self, actor: rules.Actor, account: str) -> dict[str, Any]:
-        target = await self.account(account)
-        if not rules.may_read_dbcreds(actor, target_of(target)):
+        operator = actor is OPERATOR  # the CLI holds the key ring: reading is the operator's to do
+        if not operator and not (actor.active and (actor.name == account or account in actor.roles)):
             self.audit("dbcreds_read", user=account, reason=f"refused: {actor.name}")
             raise Denied(f"{actor.name} may not read database credentials of {account}")
+        target = await self.account(account)
+        if not operator and not rules.may_read_dbcreds(actor, target_of(target)):
+            self.audit("dbcreds_read", user=account, reason=f"refused: {actor.name}")
+            raise Denied(f"{actor.name} may not read database credentials of {account}")
+        if operator and target.kind != "system":
+            raise NotFound(f"no database credentials for {account} (only service accounts have them)")
         sealed = await self.tokens.get_dbcreds(account)
         if sealed is None:
             raise NotFound(f"no database credentials for {account}")

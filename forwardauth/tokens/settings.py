@@ -15,6 +15,9 @@ from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
 from forwardauth.tokens.caveats import ACCOUNT_RE
 
 ALGORITHMS = ("ES256", "HS512")
+MAX_TOKEN_LIFETIME = 3650 * 86400.0  # ten years: tokens are revocable, but not forever
+MAX_JWT_LIFETIME = 86400.0  # exchanged JWTs are short-lived: they cannot be revoked
+MAX_ASSERTION_LIFETIME = 3600.0
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _AUD_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
@@ -64,10 +67,13 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
                            "index_refresh", "stale_grace", "stale_sessions_up_to", "jwt", "assertion"})
     dflt = TokensSettings()
 
-    def dur(dd: dict, key: str, where: str, default: float, low: float) -> float:
+    def dur(dd: dict, key: str, where: str, default: float, low: float, high: float | None = None) -> float:
         v = r.duration(dd, key, where, default)
         if v is None or v < low:
             r.error(f"{where}.{key}", f"must be at least {low:g}s")
+            return default
+        if high is not None and v > high:
+            r.error(f"{where}.{key}", f"must be at most {high:g}s")
             return default
         return v
 
@@ -80,8 +86,8 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
             return None
         return v
 
-    default_lifetime = dur(d, "default_lifetime", w, dflt.default_lifetime, 60)
-    max_lifetime = dur(d, "max_lifetime", w, dflt.max_lifetime, 60)
+    default_lifetime = dur(d, "default_lifetime", w, dflt.default_lifetime, 60, MAX_TOKEN_LIFETIME)
+    max_lifetime = dur(d, "max_lifetime", w, dflt.max_lifetime, 60, MAX_TOKEN_LIFETIME)
     if default_lifetime > max_lifetime:
         r.error(f"{w}.default_lifetime", "must not exceed tokens.max_lifetime")
     per_account: dict[str, str] = {}
@@ -105,12 +111,12 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
     if alg == "HS512" and not secret_file:
         r.error(f"{w}.jwt", "algorithm HS512 needs hs512_secret_file (make one: forwardauth tokens jwt-secret -o FILE)")
     issuer = r.string(j, "issuer", f"{w}.jwt", None, re.compile(r"^https?://[^\s]{1,200}$"))
-    jwt = JwtSettings(alg, dur(j, "lifetime", f"{w}.jwt", 600.0, 10), issuer,
+    jwt = JwtSettings(alg, dur(j, "lifetime", f"{w}.jwt", 600.0, 10, MAX_JWT_LIFETIME), issuer,
                       r.string(j, "audience", f"{w}.jwt", "forwardauth", _AUD_RE), secret_file)
     a = r.mapping(d.get("assertion"), f"{w}.assertion", {"enabled", "header", "lifetime"})
     assertion = AssertionSettings(r.boolean(a, "enabled", f"{w}.assertion", False),
                                   r.string(a, "header", f"{w}.assertion", "X-Auth-Request-Jwt", _HEADER_RE),
-                                  dur(a, "lifetime", f"{w}.assertion", 60.0, 5))
+                                  dur(a, "lifetime", f"{w}.assertion", 60.0, 5, MAX_ASSERTION_LIFETIME))
     return TokensSettings(
         default_lifetime=default_lifetime,
         max_lifetime=max_lifetime,

@@ -31,6 +31,11 @@ def admin(fa):
     return fa.token("root", "--name", "admin", "--level", "mfa")
 
 
+# Well formed, all caveats valid, under a key id this server does not have.
+FOREIGN = ("fa1_AQAqdjE6azE6MGYwN2Q0NzUtNmVjMy00YjhjLTljMTgtZGQ2YTI1MWU1OTAyBAALYWNjb3VudD1ib2IADmxldmVsPXBhc3N3b3Jk"
+           "AAhpc3N1ZWQ9MQASZXhwaXJlcz05OTk5OTk5OTk5" + "A" * 43)
+
+
 def eventually(check, timeout: float = 3.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +65,7 @@ def test_bearer_token_is_accepted_with_identity_headers(fa):
 
 def test_token_level_is_enforced(fa, admin):
     tok = fa.token("bob")
-    r = eventually(lambda: (x := fa.decide("/mfa/x", tok)).status == 401 and x.json()["error"] != "unauthorized" and x)
+    r = eventually(lambda: (x := fa.decide("/mfa/x", tok)).status == 401 and x.json()["error"] != "invalid_token" and x)
     assert r.json() == {"error": "insufficient_user_authentication",
                         "error_description": "Level mfa is required", "required_level": "mfa"}
     assert eventually(lambda: fa.decide("/mfa/x", admin).status == 200)
@@ -73,15 +78,20 @@ def test_groups_come_from_the_account(fa, admin):
 
 
 @pytest.mark.parametrize("header, reason", [
-    ("Bearer fa1_AAAA", "truncated token"),
+    ("Bearer fa1_AAAA", "unsupported token version"),
+    ("Bearer fa1_AQAq", "truncated token"),
     ("Bearer fa1_!!!!", "malformed"),
     ("Bearer fa1_" + "A" * 5000, "malformed"),
+    ("Bearer " + FOREIGN, "unknown key"),
 ])
 def test_bad_bearer_tokens_are_not_signed_in(fa, header, reason):
+    """Not signed in, and the answer says what was wrong with the token (never the token)."""
     r = fa.decide("/api/x", headers={"Authorization": header})
     assert r.status == 401
-    assert r.header("WWW-Authenticate") == 'Bearer realm="forwardauth", error="invalid_token"'
-    assert r.json() == {"error": "unauthorized", "error_description": "Sign-in required", "required_level": "password"}
+    assert r.header("WWW-Authenticate") == \
+        f'Bearer realm="forwardauth", error="invalid_token", error_description="{reason}"'
+    assert r.json() == {"error": "invalid_token", "error_description": f"The bearer token was refused: {reason}",
+                        "required_level": "password"}
 
 
 def test_other_authorization_schemes_are_left_to_the_app(fa):
@@ -297,3 +307,165 @@ def _raw(fa, method, path, token, body, headers):
 def test_openapi_document_is_served(fa):
     doc = fa.api("GET", "/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/v1/token" in doc["paths"]
+
+
+# --- narrowed tokens on the API (audit finding: they could be widened) -------------------
+
+
+def _attenuate(fa, tok, *args):
+    return fa.cli("tokens", "attenuate", tok, *args).strip()
+
+
+def test_a_narrowed_token_cannot_issue_a_wider_one(fa, admin):
+    bob = fa.token("bob", "--name", "widen")
+    assert eventually(lambda: fa.api("GET", "/api/v1/accounts/bob/tokens", bob).status == 200)
+    refused = {"error": "forbidden", "error_description": "a narrowed token (attenuated, or issued with host, path "
+                                                          "or method limits) may not issue tokens; use a token as "
+                                                          "it was issued"}
+    short = _attenuate(fa, bob, "--expires", "1h")
+    r = fa.api("POST", "/api/v1/accounts/bob/tokens", short, {"name": "escape"})
+    assert (r.status, r.json()) == (403, refused)
+    api_only = _attenuate(fa, admin, "--path", "/api/v1/accounts")
+    r = fa.api("POST", "/api/v1/accounts/bob/tokens", api_only, {"name": "escape"})
+    assert (r.status, r.json()) == (403, refused)
+    limited = fa.token("bob", "--name", "limited", "--method", "GET,POST")  # limited when issued: the same
+    assert eventually(lambda: fa.api("GET", "/api/v1/accounts/bob/tokens", limited).status == 200)
+    r = fa.api("POST", "/api/v1/accounts/bob/tokens", limited, {"name": "escape"})
+    assert (r.status, r.json()) == (403, refused)
+    assert not [t for t in fa.api("GET", "/api/v1/accounts/bob/tokens", admin).json() if t["name"] == "escape"]
+    # The token as issued still issues; a narrowed admin token still administers what its caveats allow.
+    assert fa.api("POST", "/api/v1/accounts/bob/tokens", bob, {"name": "fine"}).status == 201
+    assert fa.api("GET", "/api/v1/accounts", _attenuate(fa, admin, "--expires", "1h")).status == 200
+
+
+def test_host_caveats_on_the_api_are_checked_against_public_url_not_the_host_header(fa, admin):
+    app_only = _attenuate(fa, admin, "--host", APP)
+    r = fa.api("GET", "/api/v1/accounts", app_only, headers={"Host": APP})
+    assert (r.status, r.json()) == (401, {"error": "invalid_token", "error_description": "host not allowed by token"})
+    r = fa.api("POST", "/api/v1/accounts/bob/tokens", app_only, {"name": "spoof"}, headers={"Host": APP})
+    assert r.status == 401
+    auth_only = _attenuate(fa, admin, "--host", AUTH)
+    assert fa.api("GET", "/api/v1/accounts", auth_only, headers={"Host": "elsewhere.test"}).status == 200
+
+
+def test_exchange_carries_level_and_expiry_and_refuses_limits(fa, admin):
+    r = fa.api("POST", "/api/v1/token", _attenuate(fa, admin, "--path", "/api/v1/token"))
+    assert (r.status, r.json()) == (403, {"error": "forbidden", "error_description": "a token limited to hosts, "
+                                          "paths or methods cannot be exchanged: a JWT could not carry those limits"})
+    r = fa.api("POST", "/api/v1/token", _attenuate(fa, admin, "--method", "POST"))
+    assert r.status == 403
+    # Expiry: the JWT ends no later than the token (here 120 s, under jwt.lifetime's 600 s).
+    from forwardauth.tokens import macaroon as mac
+
+    short = mac.deserialize(admin).add_caveat(f"expires={int(time.time()) + 120}").add_caveat("level=password")
+    r = fa.api("POST", "/api/v1/token", short.serialize())
+    assert r.status == 200, r
+    body = r.json()
+    assert body["expires_in"] <= 120
+    claims = verify(body["access_token"], jwks(fa), algorithm="ES256", issuer=f"http://{AUTH}:{fa.port}",
+                    audience="forwardauth", now=time.time())
+    assert claims["exp"] <= int(time.time()) + 121 and claims["level"] == "password"  # the narrowed level
+
+
+# --- admin API: unlock, revoke-sessions, delete (audit finding: SPEC 7 gaps) --------------
+
+
+def test_lock_unlock_and_revoke_sessions_through_the_api(fa, admin):
+    fa.account("erin")
+    tok = fa.token("erin", "--name", "one")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 200)
+    r = fa.api("POST", "/api/v1/accounts/erin/lock", admin)
+    assert (r.status, r.json()["status"]) == (200, "locked")
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 401)
+    r = fa.api("POST", "/api/v1/accounts/erin/unlock", admin)
+    assert (r.status, r.json()["status"]) == (200, "active")
+    assert fa.decide("/api/x", tok).status == 401  # from before the lock: stays dead
+    fresh = fa.token("erin", "--name", "two")
+    assert eventually(lambda: fa.decide("/api/x", fresh).status == 200)
+    # Sign out everywhere: the account itself may, for itself.
+    r = fa.api("POST", "/api/v1/accounts/erin/revoke-sessions", fresh)
+    assert r.status == 200 and r.json()["username"] == "erin" and r.json()["epoch"] <= time.time()
+    assert eventually(lambda: fa.decide("/api/x", fresh).status == 401)
+    bob = fa.token("bob", "--name", "nosy")
+    r = eventually(lambda: (x := fa.api("POST", "/api/v1/accounts/erin/revoke-sessions", bob)).status != 401 and x)
+    assert (r.status, r.json()) == (403, {"error": "forbidden",
+                                          "error_description": "bob may not revoke the sessions of erin"})
+    r = fa.api("POST", "/api/v1/accounts/erin/unlock", bob)
+    assert (r.status, r.json()) == (403, {"error": "forbidden", "error_description": "only admins may unlock accounts"})
+    r = fa.api("POST", "/api/v1/accounts/ghost/unlock", admin)
+    assert (r.status, r.json()) == (404, {"error": "not_found", "error_description": "no account 'ghost'"})
+    events = [(e["event"], e["user"]) for e in fa.audit()]
+    for step in [("account_locked", "erin"), ("account_unlocked", "erin"), ("session_revoked", "erin")]:
+        assert step in events, step
+
+
+def test_deleting_an_account_leaves_nothing_for_a_namesake(fa, admin):
+    r = fa.api("POST", "/api/v1/accounts", admin, {"username": "ledger", "kind": "system"})
+    assert r.status == 201
+    creds = {"host": "db", "port": 5432, "database": "ledger", "username": "ledger", "password": "pw-ledger"}
+    assert fa.api("PUT", "/api/v1/accounts/ledger/dbcreds", admin, creds).status == 204
+    tok = fa.api("POST", "/api/v1/accounts/ledger/tokens", admin, {}).json()["token"]
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 200)
+    assert fa.api("DELETE", "/api/v1/accounts/ledger", admin).status == 204
+    assert eventually(lambda: fa.decide("/api/x", tok).status == 401)
+    assert fa.api("POST", "/api/v1/accounts", admin, {"username": "ledger", "kind": "system"}).status == 201
+    new = fa.api("POST", "/api/v1/accounts/ledger/tokens", admin, {}).json()["token"]
+    r = eventually(lambda: (x := fa.api("GET", "/api/v1/accounts/ledger/dbcreds", new)).status != 401 and x)
+    assert (r.status, r.json()) == (404, {"error": "not_found", "error_description": "no database credentials for "
+                                                                                     "ledger"})
+    assert fa.decide("/api/x", tok).status == 401  # the old token stays dead for the namesake
+    r = fa.api("DELETE", f"/api/v1/accounts/{'root'}", admin)
+    assert (r.status, r.json()["error_description"]) == (403, "an admin cannot delete their own account")
+
+
+# --- password exchange: the real client, and no typed unknown usernames -------------------
+
+
+def test_password_exchange_audits_the_real_client_and_no_unknown_username(fa):
+    r = fa.api("POST", "/api/v1/token", body={"username": "Typed-Password-1", "password": "x" * 12},
+               headers={"X-Forwarded-For": "203.0.113.7"})
+    assert (r.status, r.json()) == (401, {"error": "invalid_grant", "error_description": "wrong username or password"})
+    line = [e for e in fa.audit() if e["event"] == "signin_failed"][-1]
+    assert line["user"] is None and line["client"] == "203.0.113.7"
+    assert "typed-password-1" not in (fa.workdir / "audit.log").read_text().lower()
+    r = fa.api("POST", "/api/v1/token", body={"username": "bob", "password": "x" * 12},
+               headers={"X-Forwarded-For": "198.51.100.9, 127.0.0.1"})
+    assert r.status == 401
+    line = [e for e in fa.audit() if e["event"] == "signin_failed"][-1]
+    assert line["user"] == "bob" and line["client"] == "198.51.100.9" and line["reason"] == "token exchange: no_password"
+
+
+# --- independent verification: plain joserfc against the served JWKS ---------------------
+
+
+def plain_joserfc_claims(fa, token: str, audience: str) -> dict:
+    """What an app that never heard of forwardauth does: fetch the JWKS over HTTP,
+    decode with joserfc pinned to ES256, check iss, aud, exp, nbf, iat."""
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    raw = fa.api("GET", "/.well-known/jwks.json").json()
+    keys = KeySet.import_key_set(raw)
+    tok = jose_jwt.decode(token, keys, algorithms=["ES256"])
+    assert tok.header["alg"] == "ES256" and tok.header["kid"] in {k["kid"] for k in raw["keys"]}
+    jose_jwt.JWTClaimsRegistry(iss={"essential": True, "value": f"http://{AUTH}:{fa.port}"},
+                               aud={"essential": True, "value": audience}, exp={"essential": True},
+                               nbf={"essential": True}, iat={"essential": True}).validate(tok.claims)
+    return dict(tok.claims)
+
+
+def test_exchanged_jwt_and_assertion_verify_with_plain_joserfc(fa):
+    from joserfc import jwt as jose_jwt
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
+    tok = fa.token("backup", "--name", "plain")
+    r = eventually(lambda: (x := fa.api("POST", "/api/v1/token", tok)).status == 200 and x)
+    claims = plain_joserfc_claims(fa, r.json()["access_token"], "forwardauth")
+    assert claims["sub"] == "backup" and claims["src"] == "token" and claims["exp"] - claims["iat"] <= 600
+    assertion = fa.decide("/api/x", tok).header("X-Auth-Request-Jwt")
+    claims = plain_joserfc_claims(fa, assertion, APP)
+    assert claims["sub"] == "backup" and claims["level"] == "password"
+    keys = KeySet.import_key_set(fa.api("GET", "/.well-known/jwks.json").json())
+    with pytest.raises(JoseError):  # the same JWT is not accepted under another algorithm
+        jose_jwt.decode(assertion, keys, algorithms=["HS256"])

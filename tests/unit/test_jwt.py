@@ -219,3 +219,26 @@ def test_bad_signing_entries_are_named(tmp_path, entry, message):
     with pytest.raises(keyring.KeyRingError) as exc:
         keyring.KeyRing.load(f)
     assert message in str(exc.value) and str(f) in str(exc.value)
+
+
+def test_a_rotated_in_key_signs_only_once_published_for_the_jwks_cache_age():
+    """Audit finding: the new key signed at once while apps cache the JWKS for 5 minutes."""
+    from forwardauth.tokens.jwt import JWKS_MAX_AGE
+
+    old = keyring.SigningKey("s-old", keyring.new_signing_key().private, NOW - 86400)
+    new = keyring.SigningKey("s-new", keyring.new_signing_key().private, NOW)
+    ring = keyring.KeyRing(keyring.generate().keys, (new, old))
+    s = JwtSigner.es256(ring, ISS)
+    assert [k["kid"] for k in s.public_jwks["keys"]] == ["s-new", "s-old"]  # both published at once
+
+    def kid(token: str) -> str:
+        return json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"]
+
+    first = s.sign({"sub": "alice"}, audience="app.example.com", lifetime=60, now=NOW + 1)
+    assert kid(first) == "s-old"
+    later = s.sign({"sub": "alice"}, audience="app.example.com", lifetime=60, now=NOW + JWKS_MAX_AGE)
+    assert kid(later) == "s-new"
+    for token, at in ((first, NOW + 2), (later, NOW + JWKS_MAX_AGE + 1)):
+        assert app_verify(s, token, now=at)["sub"] == "alice"
+    fresh = keyring.KeyRing(keyring.generate().keys, (new,))  # a new ring: its only key signs
+    assert kid(JwtSigner.es256(fresh, ISS).sign({"sub": "a"}, audience="x", lifetime=60, now=NOW)) == "s-new"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forwardauth.accounts import Account
+from forwardauth.audit import EVENTS
 from forwardauth.keyring import Key, KeyRing
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.memory import MemoryStore
@@ -94,7 +95,11 @@ async def svc():
     store = MemoryStore()
     ring = KeyRing((Key("k1", bytes(range(32))),))
     lines: list[tuple] = []
-    s = TokenService(cfg, ring, store, lambda event, **f: lines.append((event, f)))
+    def audit(event, **f):
+        assert event in EVENTS, event  # the real audit log refuses unknown events
+        lines.append((event, f))
+
+    s = TokenService(cfg, ring, store, audit)
     s.lines = lines  # type: ignore[attr-defined]
     for a in (Account("root", groups=("admin",)), Account("alice", groups=("backup",)), Account("bob"),
               Account("backup", kind="system"), Account("deploy", kind="system")):
@@ -245,3 +250,115 @@ async def test_dbcreds_validation(svc, creds, message):
     with pytest.raises(Invalid) as exc:
         await svc.set_dbcreds(ADMIN, "backup", creds)
     assert str(exc.value).startswith(message)
+
+
+# --- findings of the audit ----------------------------------------------------------
+
+
+async def test_the_token_name_survives_restrictions(svc):
+    """The restrictions loop once reused `name`: the token was stored as 'path'."""
+    issued = await svc.issue(BOB, "bob", name="laptop", restrictions=("method=GET", "path=/api/read"))
+    assert issued.meta.name == "laptop"
+    assert (await svc.tokens.get_token(issued.meta.id)).name == "laptop"
+    assert [t.name for t in await svc.tokens.list_tokens("bob")] == ["laptop"]
+    assert svc.lines[-1][1]["reason"].startswith(f"token {issued.meta.id} (laptop) by bob")
+
+
+async def test_outsiders_cannot_tell_which_accounts_exist(svc):
+    """The permission check comes before the lookup: the same answer for a real and a missing account."""
+    for name in ("deploy", "ghost"):
+        with pytest.raises(Denied, match=f"^bob may not issue tokens for {name}$"):
+            await svc.issue(BOB, name)
+        with pytest.raises(Denied, match=f"^bob may not list tokens of {name}$"):
+            await svc.list(BOB, name)
+        with pytest.raises(Denied, match=f"^bob may not read database credentials of {name}$"):
+            await svc.get_dbcreds(BOB, name)
+        with pytest.raises(Denied, match=f"^alice may not set database credentials for {name}$"):
+            await svc.set_dbcreds(ALICE, name, {"host": "h", "database": "d", "username": "u", "password": "p"})
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.issue(ADMIN, "ghost")  # admins may know
+
+
+async def test_the_operator_reads_dbcreds_as_itself(svc):
+    creds = {"host": "h", "port": 5432, "database": "d", "username": "u", "password": "p"}
+    await svc.set_dbcreds(OPERATOR, "backup", creds)
+    assert await svc.get_dbcreds(OPERATOR, "backup") == creds
+    assert svc.lines[-1] == ("dbcreds_read", {"user": "backup", "reason": "by operator (cli)"})
+    with pytest.raises(NotFound, match="^no database credentials for bob"):
+        await svc.get_dbcreds(OPERATOR, "bob")
+
+
+async def test_a_service_account_keeps_one_token_even_when_two_issues_race(svc):
+    """Two issues that both read "no active token" before either wrote: after
+    the write, every active token but the newest is revoked, and the loser is told."""
+    from forwardauth.tokens.service import Conflict
+    from forwardauth.tokens.store import TokenMeta
+
+    first = await svc.issue(ADMIN, "backup", now=1000.0)
+    # Another issuer's token, written a moment later, that `first`'s issuer never saw.
+    other = TokenMeta("ffffffff-0000-4000-8000-000000000000", "backup", "other", "k1", "mfa", 1000.5, 9e9, "root")
+    await svc.tokens.put_token(other)
+    with pytest.raises(Conflict, match="^another token for backup was issued at the same moment"):
+        await svc._one_token("backup", first.meta, 1001.0)
+    active = [t.id for t in await svc.tokens.list_tokens("backup") if t.revoked is None]
+    assert active == [other.id]
+    assert first.meta.id in (await svc.store.revocations(1001.0)).revoked
+
+
+async def test_role_changes_end_sessions_and_tokens(svc):
+    a = await svc.set_roles(ADMIN, "alice", ["backup", "reports"], now=500.0)
+    assert a.groups == ("backup", "reports")
+    rev = Revocations()
+    await rev.refresh(svc.store)
+    assert rev.epoch("alice") >= 500.0
+    v = await svc.store.revocation_version()
+    assert (await svc.set_roles(ADMIN, "alice", ["backup", "reports"])).groups == ("backup", "reports")
+    assert await svc.store.revocation_version() == v  # the same roles again: nothing ends
+    with pytest.raises(Denied, match="^only admins may change roles$"):
+        await svc.set_roles(ALICE, "bob", [])
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.set_roles(ADMIN, "ghost", [])
+    with pytest.raises(Invalid, match="^roles: invalid group name 'a b'"):
+        await svc.set_roles(ADMIN, "alice", ["a b"])
+
+
+async def test_revoke_sessions(svc):
+    assert await svc.revoke_sessions(BOB, "bob", now=700.0) == 700.0  # oneself
+    assert await svc.revoke_sessions(ADMIN, "alice", now=800.0) == 800.0
+    with pytest.raises(Denied, match="^bob may not revoke the sessions of alice$"):
+        await svc.revoke_sessions(BOB, "alice")
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.revoke_sessions(ADMIN, "ghost")
+    assert svc.lines[-1] == ("session_revoked", {"user": "alice", "reason": "sessions and tokens revoked by root"})
+
+
+async def test_delete_leaves_nothing_for_a_namesake(svc):
+    """Tokens revoked, dbcreds deleted, epoch raised: a new account of the same name inherits nothing."""
+    t = await svc.issue(ADMIN, "backup", now=1000.0)
+    await svc.set_dbcreds(ADMIN, "backup", {"host": "h", "database": "d", "username": "u", "password": "p"})
+    with pytest.raises(Denied, match="^only admins may delete accounts$"):
+        await svc.delete_account(ALICE, "backup")
+    with pytest.raises(Denied, match="^an admin cannot delete their own account$"):
+        await svc.delete_account(ADMIN, "root")
+    await svc.delete_account(ADMIN, "backup", now=2000.0)
+    assert await svc.accounts.get_account("backup") is None
+    assert await svc.tokens.get_dbcreds("backup") is None
+    assert (await svc.tokens.get_token(t.meta.id)).revoked == 2000.0
+    snap = await svc.store.revocations(2000.0)
+    assert snap.epochs["backup"] == 2000.0 and t.meta.id in snap.revoked
+    await svc.accounts.add_account(Account("backup", kind="system"))
+    with pytest.raises(NotFound, match="^no database credentials for backup$"):
+        await svc.get_dbcreds(ALICE, "backup")
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.delete_account(ADMIN, "ghost")
+    assert ("account_deleted", {"user": "backup", "reason": "by root; tokens, sessions and database credentials "
+                                                            "removed"}) in svc.lines
+
+
+async def test_lock_and_unlock_refuse_the_admin_themselves_and_missing_accounts(svc):
+    with pytest.raises(Denied, match="^an admin cannot lock their own account$"):
+        await svc.lock(ADMIN, "root")
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.lock(ADMIN, "ghost")
+    with pytest.raises(NotFound, match="^no account 'ghost'$"):
+        await svc.unlock(ADMIN, "ghost")

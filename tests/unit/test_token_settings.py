@@ -28,6 +28,17 @@ def test_the_commented_example_parses():
     s = settings(cfg)
     assert s.levels == {"backup": "mfa"} and s.stale_sessions_up_to == "password"
     assert s.jwt.algorithm == "ES256" and s.jwt.lifetime == 600 and s.assertion.header == "X-Auth-Request-Jwt"
+    # The lines not marked "e.g." are the defaults.
+    d = TokensSettings()
+    assert (s.default_lifetime, s.max_lifetime, s.last_used_flush, s.index_refresh, s.stale_grace) == \
+        (d.default_lifetime, d.max_lifetime, d.last_used_flush, d.index_refresh, d.stale_grace)
+    assert (s.jwt.lifetime, s.jwt.audience, s.assertion) == (d.jwt.lifetime, d.jwt.audience, d.assertion)
+
+
+def test_the_longest_lifetimes_are_accepted():
+    s = settings(make_config("policy: {default: deny}\ntokens: {max_lifetime: 3650d, jwt: {lifetime: 1d}, "
+                             "assertion: {lifetime: 1h}}\n"))
+    assert (s.max_lifetime, s.jwt.lifetime, s.assertion.lifetime) == (3650 * 86400, 86400, 3600)
 
 
 @pytest.mark.parametrize("section, problem", [
@@ -42,6 +53,9 @@ def test_the_commented_example_parses():
     ("tokens: {assertion: {enabled: yes please}}", "tokens.assertion.enabled: must be true or false"),
     ("tokens: {scope: all}", "tokens.scope: unknown key"),
     ("tokens: {stale_sessions_up_to: root}", "tokens.stale_sessions_up_to: unknown level 'root'"),
+    ("tokens: {max_lifetime: 3651d}", "tokens.max_lifetime: duration out of range: '3651d'"),
+    ("tokens: {jwt: {lifetime: 25h}}", "tokens.jwt.lifetime: must be at most 86400s"),
+    ("tokens: {assertion: {lifetime: 2h}}", "tokens.assertion.lifetime: must be at most 3600s"),
 ])
 def test_bad_values_are_named(section, problem):
     with pytest.raises(ConfigError) as exc:

@@ -1,0 +1,322 @@
+"""The token part's hooks, unit by unit: the credential hook and the answer
+hook (grace, `stale_sessions_up_to`, error descriptions), the token index, the
+last-used recorder, and the refresh loops failing closed on any exception."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from forwardauth import responses
+from forwardauth.accounts import Account
+from forwardauth.decision import decide
+from forwardauth.request import OriginalRequest
+from forwardauth.revocation import Revocations
+from forwardauth.runtime import Runtime
+from forwardauth.server import Context
+from forwardauth.session import Session
+from forwardauth.state.base import StoreUnavailable
+from forwardauth.state.memory import MemoryStore
+from forwardauth.tokens import macaroon as mac
+from forwardauth.tokens import plugin
+from forwardauth.tokens.index import TokenIndex, UsageRecorder
+from forwardauth.tokens.service import OPERATOR, TokenService
+from forwardauth.tokens.store import token_store
+
+from .conftest import make_config
+
+POLICY = """
+policy:
+  default: deny
+  rules:
+    - {hosts: [app.test], paths: [/public/], allow: anonymous}
+    - {hosts: [app.test], paths: [/mfa/], level: mfa}
+    - {hosts: [app.test], level: password}
+tokens:
+  stale_grace: 30s
+"""
+
+
+class FakeRequest:
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+
+def req(path: str = "/api/x", method: str = "GET") -> OriginalRequest:
+    return OriginalRequest(method=method, scheme="https", host="app.test", port=None, path=path, raw_uri=path,
+                           client=None, accept="application/json")
+
+
+async def make_ctx(extra: str = "") -> tuple[Context, TokenService]:
+    cfg = make_config(POLICY + extra)
+    rt = Runtime.build(cfg)
+    store = MemoryStore()
+    ctx = Context(rt, store)
+    ctx.extensions[plugin.KEY] = plugin.TokensState()
+    svc = TokenService(cfg, rt.keyring, store)
+    await svc.accounts.add_account(Account("bob", groups=("staff",)))
+    await svc.accounts.add_account(Account("svc", kind="system"))
+    return ctx, svc
+
+
+async def load(ctx: Context) -> None:
+    await ctx.revocations.refresh(ctx.store)
+    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0, force=True)
+
+
+def credential(ctx: Context, token: str | None, r: OriginalRequest | None = None, now: float | None = None):
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return plugin._credential(ctx, FakeRequest(headers), r or req(), time.time() if now is None else now)
+
+
+def answer(ctx: Context, found, r: OriginalRequest | None = None, now: float | None = None) -> responses.Answer:
+    r = r or req()
+    now = time.time() if now is None else now
+    session, reason = found if found is not None else (None, "absent")
+    cfg = ctx.runtime.config
+    d = decide(r, session, cfg.policy, cfg.levels, now)
+    ans = responses.answer(cfg, d, r, redirects=False)
+    return plugin._answer(ctx, d, r, ans, reason, now)
+
+
+def stale(ctx: Context, seconds: float) -> None:
+    """As if the store last answered `seconds` ago and fails since."""
+    for part in (ctx.revocations, plugin.state(ctx).index):
+        part.last_ok = time.monotonic() - seconds
+        part.last_error = "redis unreachable (ConnectionError)"
+
+
+# --- the credential hook -----------------------------------------------------------------
+
+
+async def test_no_authorization_header_leaves_the_cookie_to_decide():
+    ctx, _ = await make_ctx()
+    assert credential(ctx, None) is None
+    assert plugin._credential(ctx, FakeRequest({"Authorization": "Basic dTpw"}), req(), time.time()) is None
+
+
+async def test_a_valid_token_gives_a_cached_principal_and_records_its_use():
+    ctx, svc = await make_ctx()
+    issued = await svc.issue(OPERATOR, "bob", name="laptop")
+    await load(ctx)
+    now = time.time()
+    s1, why = credential(ctx, issued.token, now=now)
+    assert why == "ok" and s1.sub == "bob" and s1.source == "token" and s1.groups == ("staff",)
+    s2, _ = credential(ctx, issued.token, now=now + 1)
+    assert s2 is s1  # the same object, so the decision memo can recognise it
+    assert plugin.state(ctx).usage.pending == {issued.meta.id: now + 1}
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda t, m: "fa1_" + "A" * 10, "token: unsupported token version"),
+    (lambda t, m: t[:-3], "token: truncated token"),
+    (lambda t, m: m.add_caveat("path=/other").serialize(), "token: path not allowed by token"),
+    (lambda t, m: m.add_caveat("method=POST").serialize(), "token: method not allowed by token"),
+    (lambda t, m: m.add_caveat("host=other.test").serialize(), "token: host not allowed by token"),
+    (lambda t, m: m.add_caveat("expires=1000").serialize(), "token: expired"),
+    (lambda t, m: m.add_caveat("scope=all").serialize(), "token: unknown caveat"),
+    (lambda t, m: mac.Macaroon(m.identifier, m.caveats, bytes(32)).serialize(), "token: bad signature"),
+])
+async def test_refused_tokens_say_why(mutate, why):
+    ctx, svc = await make_ctx()
+    issued = await svc.issue(OPERATOR, "bob")
+    await load(ctx)
+    bad = mutate(issued.token, mac.deserialize(issued.token))
+    assert credential(ctx, bad) == (None, why)
+    ans = answer(ctx, credential(ctx, bad))
+    desc = why.removeprefix("token: ")
+    assert ans.status == 401
+    assert dict(ans.headers)["WWW-Authenticate"] == \
+        f'Bearer realm="forwardauth", error="invalid_token", error_description="{desc}"'
+    assert json.loads(ans.body) == {"error": "invalid_token", "error_description": f"The bearer token was refused: "
+                                                                                 f"{desc}", "required_level": "password"}
+    assert issued.token not in ans.body and issued.token[4:40] not in str(ans.headers)
+
+
+async def test_revoked_locked_and_unknown_tokens_are_refused():
+    ctx, svc = await make_ctx()
+    a = await svc.issue(OPERATOR, "bob", name="a")
+    b = await svc.issue(OPERATOR, "svc")
+    unknown = mac.mint(ctx.runtime.keyring, mac.new_token_id(), mac.deserialize(a.token).caveats).serialize()
+    await svc.revoke(OPERATOR, a.meta.id)
+    await svc.lock(OPERATOR, "svc")
+    await load(ctx)
+    assert credential(ctx, a.token) == (None, "token: unknown or revoked")
+    assert credential(ctx, b.token) == (None, "token: account missing or locked")
+    assert credential(ctx, unknown) == (None, "token: unknown or revoked")
+
+
+# --- grace and stale_sessions_up_to -------------------------------------------------------
+
+
+async def test_within_the_grace_tokens_answer_from_memory_then_503():
+    ctx, svc = await make_ctx()
+    issued = await svc.issue(OPERATOR, "bob")
+    await load(ctx)
+    stale(ctx, 29.0)
+    found = credential(ctx, issued.token)
+    assert found[1] == "ok" and answer(ctx, found).status == 200
+    stale(ctx, 31.0)
+    found = credential(ctx, issued.token)
+    assert found == (None, plugin.STALE)
+    ans = answer(ctx, found)
+    assert ans.status == 503 and dict(ans.headers)["Retry-After"] == "5"
+    assert ans.body.startswith("503 Service Unavailable: the state store is unreachable for 31s (grace 30s); "
+                               "bearer tokens are refused")
+
+
+async def test_a_failing_token_index_alone_also_ends_the_grace():
+    """Audit finding: a refresh loop dying of a non-store exception left unreachable_for() at 0 forever."""
+    ctx, svc = await make_ctx()
+    issued = await svc.issue(OPERATOR, "bob")
+    await load(ctx)
+    index = plugin.state(ctx).index
+    index.last_ok, index.last_error = time.monotonic() - 31, "unexpected KeyError at store.py:1"
+    assert ctx.revocations.unreachable_for() == 0.0
+    assert credential(ctx, issued.token) == (None, plugin.STALE)
+
+
+def cookie(level: str) -> Session:
+    now = time.time()
+    return Session(sid="s1", sub="carol", level=level, proofs={level: now}, iat=now, exp=now + 3600, seen=now)
+
+
+@pytest.mark.parametrize("up_to, path, status", [
+    (None, "/api/x", 503),  # unset: every cookie route that needs a level, after the grace
+    (None, "/mfa/x", 503),
+    (None, "/public/x", 200),  # anonymous routes still answer
+    ("password", "/api/x", 200),  # up to password: still served
+    ("password", "/mfa/x", 503),
+    ("mfa", "/mfa/x", 200),
+])
+async def test_cookie_sessions_past_the_grace(up_to, path, status):
+    extra = f"  stale_sessions_up_to: {up_to}\n" if up_to else ""
+    ctx, _ = await make_ctx(extra)
+    await load(ctx)
+    stale(ctx, 31.0)
+    ans = answer(ctx, (cookie("mfa"), "ok"), req(path))
+    assert ans.status == status, ans
+    if status == 503:
+        assert "sessions on routes needing level" in ans.body
+    stale(ctx, 29.0)
+    assert answer(ctx, (cookie("mfa"), "ok"), req(path)).status == 200  # within the grace: all served
+
+
+async def test_token_sessions_are_refused_past_the_grace_even_up_to_the_level():
+    ctx, svc = await make_ctx("  stale_sessions_up_to: mfa\n")
+    issued = await svc.issue(OPERATOR, "bob")
+    await load(ctx)
+    found = credential(ctx, issued.token)
+    stale(ctx, 31.0)  # the credential was read just before the store went away
+    assert answer(ctx, found).status == 503
+
+
+# --- the token index -------------------------------------------------------------------------
+
+
+async def test_token_index_loads_on_version_change_and_every_full_interval():
+    store = MemoryStore()
+    svc = TokenService(make_config(POLICY), Runtime.build(make_config(POLICY)).keyring, store)
+    await svc.accounts.add_account(Account("bob"))
+    index = TokenIndex()
+    assert index.unreachable_for() == float("inf")  # never loaded: refused
+    tokens = token_store(store)
+    assert await index.refresh(tokens, store, full_every=3600.0) is True
+    assert index.unreachable_for() == 0.0 and index.account("bob").active
+    t = await svc.issue(OPERATOR, "bob")
+    await index.refresh(tokens, store, full_every=3600.0)
+    assert index.token(t.meta.id).name == "default"  # the version moved: reloaded
+    await svc.lock(OPERATOR, "bob")
+    await index.refresh(tokens, store, full_every=3600.0)
+    assert not index.account("bob").active  # an account write moves the version too
+    await svc.revoke(OPERATOR, t.meta.id)
+    await index.refresh(tokens, store, full_every=3600.0)
+    assert index.token(t.meta.id) is None  # revoked tokens leave the index
+
+
+class Broken:
+    """A store whose reads fail with `exc`."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    async def tokens_version(self):
+        raise self.exc
+
+    async def revocation_version(self):
+        raise self.exc
+
+    async def touch_tokens(self, used):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc, error", [
+    (StoreUnavailable("redis unreachable (ConnectionError)"), "redis unreachable (ConnectionError)"),
+    (KeyError("secret-looking-value"), "unexpected KeyError at test_token_plugin.py:"),
+    (ValueError("fa1_notatoken"), "unexpected ValueError at test_token_plugin.py:"),
+])
+async def test_refresh_failures_of_any_kind_fail_closed_without_leaking(exc, error, caplog):
+    index, rev = TokenIndex(), Revocations()
+    index.last_ok = rev.last_ok = time.monotonic() - 40
+    assert await index.refresh(Broken(exc), None, 10.0) is False  # type: ignore[arg-type]
+    assert await rev.refresh(Broken(exc)) is False  # type: ignore[arg-type]
+    for part in (index, rev):
+        assert part.last_error.startswith(error)
+        assert part.unreachable_for() >= 40
+    assert "secret-looking-value" not in caplog.text and "fa1_notatoken" not in caplog.text
+
+
+async def test_the_refresh_loops_survive_an_unexpected_exception():
+    """Audit finding: only StoreUnavailable was caught, so anything else killed the task silently."""
+    calls = {"n": 0}
+
+    class Flaky:
+        async def revocation_version(self):
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                raise RuntimeError("boom")
+            return 0
+
+        async def revocations(self, now):
+            from forwardauth.state.base import RevocationSnapshot
+
+            return RevocationSnapshot(0)
+
+    rev = Revocations()
+    task = asyncio.get_running_loop().create_task(rev.run(Flaky(), 0.01))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if rev.last_ok is not None and rev.last_error is None:
+                break
+        assert calls["n"] >= 3 and not task.done()
+        assert rev.last_error is None and rev.unreachable_for() == 0.0
+    finally:
+        task.cancel()
+
+
+# --- the last-used recorder ---------------------------------------------------------------------
+
+
+async def test_usage_recorder_keeps_the_batch_when_the_write_fails_and_retries():
+    rec = UsageRecorder()
+    rec.used("t1", 10.0)
+    rec.used("t2", 11.0)
+    for exc in (StoreUnavailable("down"), RuntimeError("bug")):
+        await rec.flush(Broken(exc))  # type: ignore[arg-type]
+        assert rec.pending == {"t1": 10.0, "t2": 11.0}
+    rec.used("t1", 12.0)  # a later use meanwhile wins
+    store = MemoryStore()
+    svc = TokenService(make_config(POLICY), Runtime.build(make_config(POLICY)).keyring, store)
+    await svc.accounts.add_account(Account("bob"))
+    t = await svc.issue(OPERATOR, "bob")
+    rec.pending[t.meta.id] = rec.pending.pop("t1")
+    reported: list[dict] = []
+    await rec.flush(token_store(store), reported.append)
+    assert rec.pending == {} and (await svc.tokens.get_token(t.meta.id)).last_used == 12.0
+    assert reported == [{t.meta.id: 12.0, "t2": 11.0}]
+    await rec.flush(token_store(store), reported.append)
+    assert len(reported) == 1  # nothing pending: no write, no report
