@@ -9,6 +9,7 @@ what it proved and the user sees which level is missing.
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from forwardauth.cookies import clear_cookie
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
+from forwardauth.pages import HEADERS as PAGE_HEADERS
 from forwardauth.pages import page
 from forwardauth.redirects import safe_redirect
 from forwardauth.sealing import SealError, Sealer
@@ -112,6 +114,22 @@ def _stale_logins(request: web.Request, ctx: Context, cfg: OidcConfig, new_bytes
         else:
             kept, used = kept + 1, used + size
     return stale
+
+
+def continue_to(url: str) -> web.Response:
+    """A page that moves on to `url` by itself (meta refresh; no script).
+
+    For `session.same_site: strict`: the callback is reached by a cross-site
+    navigation from the provider, and a browser does not send a Strict cookie
+    anywhere along a redirect chain that started cross-site, so a 302 to the
+    app would arrive without the new session and start the sign-in again, in
+    a loop. A navigation started by this page is same-site.
+    """
+    u = html.escape(url, quote=True)
+    body = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f'<meta http-equiv="refresh" content="0;url={u}"><title>Signed in</title></head>'
+            f'<body><p>Signed in. <a href="{u}">Continue</a></p></body></html>')
+    return web.Response(status=200, text=body, content_type="text/html", headers=PAGE_HEADERS)
 
 
 def _too_long(rd: str) -> web.Response:
@@ -270,7 +288,7 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
                     (login.rd, "Back to the page"))
     else:
         _audit(request, ctx, "signin_ok", new.sub, new.level, f"oidc: proved {proven.level}", login.rd)
-        resp = redirect(login.rd)
+        resp = continue_to(login.rd) if ctx.runtime.config.session.same_site == "Strict" else redirect(login.rd)
     resp.headers.add("Set-Cookie", session_cookie(ctx, new, now))
     resp.headers.add("Set-Cookie", login_set_cookie(ctx, name, "", 0))
     return resp

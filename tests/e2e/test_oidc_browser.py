@@ -76,20 +76,19 @@ class Stack:
         return self.app_url(SIGNED_OUT_PATH)
 
 
-@pytest.fixture(scope="module", params=PROXIES)
-def stack(request, tmp_path_factory, echo_app):
-    name = request.param
+def _stack(name, workdir, echo_app, session: dict | None = None):
+    """A context manager: the proxy `name`, forwardauth and the provider, stopped at the end."""
     try:
         require(name)
     except MissingTool as exc:
         missing_tool(str(exc))
-    workdir = tmp_path_factory.mktemp(f"e2e-{name}")
     op_port, fa_port = free_port(), free_port()
     secret = secrets.token_urlsafe(24)
-    with ExitStack() as stop:
+    stop = ExitStack()
+    with stop:
         fa = ForwardAuth(workdir / "forwardauth", port=fa_port, policy=POLICY, extra={
             "server": {"public_url": f"http://{AUTH}:{fa_port}"},
-            "session": {"domain": DOMAIN},
+            "session": {"domain": DOMAIN, **(session or {})},
             "oidc": {"issuer": f"http://127.0.0.1:{op_port}", "client_id": "forwardauth",
                      "client_secret": secret},
         })
@@ -102,7 +101,22 @@ def stack(request, tmp_path_factory, echo_app):
                           log_dir=workdir / "provider")
         op.start()
         stop.callback(op.stop)
-        yield Stack(proxy, fa, op)
+        return stop.pop_all(), Stack(proxy, fa, op)
+
+
+@pytest.fixture(scope="module", params=PROXIES)
+def stack(request, tmp_path_factory, echo_app):
+    stop, st = _stack(request.param, tmp_path_factory.mktemp(f"e2e-{request.param}"), echo_app)
+    with stop:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def strict_stack(tmp_path_factory, echo_app):
+    """nginx, with `session.same_site: strict`."""
+    stop, st = _stack("nginx", tmp_path_factory.mktemp("e2e-strict"), echo_app, {"same_site": "strict"})
+    with stop:
+        yield st
 
 
 USER = "alice"
@@ -356,3 +370,27 @@ def test_sign_in_step_up_max_age_and_sign_out(stack: Stack, page, timings):
     assert page.input_value("#login") == ""
     interactions = op.interactions()
     assert len(interactions) == 4 and interactions[-1]["uid"] == uid, interactions
+
+
+def test_sign_in_with_a_strict_session_cookie(strict_stack: Stack, page):
+    """session.same_site: strict. The provider sends the browser back with a cross-site navigation:
+    the per-login cookie (always SameSite=Lax) must come along, and the new session must reach the app."""
+    stack = strict_stack
+    trail = Trail(page, stack)
+    target = stack.app_url("/docs/strict")
+    mark = trail.mark()
+    page.goto(target)
+    at_login_form(page, stack)
+    login = [c for c in page.context.cookies() if "_login_" in c["name"]]
+    assert [(c["path"], c["sameSite"], c["httpOnly"]) for c in login] == [("/oauth2/", "Lax", True)], login
+    fill_login(page, USER, ACR_PASSWORD, email=EMAIL, name=NAME, groups=GROUPS)
+    proven_after = time.time()
+    resp = land(page, target, lambda: page.click("#submit"))
+    assert_echo(resp, "/docs/strict")
+    assert_identity(resp, "password", proven_after)
+    # The callback answers with a page that moves on by itself: a redirect chain that began
+    # at the provider would not carry the Strict cookie, and the app would start over (a loop).
+    assert trail.legs(mark) == SIGN_IN, trail.since(mark)
+    cookies = session_cookies(page.context)
+    assert cookies[COOKIE]["sameSite"] == "Strict", cookies[COOKIE]
+    assert not [n for n in cookies if "_login_" in n], cookies

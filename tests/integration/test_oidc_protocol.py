@@ -22,7 +22,7 @@ from yarl import URL
 
 from forwardauth.config import parse_config
 from forwardauth.oidc.flow import login_cookie_name
-from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD
+from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD, continue_to
 from forwardauth.runtime import Runtime
 from forwardauth.server import CTX, build_app
 from forwardauth.state.memory import MemoryStore
@@ -592,6 +592,8 @@ async def test_long_rd_login_cookies_stay_within_the_budget(fa, provider):
 
 async def test_login_cookie_is_samesite_lax_even_when_the_session_is_strict(fa_port, provider):
     server, ctx = await _server(fa_port, provider, session_extra=", same_site: strict")
+    assert '<meta http-equiv="refresh" content="0;url=http://app.test/?a=&#x27;&amp;b=&quot;">' \
+        in continue_to("http://app.test/?a='&b=\"").text
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             b = Browser(f"http://127.0.0.1:{fa_port}", provider, http)
@@ -603,7 +605,11 @@ async def test_login_cookie_is_samesite_lax_even_when_the_session_is_strict(fa_p
                 f"{name}={value}; Path=/oauth2/; Max-Age=600; HttpOnly; SameSite=Lax"]
             provider.next_login("alice", ACR_PASSWORD)
             r = await b.get(provider.user_agent().follow(r.headers["Location"]))
-            assert r.status == 302
+            # Not a 302: a redirect chain that began at the provider would not carry the Strict
+            # session cookie to the app (which would start the sign-in again); this page's own
+            # navigation does.
+            assert (r.status, r.headers["Cache-Control"]) == (200, "no-store")
+            assert '<meta http-equiv="refresh" content="0;url=http://app.test/">' in await r.text()
             session_set, login_cleared = r.headers.getall("Set-Cookie")
             assert re.fullmatch(r"fa=[^;]+; Path=/; Max-Age=\d+; HttpOnly; SameSite=Strict", session_set)
             assert login_cleared == f"{name}=; Path=/oauth2/; Max-Age=0; HttpOnly; SameSite=Lax"
