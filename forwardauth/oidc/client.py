@@ -92,8 +92,10 @@ class ProviderClient:
     async def _get_json(self, url: str, **kw: Any) -> dict:
         try:
             async with self._http().get(url, **kw) as r:
-                if r.status != 200:
+                if r.status >= 500:
                     raise self._failed(f"provider answered {r.status} for {url}")
+                if r.status != 200:  # it is up: this request was refused (e.g. userinfo's 401)
+                    raise ProviderDown(f"provider answered {r.status} for {url}")
                 body = await r.content.read(MAX_DOCUMENT + 1)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None

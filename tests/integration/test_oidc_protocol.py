@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from forwardauth.config import parse_config
+from forwardauth.oidc.client import ProviderDown
 from forwardauth.oidc.flow import login_cookie_name
 from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD, continue_to
 from forwardauth.runtime import Runtime
@@ -673,3 +674,18 @@ async def test_oidc_settings_stay_those_the_app_started_with(fa, fa_port, provid
     ctx.runtime = Runtime.build(replace(cfg, sections={k: v for k, v in cfg.sections.items() if k != "oidc"}))
     r = await b.login("http://app.test/", "alice", ACR_PASSWORD)
     assert (r.status, r.headers["Location"]) == (302, "http://app.test/")
+
+
+async def test_a_refused_request_is_not_an_outage(fa, provider):
+    """A 4xx (say, userinfo refusing a token) says nothing about the provider being down; a 5xx or no answer does."""
+    b, _ = fa
+    client = b.app[CLIENT]
+    client.health_ttl = 0
+    with pytest.raises(ProviderDown) as exc:
+        await client._get_json(provider.issuer + "/no-such-document")
+    assert str(exc.value) == f"provider answered 404 for {provider.issuer}/no-such-document"
+    assert (await b.start("http://app.test/")).startswith(provider.issuer)
+    with pytest.raises(ProviderDown):
+        await client._get_json("http://127.0.0.1:1/unreachable")
+    r = await b.get("/oauth2/start?rd=http://app.test/")
+    assert r.status == 502
