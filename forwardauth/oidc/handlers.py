@@ -23,7 +23,7 @@ from cachetools import TTLCache
 from forwardauth.cookies import clear_cookie
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
-from forwardauth.oidc.settings import OidcConfig
+from forwardauth.oidc.settings import MAX_LOGIN_TIMEOUT, OidcConfig
 from forwardauth.pages import HEADERS as PAGE_HEADERS
 from forwardauth.pages import page
 from forwardauth.redirects import safe_redirect
@@ -208,7 +208,7 @@ async def callback(request: web.Request) -> web.Response:
 # process: with several workers or replicas a replayed answer (state and its
 # login cookie) can land on another process; the provider's one-time
 # authorization code is what refuses it there.
-USED_STATES: TTLCache = TTLCache(maxsize=100_000, ttl=3600)
+USED_STATES: TTLCache = TTLCache(maxsize=100_000, ttl=MAX_LOGIN_TIMEOUT)  # as long as a login can last
 
 
 async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.Response:

@@ -9,6 +9,7 @@ from typing import Any
 
 from forwardauth.config import SECTION_PARSERS, Reader
 
+MAX_LOGIN_TIMEOUT = 3600.0
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
@@ -64,6 +65,10 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
     for k in extra:
         if k in reserved:
             r.error(f"{w}.extra_auth_params.{k}", "is set by forwardauth and cannot be overridden")
+    login_timeout = r.duration(d, "login_timeout", w, 600.0) or 600.0
+    if login_timeout > MAX_LOGIN_TIMEOUT:
+        # Answered states are remembered (single use) for this long.
+        r.error(f"{w}.login_timeout", f"must be at most 1h, got {login_timeout:g}s")
     return OidcConfig(
         issuer=issuer or "",
         client_id=client_id or "",
@@ -73,7 +78,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
         extra_auth_params=tuple(sorted(extra.items())),
         id_token_algorithms=tuple(algs),
         essential_acr=r.boolean(d, "essential_acr", w, True),
-        login_timeout=r.duration(d, "login_timeout", w, 600.0) or 600.0,
+        login_timeout=login_timeout,
         http_timeout=r.duration(d, "http_timeout", w, 5.0) or 5.0,
         clock_skew=r.duration(d, "clock_skew", w, 60.0) or 0.0,
     )

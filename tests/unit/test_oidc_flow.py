@@ -161,3 +161,13 @@ def test_protocol_parameters_cannot_be_extra_auth_params(name):
         make_config("policy: {rules: []}\noidc: {issuer: https://idp.test, client_id: fa, client_secret: s, "
                     f"extra_auth_params: {{{name}: x}}}}\n")
     assert f"oidc.extra_auth_params.{name}: is set by forwardauth and cannot be overridden" in str(exc.value)
+
+
+def test_login_timeout_is_at_most_an_hour():
+    from forwardauth.errors import ConfigError
+
+    base = "policy: {rules: []}\noidc: {issuer: https://idp.test, client_id: fa, client_secret: s, login_timeout: %s}\n"
+    assert make_config(base % "1h").sections["oidc"].login_timeout == 3600
+    with pytest.raises(ConfigError) as exc:
+        make_config(base % "61m")
+    assert "oidc.login_timeout: must be at most 1h, got 3660s" in str(exc.value)
