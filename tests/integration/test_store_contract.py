@@ -1,0 +1,170 @@
+"""One contract, three backends: memory, SQLite and a real Redis must agree on
+every semantic the rest of forwardauth relies on (accounts, tokens and
+database credentials, failure counters, epochs and revocations). The Redis
+backend was only tested for revocations before; it gets the same questions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from forwardauth.accounts import Account, AccountStore, account_store
+from forwardauth.regulation import FailureStore, failure_store
+from forwardauth.state.memory import MemoryStore
+from forwardauth.state.sqlite import SQLiteStore
+from forwardauth.tokens.store import SealedCreds, TokenMeta, TokenStore, token_store
+from harness.redis import RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis-contract")) as r:
+        yield r
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request, tmp_path):
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "state.db"))
+    else:
+        from forwardauth.state.redis import RedisStore
+
+        s = RedisStore(request.getfixturevalue("redis_server").url)
+    await s.open()
+    if request.param == "redis":
+        await s.r.flushdb()
+    yield s
+    await s.close()
+
+
+def acct(name: str = "alice", **kw) -> Account:
+    return Account(name, **{"groups": ("staff",), "created": 10.0, "updated": 10.0, **kw})
+
+
+def meta(i: int, account: str = "alice", created: float = 100.0, **kw) -> TokenMeta:
+    return TokenMeta(f"00000000-0000-4000-8000-{i:012d}", account, f"t{i}", "k1", "password", created,
+                     created + 3600, "root", **kw)
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+async def test_accounts(store):
+    a = account_store(store)
+    assert isinstance(a, AccountStore)
+    assert await a.get_account("alice") is None
+    assert await a.add_account(acct()) is True
+    assert await a.add_account(acct(display_name="Other")) is False  # insert only
+    assert (await a.get_account("alice")).display_name is None
+    await a.put_account(acct(display_name="Alice", created=99.0, updated=20.0))
+    got = await a.get_account("alice")
+    assert (got.display_name, got.created, got.updated) == ("Alice", 10.0, 20.0)  # created kept
+    await a.put_account(Account("bob", kind="system", created=1.0, updated=1.0))  # put inserts
+    assert [x.username for x in await a.list_accounts()] == ["alice", "bob"]
+    assert await a.delete_account("bob") is True and await a.delete_account("bob") is False
+    assert [x.username for x in await a.list_accounts()] == ["alice"]
+
+
+async def test_totp_steps_never_go_back_and_are_claimed_once(store):
+    a = account_store(store)
+    await a.add_account(acct(totp_secret_enc="sealed-1", totp_last_step=5))
+    assert await a.claim_totp_step("alice", 5) is False  # not above the last one
+    assert await a.claim_totp_step("alice", 6) is True
+    assert await a.claim_totp_step("alice", 6) is False  # each step once
+    assert await a.claim_totp_step("ghost", 9) is False
+    await a.put_account(acct(totp_secret_enc="sealed-1", totp_last_step=2))  # a stale admin edit
+    assert (await a.get_account("alice")).totp_last_step == 6
+    await a.put_account(acct(totp_secret_enc="sealed-2", totp_last_step=0))  # a new secret: as given
+    assert (await a.get_account("alice")).totp_last_step == 0
+    await a.put_account(acct(totp_secret_enc=None))
+    assert await a.claim_totp_step("alice", 7) is False  # no secret, nothing to claim
+
+
+# --- tokens and database credentials -------------------------------------------------------
+
+
+async def test_tokens(store):
+    t = token_store(store)
+    assert isinstance(t, TokenStore)
+    v0 = await t.tokens_version()
+    await t.put_token(meta(2, created=200.0))
+    await t.put_token(meta(1, created=100.0))
+    await t.put_token(meta(3, account="bob", created=150.0))
+    assert await t.tokens_version() == v0 + 3
+    assert [m.id[-1] for m in await t.list_tokens()] == ["1", "3", "2"]  # by created
+    assert [m.id[-1] for m in await t.list_tokens("alice")] == ["1", "2"]
+    assert await t.get_token(meta(1).id) == meta(1)
+    assert await t.get_token("00000000-0000-4000-8000-999999999999") is None
+    assert await t.revoke_token(meta(1).id, 500.0) is True
+    assert await t.revoke_token(meta(1).id, 600.0) is False  # once
+    assert await t.revoke_token("00000000-0000-4000-8000-999999999999", 1.0) is False
+    assert (await t.get_token(meta(1).id)).revoked == 500.0
+    assert await t.tokens_version() == v0 + 4
+    await t.touch_tokens({meta(2).id: 300.0})
+    await t.touch_tokens({meta(2).id: 250.0})  # never goes back
+    assert (await t.get_token(meta(2).id)).last_used == 300.0
+    assert await t.tokens_version() == v0 + 4  # last use moves no version
+
+
+async def test_account_writes_move_the_token_version(store):
+    """So every replica's token index learns locks and group changes (audit finding 5)."""
+    t, a = token_store(store), account_store(store)
+    v = await t.tokens_version()
+    await a.add_account(acct())
+    assert await t.tokens_version() > v
+    v = await t.tokens_version()
+    await a.put_account(acct(status="locked"))
+    assert await t.tokens_version() > v
+    v = await t.tokens_version()
+    await a.delete_account("alice")
+    assert await t.tokens_version() > v
+
+
+async def test_dbcreds(store):
+    t = token_store(store)
+    assert await t.get_dbcreds("svc") is None
+    await t.put_dbcreds("svc", SealedCreds("sealed-1", 1.0, "root"))
+    await t.put_dbcreds("svc", SealedCreds("sealed-2", 2.0, "root"))  # replaced
+    assert await t.get_dbcreds("svc") == SealedCreds("sealed-2", 2.0, "root")
+    assert await t.delete_dbcreds("svc") is True and await t.delete_dbcreds("svc") is False
+    assert await t.get_dbcreds("svc") is None
+
+
+# --- failure counters ---------------------------------------------------------------------
+
+
+async def test_failure_counters(store):
+    f = failure_store(store)
+    assert isinstance(f, FailureStore)
+    assert await f.failures("user:alice", 1000.0, 60.0) == (0, None)
+    assert await f.record_failure("user:alice", 1000.0, 60.0) == 1
+    assert await f.record_failure("user:alice", 1030.0, 60.0) == 2
+    assert await f.failures("user:alice", 1030.0, 60.0) == (2, 1030.0)
+    assert await f.failures("user:alice", 1060.0, 60.0) == (1, 1030.0)  # (now - window, now]: 1000 is out
+    assert await f.record_failure("user:alice", 1089.0, 60.0) == 2  # 1030 still inside (1029, 1089]
+    assert await f.record_failure("user:alice", 1150.0, 60.0) == 1  # 1089 is out of (1090, 1150]
+    assert await f.failures("user:bob", 1090.0, 60.0) == (0, None)  # per key
+    await f.clear_failures("user:alice")
+    assert await f.failures("user:alice", 1090.0, 60.0) == (0, None)
+
+
+# --- epochs and revocations ---------------------------------------------------------------
+
+
+async def test_epochs_and_revocations(store):
+    now = time.time()
+    v0 = await store.revocation_version()
+    assert await store.set_epoch("alice", 100.0) == 100.0
+    assert await store.set_epoch("alice", 50.0) == 100.0  # only ever raised
+    await store.reset_epoch("alice", 10.0)  # unlock: the one way down
+    await store.revoke("sid-1", now + 60)
+    await store.revoke("sid-1", now + 30)  # never shortened
+    await store.revoke("tok-long", now + 500 * 86400)  # a long-lived token must not trim live entries
+    snap = await store.revocations(now)
+    assert snap.epochs == {"alice": 10.0}
+    assert snap.revoked == {"sid-1": pytest.approx(now + 60), "tok-long": pytest.approx(now + 500 * 86400)}
+    assert snap.version == v0 + 6 == await store.revocation_version()
+    assert set((await store.revocations(now + 120)).revoked) == {"tok-long"}  # past its until: not listed
