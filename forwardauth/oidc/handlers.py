@@ -158,7 +158,9 @@ async def begin(request: web.Request, rd: str, level: str, max_age: float | None
     # Re-authentication is forced when someone is already signed in (step-up),
     # or when freshness is required.
     forced = session is not None or max_age is not None
-    login = flow.new_login(rd, level, max_age, now, session.sub if session else None, forced)
+    # login_hint only for the provider's own subject: a local account's name means nothing there.
+    hint = session.sub if session is not None and session.source == "oidc" else None
+    login = flow.new_login(rd, level, max_age, now, hint, forced)
     try:
         sealed = _sealer(ctx).seal(login.to_json())
     except SealError:
