@@ -83,6 +83,8 @@ def _register_check(sub: argparse._SubParsersAction) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
     Runtime.build(cfg)
+    for line in cfg.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"{cfg.path}: ok ({len(cfg.levels.items)} levels, {len(cfg.policy.rules)} rules, "
           f"default {cfg.policy.default.value})")
     return 0

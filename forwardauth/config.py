@@ -78,6 +78,8 @@ class Config:
     # Sections owned by later parts (oidc, local, tokens, ...), parsed by
     # their own modules through SECTION_PARSERS.
     sections: dict[str, Any] = field(default_factory=dict)
+    # Valid but probably not meant (shown by `check`, logged by `serve`).
+    warnings: tuple[str, ...] = ()
 
 
 # name -> parser(reader, raw value, config-so-far) -> frozen section object.
@@ -91,9 +93,13 @@ class Reader:
     def __init__(self, file: str):
         self.file = file
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def error(self, where: str, message: str) -> None:
         self.problems.append(f"{self.file}: {where}: {message}")
+
+    def warning(self, where: str, message: str) -> None:
+        self.warnings.append(f"{self.file}: {where}: {message}")
 
     def mapping(self, value: Any, where: str, allowed: set[str]) -> dict:
         if value is None:
@@ -205,7 +211,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             sections[name] = parser(r, top[name], so_far)
     if r.problems:
         raise ConfigError(r.problems)
-    return Config(file, server, session, keys, state, refresh, headers, levels, policy, sections)
+    return Config(file, server, session, keys, state, refresh, headers, levels, policy, sections, tuple(r.warnings))
 
 
 def _server(r: Reader, raw: Any) -> ServerConfig:
@@ -336,6 +342,9 @@ def _levels(r: Reader, raw: Any) -> Levels:
         acr = _claim_values(r, d, "acr", w)
         amr = _claim_values(r, d, "amr", w)
         lf = r.string(d, "local_factor", w, None)
+        if not (acr or amr or lf) and not any(k in d for k in ("acr", "amr", "local_factor")):
+            r.warning(w, "lists no acr, amr or local_factor, so no sign-in at the provider and no second factor "
+                         "proves it (only local.password_level, tokens or `forwardauth session issue` grant it)")
         items.append(Level(name, len(items), tuple(acr), tuple(amr), lf))
     all_acr = [a for lv in items for a in lv.acr]
     for a in {a for a in all_acr if all_acr.count(a) > 1}:

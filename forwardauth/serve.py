@@ -112,6 +112,8 @@ def _worker_process(config: Config, reuse_port: bool) -> None:
 def serve(config: Config, workers: int) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     Runtime.build(config)  # fail here, in the parent, on a bad key ring
+    for line in config.warnings:
+        log.warning(line)
     if workers <= 1:
         return run_worker(config, reuse_port=False)
     mp = multiprocessing.get_context("spawn")

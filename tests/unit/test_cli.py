@@ -219,3 +219,14 @@ def test_serve_with_an_unopenable_state_store_exits_1_with_one_line(cfg, capsys)
     line = json.loads(err.strip().splitlines()[-1])
     assert (line["level"], line["msg"]) == ("error", f"cannot start: state store sqlite://{where}/state.db: "
                                                      f"cannot open: Not a directory ({where})")
+
+
+def test_check_warns_about_a_level_nothing_proves(cfg, capsys):
+    cfg.write_text(CONFIG.format(extra="").replace("  - {name: mfa, acr: [urn:m]}\n",
+                                                   "  - {name: mfa, acr: [urn:m]}\n  - {name: hardware}\n"))
+    assert main(["check", "-c", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{cfg}: ok (3 levels, 3 rules, default deny)\n"
+    assert captured.err == (f"warning: {cfg}: levels[2] (hardware): lists no acr, amr or local_factor, so no "
+                            "sign-in at the provider and no second factor proves it (only local.password_level, "
+                            "tokens or `forwardauth session issue` grant it)\n")
