@@ -51,6 +51,7 @@ _DEFAULTS: dict[str, Any] = {
     "text": "",
     "link_url": None,
     "link_text": "",
+    "source": "local",  # where the session came from: "local" (a password) or an upstream provider
 }
 
 

@@ -362,15 +362,16 @@ def _can_step_up(ctx: Context, session: Session, level: str) -> bool:
     return can_step_up(session.level, level, ctx.runtime.config.levels, _password_level(ctx))
 
 
-def _totp_reason(level: str) -> str:
-    return f"This page needs level {level}: your password and a code from your authenticator app."
+def _totp_reason(level: str, source: str = "local") -> str:
+    first = "your password" if source == "local" else "your sign-in"
+    return f"This page needs level {level}: {first} and a code from your authenticator app."
 
 
 def _totp_page(request: web.Request, ctx: Context, status: int, f: Facts, rd: str, level: str, *,
                error: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     assert f.session is not None
     return _page(request, ctx, "totp.html", status, form="totp", binding=f.session.sid, title="Two-step sign-in",
-                 rd=rd, level=level, reason=_totp_reason(level or "?"), user=f.session.sub,
+                 rd=rd, level=level, reason=_totp_reason(level or "?", f.session.source), user=f.session.sub,
                  issuer=local_auth(ctx).settings.totp.issuer, error=error, headers=headers)
 
 
@@ -481,6 +482,7 @@ async def step_up_get(request: web.Request) -> web.Response:
     return _page(request, ctx, "step_up.html", 200, title="This page needs a stronger sign-in",
                  reason=f"{host}{urlsplit(rd).path} needs two-step sign-in.", user=f.session.sub,
                  held_level=f.session.level, level=level, can_enrol=auth.settings.totp.self_enrolment,
+                 source=f.session.source,
                  enrol_url=_query("/oauth2/totp/enroll", rd=rd, level=level),
                  back_url=ctx.runtime.config.server.public_url + "/")
 

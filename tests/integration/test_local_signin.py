@@ -136,7 +136,7 @@ def hidden_fields(page: str) -> dict[str, str]:
 
 
 def error_of(page: str) -> str | None:
-    m = re.search(r'<p class="notice error" role="alert" id="message">(.*?)</p>', page)
+    m = re.search(r'<p class="notice error" role="alert" id="error">(.*?)</p>', page)
     return m.group(1) if m else None
 
 
@@ -918,3 +918,40 @@ async def test_a_failing_audit_write_does_not_fail_the_decision(site, capfd):
     assert log.flush()
     err = capfd.readouterr().err
     assert err.count("audit log") == 1 and "write failed" in err
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+
+async def test_errors_are_tied_to_their_fields_and_notices_have_their_own_ids(site):
+    r = await site.sign_in(password="not-the-password")
+    page = await r.text()
+    assert page.count('id="error"') == 1 and 'id="info"' not in page
+    for field in ("username", "password"):
+        tag = re.search(rf'<input id="{field}"[^>]*>', page, re.S).group(0)
+        assert tag.endswith(' aria-invalid="true" aria-describedby="error">'), tag
+        assert re.fullmatch(r'<input(\s+[a-z-]+(="[^"]*")?)+>', tag), tag  # attributes stay apart
+    r = await site.client.get("/oauth2/sign_in?signed_out=1")
+    page = await r.text()
+    assert '<p class="notice info" role="status" id="info">You have signed out.</p>' in page
+    assert 'id="error"' not in page and "aria-invalid" not in page
+    fields = await totp_fields(site)
+    r = await site.post("/oauth2/totp", {**fields, "code": "12345"})
+    tag = re.search(r'<input id="code"[^>]*>', await r.text(), re.S).group(0)
+    assert 'aria-invalid="true"' in tag and 'aria-describedby="error code-help"' in tag, tag
+
+
+async def test_step_up_page_for_an_upstream_session_does_not_speak_of_a_password(site):
+    now = time.time()
+    s = site.rt.codec.new("eve", "password", now, proofs={"password": now}, source="oidc")
+    site.client.session.cookie_jar.update_cookies({"fa": site.rt.codec.seal(s)})
+    r = await site.client.get("/oauth2/step_up?" + urlencode({"rd": ADMIN_RD, "level": "mfa"}))
+    page = await r.text()
+    assert r.status == 200
+    assert "through your organisation's sign-in (level <em>password</em>)" in page
+    assert "with a password" not in page and "your password <strong>and</strong>" not in page
+    # and for a local session it does
+    site.client.session.cookie_jar.clear()
+    await site.sign_in(username="alice")
+    page = await (await site.client.get("/oauth2/step_up?" + urlencode({"rd": ADMIN_RD}))).text()
+    assert "with a password (level <em>password</em>)" in page
