@@ -137,7 +137,7 @@ def parse_method(value: str | None) -> str:
 
 
 def ascii_target(value: str, what: str) -> str:
-    """`value` with every non-ASCII byte percent-encoded. Raises BadRequest.
+    r"""`value` with every non-ASCII byte percent-encoded. Raises BadRequest.
 
     A request target is ASCII (RFC 9112), but nginx's $request_uri and Caddy's
     {http.request.uri} pass on whatever raw bytes the client sent, and the
