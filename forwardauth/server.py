@@ -106,6 +106,10 @@ def _respond(ans: responses.Answer) -> web.Response:
 
 
 UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
+NOT_READ_YET = responses.Answer(
+    503, (("Retry-After", "5"),),
+    "503 Service Unavailable: the state store has not been read yet, so revoked sessions cannot be told "
+    "apart; signed-in requests are refused until it has\n")
 
 
 def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirects: bool):
@@ -152,6 +156,12 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
         ans = responses.answer(cfg, decision, req, redirects)
         for hook in ANSWER_HOOKS:
             ans = hook(ctx, decision, req, ans, reason, now)
+        if decision.outcome is Outcome.ALLOW and ctx.revocations.last_ok is None:
+            # The store was never read (only possible while it is down: nothing is
+            # served before the first attempt), so the revocation snapshot is empty
+            # and a revoked session would pass: refuse signed-in requests until
+            # it has been read. Anonymous routes still answer.
+            ans = NOT_READ_YET
         resp = _respond(ans)
         if session is not None and refresh:
             resp.headers.add("Set-Cookie", session_cookie(ctx, ctx.runtime.codec.touched(session, now), now))

@@ -229,11 +229,14 @@ class _DownStore(MemoryStore):
         raise StoreUnavailable("connection refused")
 
 
-async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes():
+@pytest.mark.parametrize("up_to", [None, "hardware"])
+async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes(up_to):
     """Without one good read the revocation snapshot is empty: a revoked session would
     pass. Until the store has been read, sessions are refused (503) and /readyz says why;
-    anonymous routes still answer."""
-    rt = Runtime.build(make_config(POLICY))
+    anonymous routes still answer. Also when tokens.stale_sessions_up_to lets sessions
+    through a store outage: before the first read nothing is known."""
+    extra = f"tokens: {{stale_sessions_up_to: {up_to}}}\n" if up_to else ""
+    rt = Runtime.build(make_config(POLICY + extra))
     async with TestClient(TestServer(build_app(rt, _DownStore()), host="127.0.0.1")) as c:
         r = await c.get("/readyz")
         assert (r.status, await r.text()) == (503, "not ready: state store not read yet\n")
@@ -242,7 +245,9 @@ async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes(
         r = await c.get("/auth/nginx", headers=h)
         assert r.status == 503, await r.text()
         assert "X-Auth-Request-User" not in r.headers
-        assert (await r.text()).startswith("503 Service Unavailable: the state store is never reached")
+        assert (r.headers["Retry-After"], await r.text()) == (
+            "5", "503 Service Unavailable: the state store has not been read yet, so revoked sessions cannot be "
+                 "told apart; signed-in requests are refused until it has\n")
         r = await c.get("/auth/nginx", headers={**nginx("https://app.test/public/a"), "Cookie": h["Cookie"]})
         assert (r.status, await r.text()) == (200, "")
 
