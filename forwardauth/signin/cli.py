@@ -24,12 +24,14 @@ import argparse
 import asyncio
 import getpass
 import json
+import re
 import sys
 import time
 from typing import Any, Awaitable, Callable
 
 from forwardauth import cli as core_cli
-from forwardauth.accounts import Account, AccountError, account_store, check_groups, check_username, normalise_username
+from forwardauth.accounts import (MAX_KEY, Account, AccountError, account_store, check_groups, check_username,
+                                  normalise_username)
 from forwardauth.audit import AuditLog
 from forwardauth.config import Config
 from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
@@ -64,7 +66,13 @@ class Ops:
         return acct
 
     async def revoke_sessions(self, name: str) -> None:
-        await self.store.set_epoch(name, time.time())
+        """End the account's sessions. For an upstream identity's account
+        ("oidc:<sub>"), that identity's sessions carry the bare <sub>: both are
+        revoked (a local account of that very name is signed out too)."""
+        now = time.time()
+        await self.store.set_epoch(name, now)
+        if ":" in name:
+            await self.store.set_epoch(name.split(":", 1)[1], now)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -97,6 +105,23 @@ def _username(text: str) -> str:
         return check_username(name)
     except AccountError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# Accounts made when someone signed in through an upstream provider sets up
+# TOTP are named "<source>:<sub>" (service.account_key): the sub is the
+# provider's, kept exactly (case included). They can be acted on, never made.
+_UPSTREAM_ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}:[^\s\x00-\x1f\x7f]{1,255}$")
+
+
+def _existing_account(text: str) -> str:
+    """An existing account: a typed username (as for `add`), or an upstream
+    identity's account exactly as `users list` shows it ("oidc:<sub>")."""
+    if ":" in text:
+        if len(text) <= MAX_KEY and _UPSTREAM_ACCOUNT_RE.match(text):
+            return text
+        raise argparse.ArgumentTypeError(
+            "an upstream identity's account is <source>:<sub>, as `forwardauth users list` shows it")
+    return _username(text)
 
 
 def _read_password(args: argparse.Namespace, ops: Ops, who: str) -> tuple[str, bool]:
@@ -161,6 +186,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
 def _cmd_passwd(args: argparse.Namespace) -> int:
     async def go(ops: Ops) -> int:
         acct = await ops.need(args.user)
+        if ":" in args.user:
+            raise CliError(f"{args.user} holds the second factor of an upstream identity: it has no password")
         if acct.kind != "human":
             raise CliError(f"{args.user} is a system account: it cannot have a password")
         pw, generated = _read_password(args, ops, args.user)
@@ -322,9 +349,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="./var", help="the embedded default's data directory (default: ./var)")
 
 
-def _user(p: argparse.ArgumentParser) -> None:
+def _user(p: argparse.ArgumentParser, *, new: bool = False) -> None:
     _common(p)
-    p.add_argument("user", type=_username, help="username (case-insensitive)")
+    if new:
+        p.add_argument("user", type=_username, help="username (case-insensitive)")
+    else:
+        p.add_argument("user", type=_existing_account,
+                       help="username (case-insensitive), or an upstream identity's account as listed (oidc:SUB)")
 
 
 def _password_source(p: argparse.ArgumentParser) -> None:
@@ -338,7 +369,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     us = p.add_subparsers(dest="users_cmd", required=True)
 
     a = us.add_parser("add", help="add an account (asks for the password twice)")
-    _user(a)
+    _user(a, new=True)
     a.add_argument("--display-name")
     a.add_argument("--email")
     a.add_argument("--groups", type=core_cli._csv, default=(), help="comma-separated groups (roles)")

@@ -207,3 +207,46 @@ def test_memory_state_is_refused(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.format().replace("state: sqlite://state.db", "state: memory://"))
     assert fails(cfg, "list") == "forwardauth: state memory:// lives inside one server process; the CLI cannot reach it\n"
+
+
+def test_an_upstream_identitys_account_can_be_managed_not_made(cfg):
+    """An upstream user who set up TOTP has an account "oidc:<sub>" (sub kept exactly): the CLI can
+    reset its TOTP, lock, unlock and delete it, refuses a password for it, and never makes one."""
+    ring = Runtime.build(load_config(cfg)).keyring
+
+    async def make():
+        from forwardauth.accounts import Account
+
+        s = SQLiteStore(str(cfg.parent / "state.db"))
+        try:
+            await s.add_account(Account("oidc:AbC-123", totp_secret_enc=SecretBox(ring).seal("oidc:AbC-123", "A" * 32),
+                                        created=1, updated=1))
+        finally:
+            await s.close()
+
+    asyncio.run(make())
+    assert "oidc:AbC-123" in ok(cfg, "list")
+    before = time.time()
+    assert ok(cfg, "totp", "reset", "oidc:AbC-123") == (
+        "oidc:AbC-123: TOTP removed; the next page that needs it will guide them through setting it up again\n")
+    acct, epoch = account(cfg, "oidc:AbC-123")
+    assert acct.totp_secret_enc is None and epoch >= before
+    assert account(cfg, "AbC-123")[1] >= before  # the upstream sessions (sub "AbC-123") end too
+    assert fails(cfg, "passwd", "oidc:AbC-123", "--password-stdin", stdin="some-password-1\n") == (
+        "forwardauth: oidc:AbC-123 holds the second factor of an upstream identity: it has no password\n")
+    assert ok(cfg, "lock", "oidc:AbC-123").startswith("oidc:AbC-123: locked")
+    assert account(cfg, "oidc:AbC-123")[0].status == "locked"
+    assert ok(cfg, "unlock", "oidc:AbC-123").startswith("oidc:AbC-123: unlocked")
+    assert ok(cfg, "delete", "oidc:AbC-123") == "oidc:AbC-123: deleted; existing sessions are signed out\n"
+    assert account(cfg, "oidc:AbC-123")[0] is None
+    assert [(x["event"], x["user"]) for x in audit(cfg)] == [
+        ("totp_reset", "oidc:AbC-123"), ("account_locked", "oidc:AbC-123"), ("account_unlocked", "oidc:AbC-123"),
+        ("account_deleted", "oidc:AbC-123")]
+    # new accounts keep the strict rules; odd upstream names are refused with the rule
+    err = fails(cfg, "add", "oidc:new", "--password-stdin", stdin="some-password-1\n")
+    assert "username must be 1-64 of a-z 0-9 . _ @ + - and start with a letter or digit" in err
+    for bad in ("oidc:", ":abc", "OIDC:abc", "oidc:a b", "oidc:" + "x" * 300):
+        err = fails(cfg, "delete", bad)
+        assert "an upstream identity's account is <source>:<sub>, as `forwardauth users list` shows it" in err, bad
+    assert fails(cfg, "delete", "oidc:nobody") == (
+        "forwardauth: no account 'oidc:nobody' (see: forwardauth users list)\n")
