@@ -4,9 +4,17 @@ The browser holds a random nonce in a host-only, HttpOnly, SameSite=Strict
 cookie; each form carries HMAC(key, nonce | form | binding) where the key
 is derived from the key ring and `binding` is the session id for forms used
 while signed in. Another site can neither read the nonce nor compute the
-MAC, and a cookie planted from a sibling subdomain ("cookie tossing") is
-useless without the key, which plain double-submit and SameSite alone do
-not guarantee.
+MAC for it.
+
+What the MAC does not stop on its own: anyone can fetch a sign-in page and
+get a valid (nonce, token) pair of their own. A sibling subdomain that can
+set cookies for the parent domain ("cookie tossing") could plant that nonce
+in a victim's browser and post the matching token, signing the victim in as
+the attacker (login CSRF; the forms used while signed in are bound to the
+session id and are not exposed this way). So when cookies are Secure the
+nonce cookie is named with the `__Host-` prefix, which browsers accept only
+from this very host (host-only, Secure, Path=/): a sibling cannot set it.
+Over plain http (development) there is no such protection.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ COOKIE_MAX_AGE = 12 * 3600
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 
 
-def cookie_name(session_cookie: str) -> str:
-    """The CSRF cookie's name: the session cookie's with "-csrf" (keeps a __Host- prefix)."""
-    return session_cookie[:100] + "-csrf"
+def cookie_name(session_cookie: str, secure: bool = False) -> str:
+    """The CSRF cookie's name: the session cookie's with "-csrf"; with Secure
+    cookies always under the __Host- prefix (a __Secure- one is replaced)."""
+    base = session_cookie[:100]
+    if secure and not base.startswith("__Host-"):
+        base = "__Host-" + base.removeprefix("__Secure-")
+    return base + "-csrf"
 
 
 def new_nonce() -> str:
@@ -41,7 +53,7 @@ def valid_nonce(value: str | None) -> bool:
 def nonce_cookie(cfg: SessionConfig, nonce: str) -> str:
     """Set-Cookie for the nonce: host-only (no Domain), Strict, HttpOnly, Path=/."""
     strict = replace(cfg, same_site="Strict", domain=None)
-    return set_cookie(strict, cookie_name(cfg.cookie_name), nonce, COOKIE_MAX_AGE)
+    return set_cookie(strict, cookie_name(cfg.cookie_name, cfg.secure), nonce, COOKIE_MAX_AGE)
 
 
 class Csrf:

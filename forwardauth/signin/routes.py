@@ -153,7 +153,7 @@ def _query(path: str, **params: str) -> str:
 def _nonce(request: web.Request, ctx: Context) -> tuple[str, str | None]:
     """The browser's CSRF nonce, or a new one with the Set-Cookie that stores it."""
     cfg = ctx.runtime.config.session
-    value = request.cookies.get(csrf.cookie_name(cfg.cookie_name))
+    value = request.cookies.get(csrf.cookie_name(cfg.cookie_name, cfg.secure))
     if csrf.valid_nonce(value):
         return value, None  # type: ignore[return-value]
     n = csrf.new_nonce()
@@ -161,7 +161,8 @@ def _nonce(request: web.Request, ctx: Context) -> tuple[str, str | None]:
 
 
 def _csrf_ok(request: web.Request, ctx: Context, token: str | None, form: str, binding: str = "") -> bool:
-    name = csrf.cookie_name(ctx.runtime.config.session.cookie_name)
+    cfg = ctx.runtime.config.session
+    name = csrf.cookie_name(cfg.cookie_name, cfg.secure)
     return csrf.Csrf(ctx.runtime.keyring).check(token, request.cookies.get(name), form, binding)
 
 

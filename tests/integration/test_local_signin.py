@@ -955,3 +955,29 @@ async def test_step_up_page_for_an_upstream_session_does_not_speak_of_a_password
     await site.sign_in(username="alice")
     page = await (await site.client.get("/oauth2/step_up?" + urlencode({"rd": ADMIN_RD}))).text()
     assert "with a password (level <em>password</em>)" in page
+
+
+async def test_with_secure_cookies_the_nonce_is_a_host_cookie_and_a_tossed_one_is_refused(tmp_path, monkeypatch):
+    """Login CSRF by cookie tossing: a sibling subdomain plants its own nonce (a plain fa-csrf cookie)
+    and posts the token it got for it. With Secure cookies the nonce lives in __Host-fa-csrf, which a
+    sibling cannot set, so the planted pair is refused; the real pair works."""
+    monkeypatch.setattr(__import__(__name__), "CONFIG", CONFIG.replace("secure: false", "secure: true"))
+    site = await make_site(tmp_path, accounts=(human("alice"),))
+    try:
+        from forwardauth.signin import csrf as csrf_mod
+
+        r = await site.client.get("/oauth2/sign_in")
+        assert re.fullmatch(r"__Host-fa-csrf=[A-Za-z0-9_-]{32}; Path=/; Max-Age=43200; HttpOnly; SameSite=Strict; "
+                            r"Secure", r.headers["Set-Cookie"]), r.headers["Set-Cookie"]
+        site.client.session.cookie_jar.clear()
+        nonce = "N" * 32
+        token = csrf_mod.Csrf(site.rt.keyring).token(nonce, "sign_in")
+        form = {"csrf": token, "rd": RD, "username": "alice", "password": PASSWORD}
+        mark = site.mark()
+        r = await site.post("/oauth2/sign_in", form, headers={"Cookie": f"fa-csrf={nonce}"})
+        assert r.status == 403 and error_of(await r.text()) == MSG_CSRF
+        assert (site.one_new_line(mark)["event"], site.last()["reason"]) == ("signin_refused", "csrf")
+        r = await site.post("/oauth2/sign_in", form, headers={"Cookie": f"__Host-fa-csrf={nonce}"})
+        assert r.status == 303
+    finally:
+        await site.client.close()
