@@ -195,12 +195,13 @@ async def test_sign_in_page_is_clean_and_protected(site):
 
 
 async def test_sign_in_ok_sets_the_session_and_goes_to_rd(site):
+    mark = site.mark()
     r = await site.sign_in(headers={"X-Forwarded-For": "203.0.113.9", "X-Request-Id": "req-1"})
     assert r.status == 303 and r.headers["Location"] == RD
     assert any(c.startswith("fa=") for c in r.headers.getall("Set-Cookie"))
     assert await site.userinfo() == {**(await site.userinfo()), "user": "alice", "level": "password",
                                       "groups": ["staff"], "email": "alice@example.com", "source": "local"}
-    line = site.last()
+    line = site.one_new_line(mark)
     assert line["event"] == "signin_ok" and line["user"] == "alice" and line["level"] == "password"
     assert (line["client"], line["host"], line["path"], line["request_id"]) == (
         "203.0.113.9", "app.example.com", "/x", "req-1")
@@ -213,12 +214,13 @@ async def test_username_is_case_insensitive(site):
 
 
 async def test_wrong_password_and_unknown_user_read_the_same(site):
+    mark = site.mark()
     wrong = await site.sign_in(password="not-the-password")
     unknown = await site.sign_in(username="mallory", password="not-the-password")
     assert wrong.status == unknown.status == 401
     assert wrong.headers["Content-Type"] == unknown.headers["Content-Type"] == HTML
     assert error_of(await wrong.text()) == error_of(await unknown.text()) == MSG_WRONG
-    a, b = site.audit()[-2:]
+    a, b = site.audit()[mark:]
     assert (a["event"], a["user"], a["reason"]) == ("signin_failed", "alice", "wrong_password")
     # an unknown name may be a password typed into the wrong box: it is not written down
     assert (b["event"], b["user"], b["reason"]) == ("signin_failed", None, "unknown_user")
@@ -227,19 +229,24 @@ async def test_wrong_password_and_unknown_user_read_the_same(site):
 
 
 async def test_system_account_cannot_sign_in_with_a_password(site):
+    mark = site.mark()
     r = await site.sign_in(username="robot", password=PASSWORD)
     assert r.status == 401 and error_of(await r.text()) == MSG_WRONG
-    line = site.last()
+    line = site.one_new_line(mark)
     assert (line["event"], line["user"], line["reason"]) == ("signin_failed", "robot", "system_account")
 
 
 async def test_locked_account(site):
+    mark = site.mark()
     r = await site.sign_in(username="locked")
     assert r.status == 403 and error_of(await r.text()) == MSG_LOCKED
-    assert (site.last()["event"], site.last()["user"], site.last()["reason"]) == ("signin_refused", "locked",
-                                                                                  "locked")
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("signin_refused", "locked", "locked")
+    mark = site.mark()
     r = await site.sign_in(username="locked", password="wrong-one")
     assert r.status == 401 and error_of(await r.text()) == MSG_WRONG  # the lock is told only to the owner
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("signin_failed", "locked", "wrong_password")
     assert await site.userinfo() is None
 
 
@@ -247,19 +254,21 @@ async def test_banned_after_three_failures_same_for_unknown_users(site):
     for name in ("alice", "ghost"):
         statuses = []
         for _ in range(3):
+            mark = site.mark()
             r = await site.sign_in(username=name, password="bad-password")
             statuses.append(r.status)
+            line = site.one_new_line(mark)
         assert statuses == [401, 401, 429]
         assert r.headers["Retry-After"] == "901"
-        line = site.last()
         reason = "wrong_password" if name == "alice" else "unknown_user"
         assert (line["event"], line["reason"]) == ("signin_failed", f"{reason}; ban started")
         assert error_of(await r.text()) == "Too many failed attempts. Try again in 15 minutes."
         # the right password does not help while banned (and is not even checked)
+        mark = site.mark()
         r = await site.sign_in(username=name, password=PASSWORD)
         assert r.status == 429 and error_of(await r.text()) == "Too many failed attempts. Try again in 15 minutes."
         assert 890 <= int(r.headers["Retry-After"]) <= 901
-        line = site.last()
+        line = site.one_new_line(mark)
         assert (line["event"], line["reason"]) == ("signin_refused", "banned")
     assert (await site.sign_in(username="carol")).status == 303  # others are not affected
 
@@ -364,18 +373,20 @@ async def test_password_then_totp_for_an_mfa_page(site):
     assert r.status == 302 and r.headers["Location"] == "/oauth2/totp?" + urlencode({"rd": ADMIN_RD, "level": "mfa"})
     fields = await site.form(r.headers["Location"])
     code = code_at(SECRET, current_step(time.time()))
+    mark = site.mark()
     r = await site.post("/oauth2/totp", {**fields, "code": code[:3] + " " + code[3:]})
     assert r.status == 303 and r.headers["Location"] == ADMIN_RD
     info = await site.userinfo()
     assert info["level"] == "mfa" and set(info["proven"]) == {"password", "mfa"}
-    line = site.last()
+    line = site.one_new_line(mark)
     assert (line["event"], line["user"], line["level"], line["reason"], line["path"]) == (
         "step_up", "carol", "mfa", "totp", "/admin/panel")
     # the same code again (say, from a second tab) is refused
     fields = await site.form("/oauth2/totp?" + urlencode({"rd": ADMIN_RD}))
+    mark = site.mark()
     r = await site.post("/oauth2/totp", {**fields, "code": code})
     assert r.status == 401 and error_of(await r.text()) == MSG_CODE_REPLAYED
-    assert (site.last()["event"], site.last()["reason"]) == ("totp_failed", "replayed")
+    assert (site.one_new_line(mark)["event"], site.last()["reason"]) == ("totp_failed", "replayed")
     assert code not in site.audit_path.read_text().replace(site.audit()[0]["time"], "")
 
 
@@ -450,9 +461,18 @@ async def test_totp_oversized_and_malformed_forms(site, body, status, message):
 
 async def test_totp_without_a_session(site):
     fields = await site.form("/oauth2/sign_in")
+    mark = site.mark()
     r = await site.post("/oauth2/totp", {"csrf": fields["csrf"], "code": "123456", "rd": ADMIN_RD})
     assert r.status == 401 and error_of(await r.text()) == MSG_SESSION_ENDED
-    assert (site.last()["event"], site.last()["reason"]) == ("totp_failed", "no_session")
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("totp_failed", None, "no_session")
+    # the same for the set-up form
+    mark = site.mark()
+    r = await site.post("/oauth2/totp/enroll", {"csrf": fields["csrf"], "code": "123456", "pending": "x",
+                                                "rd": ADMIN_RD})
+    assert r.status == 401 and error_of(await r.text()) == MSG_SESSION_ENDED
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("totp_failed", None, "no_session")
     r = await site.client.get("/oauth2/totp?" + urlencode({"rd": ADMIN_RD}), allow_redirects=False)
     assert r.status == 302 and r.headers["Location"].startswith("/oauth2/start?")
 
@@ -474,15 +494,18 @@ async def test_enrolment_from_the_explanation_page(site):
     fields = hidden_fields(page)
     assert secret not in fields["pending"]
     # a wrong first code keeps the same secret on the page
-    r = await site.post("/oauth2/totp/enroll", {**fields, "code": "000000" if code_at(secret, current_step(
-        time.time())) != "000000" else "111111"})
-    assert r.status in (401,) and error_of(await r.text()) == MSG_CODE_WRONG
+    mark = site.mark()
+    r = await site.post("/oauth2/totp/enroll", {**fields, "code": wrong_code(secret)})
+    assert r.status == 401 and error_of(await r.text()) == MSG_CODE_WRONG
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("totp_failed", "alice", "wrong_code")
     assert secret.replace(" ", "") in (await r.text()).replace(" ", "")
     code = code_at(secret, current_step(time.time()))
+    mark = site.mark()
     r = await site.post("/oauth2/totp/enroll", {**fields, "code": code})
     assert r.status == 303 and r.headers["Location"] == ADMIN_RD
     assert (await site.userinfo())["level"] == "mfa"
-    events = [(x["event"], x["user"], x["level"]) for x in site.audit()[-2:]]
+    events = [(x["event"], x["user"], x["level"]) for x in site.audit()[mark:]]
     assert events == [("totp_enrolled", "alice", "mfa"), ("step_up", "alice", "mfa")]
     acct = await site.store.get_account("alice")
     assert acct.has_totp and secret not in acct.totp_secret_enc
@@ -585,18 +608,21 @@ async def test_locked_while_signed_in_cannot_step_up(site):
     acct = await site.store.get_account("carol")
     await site.store.put_account(acct.changed(status="locked"))
     fields = await site.form("/oauth2/totp?" + urlencode({"rd": ADMIN_RD}))
+    mark = site.mark()
     r = await site.post("/oauth2/totp", {**fields, "code": code_at(SECRET, current_step(time.time()))})
     assert r.status == 403 and error_of(await r.text()) == MSG_LOCKED
-    assert (site.last()["event"], site.last()["reason"]) == ("totp_failed", "locked")
+    line = site.one_new_line(mark)
+    assert (line["event"], line["user"], line["reason"]) == ("totp_failed", "carol", "locked")
 
 
 async def test_decision_denied_is_audited(site):
     await site.sign_in(username="alice")
     cookie = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))["fa"].value
+    mark = site.mark()
     r = await site.client.get("/auth/nginx", headers={"X-Original-URL": "https://app.example.com/closed/x?t=s3cr3t",
                                                       "X-Original-Method": "GET", "Cookie": f"fa={cookie}"})
     assert r.status == 403
-    line = site.last()
+    line = site.one_new_line(mark)
     assert (line["event"], line["user"], line["host"], line["path"]) == ("decision_denied", "alice",
                                                                          "app.example.com", "/closed/x")
     assert "s3cr3t" not in site.audit_path.read_text()
@@ -642,10 +668,11 @@ async def test_first_admin_is_created_once(tmp_path, capfd):
 
 async def test_sign_out_is_audited_and_ends_the_session(site):
     await site.sign_in(username="alice", headers={"X-Forwarded-For": "198.51.100.4"})
+    mark = site.mark()
     r = await site.client.get("/oauth2/sign_out?rd=https://app.example.com/bye", allow_redirects=False,
                               headers={"X-Forwarded-For": "198.51.100.4", "X-Request-Id": "out-1"})
     assert r.status == 302 and r.headers["Location"] == "https://app.example.com/bye"
-    line = site.last()
+    line = site.one_new_line(mark)
     assert (line["event"], line["user"], line["client"], line["level"], line["reason"], line["request_id"]) == (
         "signout", "alice", "198.51.100.4", "password", "local", "out-1")
     assert await site.userinfo() is None
