@@ -60,11 +60,54 @@ class TokenVerifier:
 
     def __init__(self, ring: KeyRing, size: int = 10000):
         self.ring = ring
+        self.size = size
         self._ok: LRUCache = LRUCache(maxsize=size)
         # token -> (record, account, level, Session): the principal is rebuilt
         # only when the index hands out a new record or account object, so
         # the same Session object (and its cached identity headers) is reused.
         self.principals: LRUCache = LRUCache(maxsize=size)
+        # Authorization header value -> _Known: the hot path for a token seen
+        # before (see `known`). Only tokens that verified and were allowed get
+        # in; emptied when full (its keys come from clients).
+        self.by_header: dict[str, _Known] = {}
+
+    def known(self, authorization: str, req: OriginalRequest, index: TokenIndex, revocations: Revocations,
+              now: float) -> Session | None:
+        """The principal for an Authorization header whose token was accepted
+        before, re-checked for this request: its record and account are still
+        the very objects the index holds (so not revoked, not changed, account
+        still active), the caveats hold at `now` for this request (expiry,
+        issued, host, path, method), and the revocation snapshot does not
+        revoke it. None means "not known, or something changed": the caller
+        then takes the full path (`principal`), which decides and explains."""
+        k = self.by_header.get(authorization)
+        if k is None:
+            return None
+        if index.tokens.get(k.token_id) is not k.meta or index.accounts.get(k.meta.account) is not k.acct:
+            return None
+        c = k.claims
+        if now >= c.expires or c.issued > now + 60:
+            return None
+        if k.restricted:
+            try:
+                c.check(now=now, host=req.host, path=req.path, method=req.method)
+            except cv.CaveatError:
+                return None
+        if revocations.is_revoked(k.meta.account, k.token_id, c.issued):
+            return None
+        return k.session
+
+    def remember(self, authorization: str, token: str, session: Session) -> None:
+        hit = self.principals.get(token)
+        v = self._ok.get(token)
+        if hit is None or v is None or hit[3] is not session:
+            return
+        if len(self.by_header) >= self.size:
+            self.by_header.clear()
+        c = v.claims
+        self.by_header[authorization] = _Known(v.token_id, hit[0], hit[1], c, session,
+                                               bool(c.hosts or c.paths or c.methods))
+
 
     def verify(self, token: str) -> Verified:
         """Raises TokenError / CaveatError with a reason safe to log."""
@@ -77,6 +120,16 @@ class TokenVerifier:
         out = Verified(token_id, key_id, cv.parse(m.caveats), m.caveats)
         self._ok[token] = out
         return out
+
+
+@dataclass(frozen=True)
+class _Known:
+    token_id: str
+    meta: object  # the TokenMeta object the index held when accepted
+    acct: object  # the Principal object likewise
+    claims: cv.Claims
+    session: Session
+    restricted: bool
 
 
 def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: TokenIndex,

@@ -114,16 +114,26 @@ def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: f
     auth = request.headers.get("Authorization")
     if auth is None:
         return None
+    cfg = ctx.runtime.config
+    st = state(ctx)
+    verifier = st.verifier(ctx.runtime.keyring)
+    # A token accepted before: every per-request check again (record and
+    # account unchanged, expiry and the other caveats, revocation), without
+    # parsing, the signature memo and the principal rebuild.
+    if stale_for(ctx, st) <= settings_mod.settings(cfg).stale_grace:
+        session = verifier.known(auth, req, st.index, ctx.revocations, now)
+        if session is not None:
+            st.usage.used(session.sid, now)
+            return session, "ok"
     token = bearer_token(auth)
     if token is None:
         return (None, "token: malformed") if looks_like_ours(auth) else None
-    cfg = ctx.runtime.config
-    st = state(ctx)
     if stale_for(ctx, st) > settings_mod.settings(cfg).stale_grace:
         return None, STALE
-    session, why = principal(st.verifier(ctx.runtime.keyring), token, req, st.index, ctx.revocations, cfg.levels, now)
+    session, why = principal(verifier, token, req, st.index, ctx.revocations, cfg.levels, now)
     if session is not None:
         st.usage.used(session.sid, now)
+        verifier.remember(auth, token, session)
     return session, why
 
 

@@ -320,3 +320,32 @@ async def test_usage_recorder_keeps_the_batch_when_the_write_fails_and_retries()
     assert reported == [{t.meta.id: 12.0, "t2": 11.0}]
     await rec.flush(token_store(store), reported.append)
     assert len(reported) == 1  # nothing pending: no write, no report
+
+
+async def test_the_fast_path_for_known_tokens_still_checks_everything_per_request():
+    """A token accepted once is found by its header next time; expiry, caveats,
+    revocation and the record/account are still checked on every request."""
+    ctx, svc = await make_ctx()
+    now = time.time()
+    issued = await svc.issue(OPERATOR, "bob", name="fast", lifetime=120, now=now)
+    narrow = mac.deserialize(issued.token).add_caveat("path=/api/read").serialize()
+    await load(ctx)
+    verifier = plugin.state(ctx).verifier(ctx.runtime.keyring)
+    s, why = credential(ctx, narrow, req("/api/read/1"), now=now)
+    assert why == "ok" and f"Bearer {narrow}" in verifier.by_header
+    assert credential(ctx, narrow, req("/api/read/2"), now=now + 1)[0] is s  # known: same session
+    assert credential(ctx, narrow, req("/api/write"), now=now + 1) == (None, "token: path not allowed by token")
+    assert credential(ctx, narrow, req("/api/read/1", "POST"), now=now + 1)[1] == "ok"
+    assert credential(ctx, narrow, req("/api/read/1"), now=now + 121) == (None, "token: expired")
+    # Revoked: the snapshot says so before the index does.
+    await svc.revoke(OPERATOR, issued.meta.id)
+    await ctx.revocations.refresh(ctx.store)
+    assert credential(ctx, narrow, req("/api/read/1"), now=now + 2) == (None, "token: revoked")
+    # Locked: the index hands out a new account object.
+    other = await svc.issue(OPERATOR, "bob", name="other", now=now)
+    await load(ctx)
+    assert credential(ctx, other.token, now=now + 3)[1] == "ok"
+    assert credential(ctx, other.token, now=now + 3)[1] == "ok"
+    await svc.lock(OPERATOR, "bob")
+    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0)
+    assert credential(ctx, other.token, now=now + 4) == (None, "token: account missing or locked")
