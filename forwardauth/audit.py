@@ -248,5 +248,6 @@ def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported
         target = settings(cfg).audit
         if target not in ("stdout", "stderr"):
             target = str(resolve_path(cfg, target))
-        log = ctx.extensions.setdefault("audit", open_target(target))
+        where = f"{cfg.path}: local.audit" if getattr(cfg, "path", None) else "local.audit"
+        log = ctx.extensions.setdefault("audit", open_target(target, where))
     return log

@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 from forwardauth import cli as core_cli
 from forwardauth.accounts import (MAX_KEY, Account, AccountError, account_store, check_groups, check_username,
                                   normalise_username)
-from forwardauth.audit import AuditLog
+from forwardauth.audit import open_target
 from forwardauth.config import Config
 from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
 from forwardauth.regulation import Regulator, failure_store
@@ -54,7 +54,7 @@ class Ops:
         self.accounts = account_store(store)
         target = self.settings.audit
         target = "stderr" if target in ("stdout", "stderr") else str(resolve_path(cfg, target))
-        self.audit_log = AuditLog(target)
+        self.audit_log = open_target(target, f"{cfg.path}: local.audit" if cfg.path else "local.audit")
 
     def audit(self, event: str, user: str, reason: str) -> None:
         self.audit_log.emit(event, user=user, reason=reason)

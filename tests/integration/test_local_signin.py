@@ -924,7 +924,7 @@ async def test_an_audit_file_that_cannot_be_written_stops_the_start(tmp_path):
     cfg = parse_config(CONFIG.format(db=tmp_path / "state.db", audit=target, extra=""), "test.yaml")
     with pytest.raises(ConfigError) as err:
         build_app(Runtime.build(cfg), SQLiteStore(str(tmp_path / "state.db")))
-    assert str(err.value) == (f"local.audit: cannot open the audit log {str(target)!r} for writing: "
+    assert str(err.value) == (f"test.yaml: local.audit: cannot open the audit log {str(target)!r} for writing: "
                               "No such file or directory")
 
 
