@@ -55,6 +55,7 @@ EVENTS = frozenset(
 
 FIELDS = ("time", "event", "user", "client", "host", "path", "level", "reason", "request_id")
 _MAX = 512
+MAX_QUEUED = 100_000  # background lines waiting for the writer thread, at most
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -98,6 +99,7 @@ class AuditLog:
         self._closed = False
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._pending = 0
+        self._dropped = 0
         self._done = threading.Condition(threading.Lock())
         self._writer: threading.Thread | None = None
         if target not in ("stdout", "stderr"):
@@ -141,6 +143,12 @@ class AuditLog:
         data = (text + "\n").encode("ascii")
         if background:
             with self._done:
+                if self._pending >= MAX_QUEUED:  # the writer is stuck (a hung disk): drop, never grow without end
+                    self._dropped += 1
+                    if self._dropped == 1:
+                        _report(f"forwardauth: audit log {self.target}: {MAX_QUEUED} lines waiting to be written; "
+                                "dropping more until the writer catches up\n")
+                    return text
                 self._pending += 1
             self._start_writer()
             self._queue.put(data)
@@ -193,6 +201,9 @@ class AuditLog:
                 self._write(b"".join(lines))
             with self._done:
                 self._pending -= len(lines)
+                if self._pending == 0 and self._dropped:
+                    _report(f"forwardauth: audit log {self.target}: {self._dropped} lines were dropped\n")
+                    self._dropped = 0
                 self._done.notify_all()
             if stop:
                 return

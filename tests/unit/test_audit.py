@@ -153,3 +153,24 @@ def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):
         open_target(str(tmp_path / "nope" / "a.log"))
+
+
+def test_a_stuck_writer_drops_lines_instead_of_growing(tmp_path, capsys, monkeypatch):
+    import forwardauth.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "MAX_QUEUED", 3)
+    log = AuditLog(str(tmp_path / "a.log"))
+    gate = __import__("threading").Event()
+    real = log._write
+    monkeypatch.setattr(log, "_write", lambda data: (gate.wait(5), real(data)))
+    for i in range(10):
+        log.emit("decision_denied", background=True, user=f"u{i}", now=0)
+    assert log._pending <= 3
+    gate.set()
+    assert log.flush()
+    log.close()
+    written = [json.loads(x)["user"] for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert written == [f"u{i}" for i in range(len(written))] and 1 <= len(written) <= 4
+    err = capsys.readouterr().err
+    assert "3 lines waiting to be written; dropping more until the writer catches up" in err
+    assert f"{10 - len(written)} lines were dropped" in err
