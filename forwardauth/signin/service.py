@@ -213,6 +213,7 @@ class LocalAuth:
             v = await self.regulator.failed(ticket)
             return Attempt(False, "wrong_code", account, v.retry_after, v.banned)
         if not await self._claim_enrolment(key, now):
+            await self.regulator.passed(ticket, time.time())  # the code was right: not a failure
             return Attempt(False, "enrolment_busy", account)
         try:
             v = await self.regulator.passed(ticket, time.time())
