@@ -469,3 +469,22 @@ def test_exchanged_jwt_and_assertion_verify_with_plain_joserfc(fa):
     keys = KeySet.import_key_set(fa.api("GET", "/.well-known/jwks.json").json())
     with pytest.raises(JoseError):  # the same JWT is not accepted under another algorithm
         jose_jwt.decode(assertion, keys, algorithms=["HS256"])
+
+
+def test_password_exchange_failures_count_per_real_client(tmp_path):
+    """Audit finding 8: behind a proxy every client shared the proxy's counter,
+    so one client's failures banned everyone. Now the client is the one the
+    trusted proxy names in X-Forwarded-For."""
+    fa = TokenServer(tmp_path, extra={"local": {"audit": str(tmp_path / "audit.log"), "scrypt": {"log_n": 10},
+                                                "regulation": {"max_client_failures": 3, "max_failures": 50}}})
+    with fa:
+        def attempt(client: str, n: int):
+            return fa.api("POST", "/api/v1/token", body={"username": f"someone{n}", "password": "x" * 12},
+                          headers={"X-Forwarded-For": client})
+
+        for n in range(3):
+            assert attempt("203.0.113.7", n).status == 401
+        r = attempt("203.0.113.7", 9)
+        assert (r.status, r.json()["error"]) == (429, "slow_down")  # this client is banned
+        r = attempt("198.51.100.9", 10)
+        assert (r.status, r.json()["error"]) == (401, "invalid_grant")  # another client is not
