@@ -196,6 +196,14 @@ class Regulator:
         if verdict.banned:
             return verdict, None
         n_user, n_client = await self._record(username, client, now)
+        # Again, now that this attempt is counted: a parallel attempt may have
+        # started a ban meanwhile, and a ban clears the counter it came from,
+        # so this attempt's count alone could look low. (A ban is recorded
+        # before its counter is cleared: a count that a clear lowered is
+        # always followed by this check seeing the ban.)
+        verdict = await self.check(username, client, now)
+        if verdict.banned:
+            return verdict, None
         over_user = n_user > self.config.max_failures
         over_client = n_client > self.config.max_client_failures
         if over_user or over_client:
