@@ -43,12 +43,6 @@ def start_nginx(binary: str, workdir: Path, upstreams: list[int]) -> tuple[Proc,
     for d in ("tmp", "www"):
         (workdir / d).mkdir(parents=True, exist_ok=True)
     (workdir / "www" / "ok.txt").write_text("ok\n")
-    # The shipped protect snippet strips forwardauth tokens with an `if`, and an
-    # `if` in a location makes nginx drop that location's try_files for the
-    # requests it matches: with a bearer token, nginx serves root + path. So the
-    # measured path exists as a file too (same 3-byte answer either way).
-    (workdir / "www" / "api").mkdir(parents=True, exist_ok=True)
-    (workdir / "www" / "api" / "x").write_text("ok\n")
     port = free_port()
     conf = nginx_conf(workdir, port, upstreams[0])
     servers = " ".join(f"server 127.0.0.1:{p};" for p in upstreams)

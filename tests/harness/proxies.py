@@ -84,6 +84,13 @@ http {{
             proxy_set_header Connection "";
             proxy_pass http://app;
         }}
+        # A static location: the snippet must not take its try_files away
+        # (as an `if` inside the location would, for the requests it matches).
+        location /api/static/ {{
+            include {NGINX_SNIPPETS}/forwardauth-protect.conf;
+            root {workdir}/www;
+            try_files /file.txt =404;
+        }}
     }}
 }}
 """
@@ -93,6 +100,8 @@ def start_nginx(workdir: Path, fa_port: int, app_port: int, host: str) -> Runnin
     binary = require("nginx")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
+    (workdir / "www").mkdir(exist_ok=True)
+    (workdir / "www" / "file.txt").write_text("a static file\n")
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_conf(workdir, port, fa_port, app_port, host))

@@ -54,6 +54,15 @@ def test_bearer_token_reaches_an_api_route(stack):
     assert through(nginx, "/api/items").status == 401
 
 
+def test_a_static_location_serves_its_file_to_a_token(stack):
+    """Dropping the token before the app must not change how nginx serves the location."""
+    fa, nginx = stack
+    tok = fa.token("svc", "--name", "static")
+    r = eventually(lambda: (x := through(nginx, "/api/static/any", tok)).status == 200 and x)
+    assert r and r.body == b"a static file\n", through(nginx, "/api/static/any", tok)
+    assert through(nginx, "/api/static/any").status == 401
+
+
 def test_attenuated_read_only_token_is_refused_on_post(stack):
     fa, nginx = stack
     tok = fa.token("svc", "--name", "ro")
