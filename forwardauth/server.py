@@ -68,10 +68,12 @@ APP_HOOKS: list[Callable[[web.Application, Context], None]] = []
 CREDENTIAL_HOOKS: list[
     Callable[[Context, web.Request, reqmod.OriginalRequest, float], tuple[Session | None, str] | None]
 ] = []
-# After the decision: hook(ctx, decision, req, answer, reason, now) returns the
-# answer to send (the same one, one with headers added, or a replacement).
+# After the decision: hook(ctx, request, decision, req, answer, reason, now)
+# returns the answer to send (the same one, one with headers added, or a
+# replacement). Not called when the answer comes from the memo (memo.py).
 ANSWER_HOOKS: list[
-    Callable[[Context, Decision, reqmod.OriginalRequest, responses.Answer, str, float], responses.Answer]
+    Callable[[Context, web.Request, Decision, reqmod.OriginalRequest, responses.Answer, str, float],
+             responses.Answer]
 ] = []
 
 
@@ -155,7 +157,7 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
         decision = decide(req, session, cfg.policy, cfg.levels, now)
         ans = responses.answer(cfg, decision, req, redirects)
         for hook in ANSWER_HOOKS:
-            ans = hook(ctx, decision, req, ans, reason, now)
+            ans = hook(ctx, request, decision, req, ans, reason, now)
         if decision.outcome is Outcome.ALLOW and ctx.revocations.last_ok is None:
             # The store was never read (only possible while it is down: nothing is
             # served before the first attempt), so the revocation snapshot is empty

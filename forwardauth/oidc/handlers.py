@@ -20,7 +20,6 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 from cachetools import TTLCache
 
-from forwardauth.cookies import clear_cookie
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import MAX_LOGIN_TIMEOUT, OidcConfig

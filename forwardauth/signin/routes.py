@@ -8,7 +8,6 @@ wrong password get the same one.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import sys
@@ -27,7 +26,7 @@ from forwardauth.decision import Decision, Outcome
 from forwardauth.responses import Answer
 from forwardauth.redirects import safe_redirect
 from forwardauth.runtime import Runtime
-from forwardauth.server import (ANSWER_HOOKS, APP_HOOKS, CREDENTIAL_HOOKS, CTX, Context, current_session, peer_address,
+from forwardauth.server import (ANSWER_HOOKS, APP_HOOKS, CTX, Context, current_session, peer_address,
                                session_cookie)
 from forwardauth.session import Session
 from forwardauth.signin import csrf
@@ -614,25 +613,11 @@ async def home(request: web.Request) -> web.Response:
 # --- decisions that say no -------------------------------------------------------------
 
 
-# The decision request being answered, for the request id of a denial's audit
-# line: ANSWER_HOOKS are not given the aiohttp request, so a hook at the head
-# of CREDENTIAL_HOOKS (which are, and which run first on every decision)
-# remembers it. It never answers (returns None), does no I/O, and costs one
-# ContextVar.set per decision.
-_DECISION_REQUEST: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("decision_request",
-                                                                                      default=None)
-
-
-def _remember_request(ctx: Context, request: web.Request, req: reqmod.OriginalRequest, now: float) -> None:
-    _DECISION_REQUEST.set(request)
-    return None
-
-
 _denial_failed = False
 
 
-def _audit_denial(ctx: Context, decision: Decision, req: reqmod.OriginalRequest, ans: Answer, reason: str,
-                  now: float) -> Answer:
+def _audit_denial(ctx: Context, request: web.Request, decision: Decision, req: reqmod.OriginalRequest, ans: Answer,
+                  reason: str, now: float) -> Answer:
     """A 403 from the decision endpoints is an audit event (the 401s are just "please sign in").
 
     The line is only queued (AuditLog.emit(background=True)): the decision
@@ -641,8 +626,7 @@ def _audit_denial(ctx: Context, decision: Decision, req: reqmod.OriginalRequest,
     global _denial_failed
     if decision.outcome in (Outcome.DENIED, Outcome.FORBIDDEN):
         try:
-            request = _DECISION_REQUEST.get()
-            rid = request_id(request.headers if request is not None else {})
+            rid = request_id(request.headers)
             audit_log(ctx).emit("decision_denied", background=True,
                                 user=decision.session.sub if decision.session else None,
                                 client=str(req.client) if req.client else None, host=req.host, path=req.path,
@@ -704,5 +688,4 @@ def setup(app: web.Application, ctx: Context) -> None:
 
 APP_HOOKS.append(setup)
 AUTHENTICATORS.insert(0, authenticate)
-CREDENTIAL_HOOKS.insert(0, _remember_request)
 ANSWER_HOOKS.append(_audit_denial)

@@ -146,8 +146,8 @@ def _unavailable(ctx: Context, what: str) -> responses.Answer:
         f"503 Service Unavailable: the state store is {since} (grace {format_duration(grace)}); {what} refused\n")
 
 
-def _answer(ctx: Context, decision: Decision, req: OriginalRequest, ans: responses.Answer, reason: str,
-            now: float) -> responses.Answer:
+def _answer(ctx: Context, request: web.Request, decision: Decision, req: OriginalRequest, ans: responses.Answer,
+            reason: str, now: float) -> responses.Answer:
     cfg = ctx.runtime.config
     s = settings_mod.settings(cfg)
     if reason == STALE:

@@ -79,7 +79,7 @@ def answer(ctx: Context, found, r: OriginalRequest | None = None, now: float | N
     cfg = ctx.runtime.config
     d = decide(r, session, cfg.policy, cfg.levels, now)
     ans = responses.answer(cfg, d, r, redirects=False)
-    return plugin._answer(ctx, d, r, ans, reason, now)
+    return plugin._answer(ctx, None, d, r, ans, reason, now)
 
 
 def stale(ctx: Context, seconds: float) -> None:
