@@ -245,6 +245,18 @@ def open_target(target: str, where: str = "local.audit") -> AuditLog:
                            f"{exc.strerror or exc}"]) from None
 
 
+def for_cli(cfg) -> AuditLog:  # noqa: ANN001 - config.Config
+    """The audit log for a command: the configured `local.audit`, except that
+    stdout becomes stderr (a command's own output is on stdout). A file that
+    cannot be written is a ConfigError."""
+    from forwardauth.runtime import resolve_path
+    from forwardauth.signin.settings import settings
+
+    target = settings(cfg).audit
+    target = "stderr" if target in ("stdout", "stderr") else str(resolve_path(cfg, target))
+    return open_target(target, f"{cfg.path}: local.audit" if cfg.path else "local.audit")
+
+
 def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported: no cycle)
     """The audit log of a running app, shared by every part (`ctx.extensions["audit"]`),
     made from the `local.audit` setting on first use (the sign-in part makes it

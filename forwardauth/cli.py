@@ -275,6 +275,9 @@ def _cmd_session_revoke(args: argparse.Namespace) -> int:
             await store.close()
 
     epoch = asyncio.run(_with_store(cfg, go()))
+    from forwardauth.audit import for_cli
+
+    for_cli(cfg).emit("session_revoked", user=args.user, reason="forwardauth session revoke")
     print(f"{args.user}: sessions issued before {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))} "
           f"are revoked (in force within {format_duration(cfg.revocation_refresh)})")
     return 0

@@ -41,8 +41,9 @@ def _audit_signout(request: web.Request, ctx: Context, session) -> None:  # noqa
     from forwardauth.audit import for_context, request_id
     from forwardauth.signin.routes import client_of
 
-    for_context(ctx).emit("signout", user=session.sub, client=client_of(request, ctx), level=session.level,
-                          reason=session.source, request_id=request_id(request.headers))
+    for_context(ctx).emit("signout", user=session.sub, client=client_of(request, ctx), host=request.host,
+                          path=request.path, level=session.level, reason=session.source,
+                          request_id=request_id(request.headers))
 
 
 async def userinfo(request: web.Request) -> web.Response:

@@ -32,11 +32,11 @@ from typing import Any, Awaitable, Callable
 from forwardauth import cli as core_cli
 from forwardauth.accounts import (MAX_KEY, Account, AccountError, account_store, check_groups, check_username,
                                   normalise_username)
-from forwardauth.audit import open_target
+from forwardauth.audit import for_cli
 from forwardauth.config import Config
 from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
 from forwardauth.regulation import Regulator, failure_store
-from forwardauth.runtime import Runtime, resolve_path, resolve_state_url
+from forwardauth.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
 from forwardauth.state import StateStore, open_store
 from forwardauth.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
@@ -52,9 +52,7 @@ class Ops:
         self.settings: LocalSettings = settings(cfg)
         self.store = store
         self.accounts = account_store(store)
-        target = self.settings.audit
-        target = "stderr" if target in ("stdout", "stderr") else str(resolve_path(cfg, target))
-        self.audit_log = open_target(target, f"{cfg.path}: local.audit" if cfg.path else "local.audit")
+        self.audit_log = for_cli(cfg)
 
     def audit(self, event: str, user: str, reason: str) -> None:
         self.audit_log.emit(event, user=user, reason=reason)
@@ -267,10 +265,15 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 def _cmd_delete(args: argparse.Namespace) -> int:
     async def go(ops: Ops) -> int:
         await ops.need(args.user)
-        await ops.accounts.delete_account(args.user)
-        await ops.revoke_sessions(args.user)
-        ops.audit("account_deleted", args.user, "by operator (cli); sessions revoked")
-        print(f"{args.user}: deleted; existing sessions are signed out")
+        # The same as `accounts delete` and the API: tokens revoked, database
+        # credentials deleted, epoch raised (a later account of this name
+        # inherits nothing); audited there.
+        from forwardauth.tokens.service import OPERATOR, TokenService
+
+        svc = TokenService(ops.cfg, Runtime.build(ops.cfg).keyring, ops.store, ops.audit_log.emit)
+        await svc.delete_account(OPERATOR, args.user)
+        await ops.revoke_sessions(args.user)  # an upstream identity's sessions too
+        print(f"{args.user}: deleted; existing sessions and tokens are revoked")
         return 0
 
     return _run(args, go)

@@ -21,7 +21,7 @@ from forwardauth import cli as core_cli
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
 from forwardauth.config import Config
 from forwardauth.durations import parse_duration
-from forwardauth.runtime import Runtime, resolve_path, resolve_state_url
+from forwardauth.runtime import Runtime, resolve_state_url
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
@@ -37,16 +37,9 @@ def _when(t: float | None) -> str:
 
 def _audit_for(cfg: Config) -> Callable[..., None]:
     """The configured audit log (a file), or stderr: stdout is for the CLI's own output."""
-    from forwardauth.audit import AuditLog
-    from forwardauth.signin.settings import settings as local_settings
+    from forwardauth.audit import for_cli
 
-    target = local_settings(cfg).audit
-    if target not in ("stdout", "stderr"):
-        target = str(resolve_path(cfg, target))
-    else:
-        target = "stderr"
-    log = AuditLog(target)
-    return lambda event, **fields: log.emit(event, **fields)
+    return for_cli(cfg).emit
 
 
 def _run(args: argparse.Namespace, fn: Callable[[TokenService, StateStore], Awaitable[int]]) -> int:

@@ -62,3 +62,24 @@ def test_groups_and_roles_follow_one_rule(fa):
     assert e2 >= e1
     fa.cli("accounts", "roles", "alice", "--set", "staff")
     assert state(fa)[1] == e2
+
+
+def test_users_delete_revokes_tokens_like_accounts_delete(fa):
+    """`users delete` goes through the same deletion as `accounts delete` and the
+    API: the account's tokens are revoked, so a later account of the same name
+    inherits none of them."""
+    from forwardauth.tokens.store import token_store
+
+    fa.token("alice", "--name", "laptop")
+    fa.cli("users", "delete", "alice")
+
+    async def go():
+        s = SQLiteStore(str(fa.workdir / "state.db"))
+        try:
+            return await s.get_account("alice"), await token_store(s).list_tokens("alice")
+        finally:
+            await s.close()
+
+    account, tokens = asyncio.run(go())
+    assert account is None
+    assert [(t.name, t.revoked is not None) for t in tokens] == [("laptop", True)]

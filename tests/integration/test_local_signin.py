@@ -675,6 +675,7 @@ async def test_sign_out_is_audited_and_ends_the_session(site):
     line = site.one_new_line(mark)
     assert (line["event"], line["user"], line["client"], line["level"], line["reason"], line["request_id"]) == (
         "signout", "alice", "198.51.100.4", "password", "local", "out-1")
+    assert (line["host"], line["path"]) == (f"{site.client.host}:{site.client.port}", "/oauth2/sign_out")
     assert await site.userinfo() is None
 
 

@@ -166,7 +166,7 @@ def test_passwd_groups_lock_unlock_delete_end_sessions(cfg):
     assert account(cfg, "alice")[0].status == "active"
     assert asyncio.run(ban_and_check(check_only=True)) is False
 
-    assert ok(cfg, "delete", "alice") == "alice: deleted; existing sessions are signed out\n"
+    assert ok(cfg, "delete", "alice") == "alice: deleted; existing sessions and tokens are revoked\n"
     assert account(cfg, "alice")[0] is None
     assert [x["event"] for x in audit(cfg)] == ["account_created", "account_created", "account_updated",
                                                "account_updated", "account_updated", "account_locked",
@@ -237,7 +237,7 @@ def test_an_upstream_identitys_account_can_be_managed_not_made(cfg):
     assert ok(cfg, "lock", "oidc:AbC-123").startswith("oidc:AbC-123: locked")
     assert account(cfg, "oidc:AbC-123")[0].status == "locked"
     assert ok(cfg, "unlock", "oidc:AbC-123").startswith("oidc:AbC-123: unlocked")
-    assert ok(cfg, "delete", "oidc:AbC-123") == "oidc:AbC-123: deleted; existing sessions are signed out\n"
+    assert ok(cfg, "delete", "oidc:AbC-123") == "oidc:AbC-123: deleted; existing sessions and tokens are revoked\n"
     assert account(cfg, "oidc:AbC-123")[0] is None
     assert [(x["event"], x["user"]) for x in audit(cfg)] == [
         ("totp_reset", "oidc:AbC-123"), ("account_locked", "oidc:AbC-123"), ("account_unlocked", "oidc:AbC-123"),

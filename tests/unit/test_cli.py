@@ -115,7 +115,10 @@ def test_session_issue_and_revoke(cfg, capsys):
     opened = rt.codec.open(value, __import__("time").time())
     assert opened.reason == "ok" and opened.session.groups == ("a", "b") and opened.session.level == "mfa"
     assert main(["session", "revoke", "-c", str(cfg), "--user", "alice"]) == 0
-    assert "alice: sessions issued before" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "alice: sessions issued before" in out
+    line = __import__("json").loads(err.strip().splitlines()[-1])  # the audit log is stdout: stderr for a command
+    assert (line["event"], line["user"], line["reason"]) == ("session_revoked", "alice", "forwardauth session revoke")
     import sqlite3
 
     row = sqlite3.connect(cfg.parent / "state.db").execute("SELECT epoch FROM epochs WHERE user='alice'").fetchone()
