@@ -24,11 +24,12 @@ EXAMPLES = REPO / "examples"
 COMPOSE = EXAMPLES / "compose"
 
 
-def test_example_nginx_conf_passes_nginx_t(tmp_path):
+@pytest.mark.parametrize("example", ["nginx", "compose"])
+def test_example_nginx_conf_passes_nginx_t(tmp_path, example):
     nginx = find_tool("nginx", "/usr/sbin/nginx")
     if not nginx:
         missing_tool("nginx binary not found")
-    text = (EXAMPLES / "nginx" / "nginx.conf").read_text()
+    text = (EXAMPLES / example / "nginx.conf").read_text()
     # Compose service names -> loopback; snippets from the repo; files into tmp.
     text = (text.replace("forwardauth:4180", "127.0.0.1:4180").replace("app:8081", "127.0.0.1:8081")
             .replace("/etc/nginx/snippets", str(REPO / "nginx"))
@@ -84,7 +85,9 @@ def test_compose_files_agree(compose):
     subnet = compose["networks"]["edge"]["ipam"]["config"][0]["subnet"]
     assert fa["server"]["trusted_proxies"] == [subnet]
     assert compose["services"]["traefik"]["environment"]["FORWARDAUTH_COOKIE"] == fa["session"]["cookie_name"]
-    nginx_conf = (EXAMPLES / "nginx" / "nginx.conf").read_text()
+    mounted = [v.split(":")[0] for v in compose["services"]["nginx"]["volumes"] if v.endswith("/nginx.conf:ro")]
+    assert mounted == ["./nginx.conf"]
+    nginx_conf = (COMPOSE / "nginx.conf").read_text()
     auth_host = re.match(r"http://([^:/]+):8080$", fa["server"]["public_url"]).group(1)
     assert re.search(rf"server_name {auth_host}\b", nginx_conf), "public_url host has no nginx server block"
     for proxy in ("nginx", "traefik", "caddy"):
