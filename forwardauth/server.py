@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from forwardauth import request as reqmod
 from forwardauth import responses
@@ -101,10 +102,11 @@ def session_cookie(ctx: Context, session: Session, now: float) -> str:
 
 
 def _respond(ans: responses.Answer) -> web.Response:
-    resp = web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0])
-    for k, v in ans.headers:
-        resp.headers.add(k, v)
-    return resp
+    headers = CIMultiDict(ans.headers)
+    if not ans.body:  # nothing to describe: no Content-Type (one header less on every allow)
+        return web.Response(status=ans.status, headers=headers)
+    return web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
+                        headers=headers)
 
 
 UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
