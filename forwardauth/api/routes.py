@@ -198,28 +198,26 @@ async def set_roles(request: web.Request) -> web.Response:
     return json_response(account_view(acct))
 
 
-@_guard
-async def lock_account(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    svc = _service(ctx)
-    name = _name(request)
-    actor = await _actor(request, svc)
-    acct = await svc.lock(actor, name)
-    await _sync(ctx)
-    _remember(ctx, acct)
-    return json_response(account_view(acct))
+def _status_change(method: str):
+    """POST /accounts/{name}/lock and /unlock: TokenService.lock / .unlock, then
+    this replica's revocations and index at once (others follow by pub/sub)."""
+
+    @_guard
+    async def handler(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        svc = _service(ctx)
+        name = _name(request)
+        actor = await _actor(request, svc)
+        acct = await getattr(svc, method)(actor, name)
+        await _sync(ctx)
+        _remember(ctx, acct)
+        return json_response(account_view(acct))
+
+    return handler
 
 
-@_guard
-async def unlock_account(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    svc = _service(ctx)
-    name = _name(request)
-    actor = await _actor(request, svc)
-    acct = await svc.unlock(actor, name)
-    await _sync(ctx)
-    _remember(ctx, acct)
-    return json_response(account_view(acct))
+lock_account = _status_change("lock")
+unlock_account = _status_change("unlock")
 
 
 @_guard
