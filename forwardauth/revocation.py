@@ -4,6 +4,12 @@ Each process keeps a snapshot of user epochs and revoked ids and refreshes it
 in the background (a cheap version check, a full reload only on change), so a
 decision never touches the disk or the network. A revocation is in force on
 every replica within one refresh interval.
+
+The snapshot is plain dicts, not a cachetools cache: it is replaced whole on
+each refresh and only read in between, and its size is bounded by the store
+(which trims revoked ids once they expire anyway). A cache would evict
+entries to stay under a size or age, and evicting an entry here would
+un-revoke that user or session.
 """
 
 from __future__ import annotations
