@@ -8,6 +8,7 @@ what it proved and the user sees which level is missing.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 import json
@@ -18,11 +19,10 @@ from dataclasses import replace
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
-from cachetools import TTLCache
 
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
-from forwardauth.oidc.settings import MAX_LOGIN_TIMEOUT, OidcConfig
+from forwardauth.oidc.settings import OidcConfig
 from forwardauth.pages import HEADERS as PAGE_HEADERS
 from forwardauth.pages import page
 from forwardauth.redirects import safe_redirect
@@ -30,6 +30,7 @@ from forwardauth.sealing import SealError, Sealer
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session, session_cookie
 from forwardauth.session import Session
 from forwardauth.start import AUTHENTICATORS, Need
+from forwardauth.state.base import StoreUnavailable
 
 log = logging.getLogger("forwardauth.oidc")
 CLIENT = web.AppKey("oidc_client", ProviderClient)
@@ -203,13 +204,28 @@ async def callback(request: web.Request) -> web.Response:
     except ProviderDown as exc:
         _audit(request, ctx, "signin_refused", None, None, f"oidc: provider unavailable ({exc})")
         return page(502, "Sign-in is unavailable", f"The identity provider cannot be reached: {exc}")
+    except StateStoreDown as exc:
+        log.warning("state store unreachable at the sign-in callback", extra={"fields": {"error": str(exc)}})
+        _audit(request, ctx, "signin_refused", None, None, "oidc: state store unavailable")
+        return page(503, "Sign-in is unavailable",
+                    "The sign-in could not be completed because forwardauth's state store cannot be reached "
+                    "right now. Please start again in a minute.", ("/oauth2/start", "Start again"))
 
 
-# States already answered, so the same answer cannot be used twice. Per
-# process: with several workers or replicas a replayed answer (state and its
-# login cookie) can land on another process; the provider's one-time
-# authorization code is what refuses it there.
-USED_STATES: TTLCache = TTLCache(maxsize=100_000, ttl=MAX_LOGIN_TIMEOUT)  # as long as a login can last
+# Each sign-in answer (its state) is used once, in every process and replica:
+# the state is claimed in the shared state store (`claim_once`) for as long as
+# its login can last, plus a margin for clocks. A state store that cannot be
+# reached refuses the answer (503): without the claim a replay would not be seen.
+STATE_CLAIM_MARGIN = 60.0
+
+
+def state_claim_key(state: str) -> str:
+    """What the store keeps for a state: a hash, never the state itself."""
+    return "oidc-state:" + hashlib.sha256(state.encode()).hexdigest()
+
+
+class StateStoreDown(Exception):
+    """The state store did not answer at the callback."""
 
 
 async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.Response:
@@ -231,9 +247,12 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
         raise flow.LoginError(400, "State mismatch; start again.")
     if now - login.created > cfg.login_timeout:
         raise flow.LoginError(400, "This sign-in took too long; start again.")
-    if state in USED_STATES:
+    try:
+        first = await ctx.store.claim_once(state_claim_key(state), cfg.login_timeout + STATE_CLAIM_MARGIN, now)
+    except StoreUnavailable as exc:
+        raise StateStoreDown(str(exc)) from None
+    if not first:
         raise flow.LoginError(400, "This sign-in answer was already used.")
-    USED_STATES[state] = True
 
     if "error" in q:
         err = q.get("error", "")[:64]

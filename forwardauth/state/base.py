@@ -44,3 +44,12 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def revoke(self, ident: str, until: float) -> None:
         """Revoke one session (or token) id until `until` (when it would expire anyway)."""
+
+    @abc.abstractmethod
+    async def claim_once(self, key: str, ttl: float, now: float) -> bool:
+        """Claim `key` for `ttl` seconds from `now`: True for the first claim,
+        False while that claim lasts (whichever process or replica asks).
+        Atomic: of two concurrent claims exactly one gets True. Expired claims
+        are purged as the store goes (never needed again). `key` is opaque (at
+        most 200 characters) and should not be a secret itself: callers pass a
+        hash. For one-time values such as an OIDC callback's `state`."""

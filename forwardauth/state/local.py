@@ -7,6 +7,7 @@ and the Redis backend implements the same methods.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
@@ -34,10 +35,37 @@ CREATE TABLE IF NOT EXISTS accounts (
 CREATE TABLE IF NOT EXISTS auth_failures (
     key TEXT NOT NULL,
     at REAL NOT NULL,
-    id TEXT NOT NULL PRIMARY KEY
+    id TEXT NOT NULL PRIMARY KEY,
+    expires REAL
 );
 CREATE INDEX IF NOT EXISTS auth_failures_key_at ON auth_failures (key, at);
+CREATE TABLE IF NOT EXISTS once_claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS once_claims_expires ON once_claims (expires);
 """
+
+# A failure entry is swept (whatever its key) this long after it left the
+# window it was recorded with: every process stamps `now` from its own clock,
+# and a request whose `now` is a little behind must still see what it counts.
+# (Redis keys get the same margin: EXPIRE window + 60.)
+SWEEP_GRACE = 60.0
+
+
+def upgrade(c: sqlite3.Connection) -> None:
+    """Bring a state file made by an older version up to SCHEMA: auth_failures
+    gained `expires` (recorded at + window, so entries of keys that never come
+    back can be swept) and its index. Rows from before have no `expires`:
+    they go when their key records again (the per-key trim), never by the sweep,
+    whose window they do not carry."""
+    c.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one adds the column
+    try:
+        cols = {row[1] for row in c.execute("PRAGMA table_info(auth_failures)")}
+        if "expires" not in cols:
+            c.execute("ALTER TABLE auth_failures ADD COLUMN expires REAL")
+        c.execute("CREATE INDEX IF NOT EXISTS auth_failures_expires ON auth_failures (expires)")
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
 
 _COLUMNS = ("username, kind, display_name, email, groups_json, status, password_hash, totp_secret_enc, "
             "totp_last_step, created, updated")
@@ -137,7 +165,11 @@ class SQLiteLocalMixin:
     async def record_failure(self, key: str, now: float, window: float) -> int:
         def q(c: sqlite3.Connection) -> int:
             c.execute("DELETE FROM auth_failures WHERE key=? AND at <= ?", (key, now - window))
-            c.execute("INSERT INTO auth_failures (key, at, id) VALUES (?, ?, ?)", (key, now, uuid.uuid4().hex))
+            # Entries of every key long out of their window (keys that never come back):
+            # a range of the `expires` index, so only what goes is read.
+            c.execute("DELETE FROM auth_failures WHERE expires <= ?", (now - SWEEP_GRACE,))
+            c.execute("INSERT INTO auth_failures (key, at, id, expires) VALUES (?, ?, ?, ?)",
+                      (key, now, uuid.uuid4().hex, now + window))
             return c.execute(
                 "SELECT count(*) FROM auth_failures WHERE key=? AND at > ? AND at <= ?", (key, now - window, now)
             ).fetchone()[0]
@@ -157,6 +189,33 @@ class SQLiteLocalMixin:
         await self.run(lambda c: _tx(c, lambda c: c.execute("DELETE FROM auth_failures WHERE key=?", (key,))))
 
 
+class Expiries:
+    """When each key of a dict may go, and which have gone: a heap of
+    (expires, key), so a sweep reads only what it removes. Not thread-safe
+    (callers hold their lock)."""
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def set(self, key: str, expires: float) -> None:
+        self.until[key] = expires
+        heapq.heappush(self._heap, (expires, key))
+
+    def forget(self, key: str) -> None:
+        self.until.pop(key, None)  # its heap entries are skipped when they come up
+
+    def pop_expired(self, upto: float) -> list[str]:
+        """Remove and return the keys whose latest expiry is at or before `upto`."""
+        out = []
+        while self._heap and self._heap[0][0] <= upto:
+            expires, key = heapq.heappop(self._heap)
+            if self.until.get(key) == expires:  # else a later set() (or forget()) superseded it
+                del self.until[key]
+                out.append(key)
+        return out
+
+
 class MemoryLocalMixin:
     """The same, in process memory (tests, single-process experiments)."""
 
@@ -167,17 +226,17 @@ class MemoryLocalMixin:
         with st["lock"]:
             st["version"] += 1
 
-    def _local(self) -> tuple[threading.Lock, dict[str, Account], dict[str, list[float]]]:
+    def _local(self) -> tuple[threading.Lock, dict[str, Account], dict[str, list[float]], Expiries]:
         st = self.__dict__.get("_local_state")
         if st is None:
-            st = self.__dict__.setdefault("_local_state", (threading.Lock(), {}, {}))
+            st = self.__dict__.setdefault("_local_state", (threading.Lock(), {}, {}, Expiries()))
         return st
 
     async def get_account(self, name: str) -> Account | None:
         return self._local()[1].get(name)
 
     async def add_account(self, account: Account) -> bool:
-        lock, accounts, _ = self._local()
+        lock, accounts, _, _ = self._local()
         with lock:
             if account.username in accounts:
                 return False
@@ -188,7 +247,7 @@ class MemoryLocalMixin:
     async def put_account(self, account: Account) -> None:
         from dataclasses import replace
 
-        lock, accounts, _ = self._local()
+        lock, accounts, _, _ = self._local()
         with lock:
             old = accounts.get(account.username)
             if old is not None:
@@ -200,7 +259,7 @@ class MemoryLocalMixin:
         self._bump_accounts()
 
     async def delete_account(self, name: str) -> bool:
-        lock, accounts, _ = self._local()
+        lock, accounts, _, _ = self._local()
         with lock:
             found = accounts.pop(name, None) is not None
         if found:
@@ -213,7 +272,7 @@ class MemoryLocalMixin:
     async def claim_totp_step(self, name: str, step: int) -> bool:
         from dataclasses import replace
 
-        lock, accounts, _ = self._local()
+        lock, accounts, _, _ = self._local()
         with lock:
             a = accounts.get(name)
             if a is None or a.totp_secret_enc is None or a.totp_last_step >= step:
@@ -222,20 +281,25 @@ class MemoryLocalMixin:
             return True
 
     async def record_failure(self, key: str, now: float, window: float) -> int:
-        lock, _, fails = self._local()
+        lock, _, fails, expiries = self._local()
         with lock:
+            # Keys whose every entry left its window (keys that never come back), as in SQLite.
+            for gone in expiries.pop_expired(now - SWEEP_GRACE):
+                fails.pop(gone, None)
             kept = [t for t in fails.get(key, []) if t > now - window]
             kept.append(now)
             fails[key] = kept
+            expiries.set(key, max(expiries.until.get(key, now + window), now + window))
             return sum(1 for t in kept if t <= now)
 
     async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
-        lock, _, fails = self._local()
+        lock, _, fails, _ = self._local()
         with lock:
             inside = [t for t in fails.get(key, []) if now - window < t <= now]
         return len(inside), (max(inside) if inside else None)
 
     async def clear_failures(self, key: str) -> None:
-        lock, _, fails = self._local()
+        lock, _, fails, expiries = self._local()
         with lock:
             fails.pop(key, None)
+            expiries.forget(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from forwardauth.state.base import RevocationSnapshot, StateStore
-from forwardauth.state.local import MemoryLocalMixin
+from forwardauth.state.local import Expiries, MemoryLocalMixin
 
 
 class MemoryStore(MemoryLocalMixin, StateStore):
@@ -13,6 +13,7 @@ class MemoryStore(MemoryLocalMixin, StateStore):
         self.version = 0
         self.epochs: dict[str, float] = {}
         self.revoked: dict[str, float] = {}
+        self._claims = Expiries()
 
     async def revocation_version(self) -> int:
         return self.version
@@ -36,3 +37,11 @@ class MemoryStore(MemoryLocalMixin, StateStore):
         self.revoked = {k: v for k, v in self.revoked.items() if v >= now}
         self.revoked[ident] = max(self.revoked.get(ident, 0.0), until)
         self.version += 1
+
+    async def claim_once(self, key: str, ttl: float, now: float) -> bool:
+        # No await in between: atomic on the event loop.
+        self._claims.pop_expired(now)  # expired claims go first (a heap: only those are read)
+        if key in self._claims.until:
+            return False
+        self._claims.set(key, now + ttl)
+        return True

@@ -9,7 +9,9 @@ Layout (every key under the `forwardauth:` prefix):
     tokens          hash token id -> record (JSON); tok:used / tok:revoked hashes
     dbcreds         hash account -> sealed credentials (JSON)
     acct:<name>     account record (JSON); `accounts` set of names
-    fail:<key>      sorted set of failure times (regulation)
+    fail:<key>      sorted set of failure times (regulation; EXPIRE window + 60,
+                    so the keys of names that never come back go by themselves)
+    once:<key>      a single-use claim (SET NX PX: Redis expires it)
     events          pub/sub channel: "rev" / "tok" after each change (account
                     writes send "tok": a lock or a group change reaches every
                     replica's token index in milliseconds)
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Callable
@@ -185,6 +188,11 @@ class RedisStore(StateStore):
                 p.incr(P + "rev:version")
                 p.publish(CHANNEL, "rev")
                 await p.execute()
+
+    async def claim_once(self, key: str, ttl: float, now: float) -> bool:
+        # SET NX: one atomic command; the expiry runs on Redis's clock (`now` is not needed).
+        async with self._guard():
+            return bool(await self.r.set(P + "once:" + key, "1", nx=True, px=max(1, math.ceil(ttl * 1000))))
 
     # --- tokens (forwardauth.tokens.store.TokenStore) -------------------------
 

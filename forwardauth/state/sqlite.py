@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
 from forwardauth.state.local import SCHEMA as LOCAL_SCHEMA
 from forwardauth.state.local import SQLiteLocalMixin
+from forwardauth.state.local import upgrade as upgrade_local
 
 T = TypeVar("T")
 
@@ -49,27 +50,42 @@ class SQLiteStore(SQLiteLocalMixin, StateStore):
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                parent = Path(self.path).parent
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(f"sqlite state {self.path}: cannot create its directory {parent}: "
+                                           f"{exc.strerror or exc.__class__.__name__}") from None
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            for sql in _SCHEMAS:
-                conn.executescript(sql)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=5000")
+                for sql in _SCHEMAS:
+                    conn.executescript(sql)
+                upgrade_local(conn)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` on the store's thread."""
-        loop = asyncio.get_running_loop()
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """On the store's thread: every failure of the file is StoreUnavailable, naming the path."""
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(self._connect()))
+            return fn(self._connect())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite state {self.path}: {exc.__class__.__name__}: {exc}") from None
+        except OSError as exc:  # the file or its directory (sqlite3 reports most as sqlite3.Error)
+            raise StoreUnavailable(f"sqlite state {self.path}: {exc.strerror or exc.__class__.__name__}") from None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` on the store's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For the CLI: same as run, without an event loop."""
-        return self._pool.submit(lambda: fn(self._connect())).result()
+        return self._pool.submit(self._call, fn).result()
 
     async def open(self) -> None:
         await self.run(lambda c: None)
@@ -156,3 +172,23 @@ class SQLiteStore(SQLiteLocalMixin, StateStore):
                 raise
 
         await self.run(q)
+
+    async def claim_once(self, key: str, ttl: float, now: float) -> bool:
+        def q(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                # Expired claims first: a range of the expiry index, so only what goes is read.
+                c.execute("DELETE FROM once_claims WHERE expires <= ?", (now,))
+                # One statement on the primary key: a new key is inserted; a key still
+                # claimed is left alone (rowcount 0); an expired claim the DELETE did
+                # not see (a process whose clock is behind) is taken over.
+                cur = c.execute("INSERT INTO once_claims (key, expires) VALUES (?, ?) ON CONFLICT(key) "
+                                "DO UPDATE SET expires = excluded.expires WHERE once_claims.expires <= ?",
+                                (key, now + ttl, now))
+                c.execute("COMMIT")
+                return cur.rowcount == 1
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        return await self.run(q)

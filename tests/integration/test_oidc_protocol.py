@@ -329,6 +329,79 @@ async def test_state_missing_mismatched_and_replayed(fa, provider):
     assert r.status == 400 and "This sign-in answer was already used." in await r.text()
 
 
+async def test_a_replay_through_another_forwardauth_process_is_refused(fa_port, provider, tmp_path):
+    """Single use across processes: two forwardauth (this one, and a real second
+    `forwardauth serve` on another port) share one SQLite state file, as
+    `serve --workers N` or replicas do. An answer used on one is refused by the
+    other before the provider is asked (the provider's refusal of a reused code
+    reads differently: see test_code_replay_with_a_new_login_is_refused)."""
+    import sys
+
+    from forwardauth.state.sqlite import SQLiteStore
+    from harness.procs import Proc, http_status
+
+    db = tmp_path / "state.db"
+    cfg = _config(fa_port, provider.issuer, provider.client_secret)
+    server = TestServer(build_app(Runtime.build(cfg), SQLiteStore(str(db))), host="127.0.0.1", port=fa_port)
+    await server.start_server()
+    other_port = free_port()
+    text = CONFIG.format(port=fa_port, issuer=provider.issuer, secret=provider.client_secret, essential="true",
+                         session_extra="", http_timeout="5s")
+    text = text.replace(f"listen: 127.0.0.1:{fa_port}", f"listen: 127.0.0.1:{other_port}")
+    text = text.replace("state: memory://", f"state: sqlite://{db}")
+    (tmp_path / "other.yaml").write_text(text)
+    other = Proc("forwardauth-2", [sys.executable, "-m", "forwardauth", "serve", "-c", tmp_path / "other.yaml"],
+                 tmp_path / "other.log").start()
+    try:
+        await asyncio.to_thread(other.wait_until, lambda: http_status(other_port, "/readyz") == 200)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            b = Browser(f"http://127.0.0.1:{fa_port}", provider, http)
+            for first, second in ((fa_port, other_port), (other_port, fa_port)):
+                http.cookie_jar.clear()  # signed out: each round is a new sign-in
+                authorize = await b.start("http://app.test/")
+                provider.next_login("alice", ACR_PASSWORD)
+                answer = urlsplit(provider.user_agent().follow(authorize))
+                assert answer.netloc == f"127.0.0.1:{fa_port}"
+                path = f"{answer.path}?{answer.query}"
+                cookie = "; ".join(f"{k}={v}" for k, v in b.login_cookies().items())
+                r = await b.get(f"http://127.0.0.1:{first}{path}", headers={"Cookie": cookie})
+                assert (r.status, r.headers["Location"]) == (302, "http://app.test/"), await r.text()
+                # The same answer and login cookie (an attacker who copied both), on the other process:
+                r = await b.get(f"http://127.0.0.1:{second}{path}", headers={"Cookie": cookie})
+                assert r.status == 400 and "This sign-in answer was already used." in await r.text()
+                assert "fa=" not in r.headers.get("Set-Cookie", "")
+    finally:
+        other.stop()
+        await server.close()
+    state = q(path)["state"]
+    assert state not in other.log() and state not in db.read_bytes().decode(errors="replace")
+
+
+async def test_a_state_store_down_at_the_callback_refuses_with_503(fa, provider, monkeypatch):
+    """Without the claim a replay could not be told apart: fail closed, with a clear page.
+    The answer is not burnt: once the store is back, the same answer signs in."""
+    from forwardauth.state.base import StoreUnavailable
+
+    b, ctx = fa
+
+    async def down(key, ttl, now):
+        raise StoreUnavailable("sqlite state /var/lib/forwardauth/state.db: OperationalError: disk I/O error")
+
+    authorize = await b.start("http://app.test/")
+    provider.next_login("alice", ACR_PASSWORD)
+    callback = provider.user_agent().follow(authorize)
+    monkeypatch.setattr(ctx.store, "claim_once", down)
+    r = await b.get(callback)
+    assert r.status == 503
+    assert ("The sign-in could not be completed because forwardauth&#x27;s state store cannot be reached right "
+            "now. Please start again in a minute.") in await r.text()
+    assert "Set-Cookie" not in r.headers and b.session(ctx) is None
+    monkeypatch.undo()
+    r = await b.get(callback)
+    assert (r.status, r.headers["Location"]) == (302, "http://app.test/")
+    assert b.session(ctx).sub == "alice"
+
+
 async def test_code_replay_with_a_new_login_is_refused(fa, provider):
     b, ctx = fa
     authorize = await b.start("http://app.test/")

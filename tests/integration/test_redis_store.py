@@ -24,3 +24,22 @@ async def test_epochs_rise_and_reset(tmp_path):
             assert snap.version == v0 + 4
         finally:
             await store.close()
+
+
+async def test_claim_once_is_one_set_nx_with_an_expiry_and_an_outage_is_store_unavailable(tmp_path):
+    from forwardauth.state.base import StoreUnavailable
+
+    with RedisServer(tmp_path) as server:
+        store = open_store(server.url)
+        await store.open()
+        try:
+            assert await store.claim_once("oidc-state:abc", 600.0, 0.0) is True
+            assert await store.claim_once("oidc-state:abc", 600.0, 0.0) is False
+            assert await store.r.get("forwardauth:once:oidc-state:abc") == "1"
+            assert 599_000 <= await store.r.pttl("forwardauth:once:oidc-state:abc") <= 600_000  # Redis's clock
+            server.stop()
+            with pytest.raises(StoreUnavailable) as exc:
+                await store.claim_once("oidc-state:def", 600.0, 0.0)
+            assert str(exc.value) == "redis unreachable (ConnectionError)"
+        finally:
+            await store.close()

@@ -168,3 +168,73 @@ async def test_epochs_and_revocations(store):
     assert snap.revoked == {"sid-1": pytest.approx(now + 60), "tok-long": pytest.approx(now + 500 * 86400)}
     assert snap.version == v0 + 6 == await store.revocation_version()
     assert set((await store.revocations(now + 120)).revoked) == {"tok-long"}  # past its until: not listed
+
+
+async def test_failure_counters_of_keys_that_never_come_back_are_purged(store):
+    """Every distinct username or address that fails leaves a counter: once out of
+    its window (plus 60 s for clocks), it goes without its key ever coming back."""
+    f = failure_store(store)
+    if isinstance(store, (MemoryStore, SQLiteStore)):
+        # Swept by the next record of any key (the times are the callers').
+        await f.record_failure("user:gone", 1000.0, 60.0)  # counts in (940, 1000]: kept until 1060 + 60
+        await f.record_failure("ban:user:gone", 1000.0, 900.0)  # a ban: kept until 1900 + 60
+        await f.record_failure("user:other", 1119.0, 60.0)
+        assert await _failure_keys(store) == {"user:gone", "ban:user:gone", "user:other"}  # still in the grace
+        await f.record_failure("user:other", 1120.0, 60.0)
+        assert await _failure_keys(store) == {"ban:user:gone", "user:other"}
+        assert await f.failures("ban:user:gone", 1120.0, 900.0) == (1, 1000.0)  # the ban still counts
+        await f.record_failure("user:other", 1960.0, 60.0)
+        assert await _failure_keys(store) == {"user:other"}
+        assert await f.failures("user:other", 1960.0, 60.0) == (1, 1960.0)
+    else:
+        # Redis expires each counter itself, on its own clock: EXPIRE window + 60.
+        now = time.time()
+        await f.record_failure("user:gone", now, 60.0)
+        await f.record_failure("ban:user:gone", now, 900.0)
+        assert 110 <= await store.r.ttl("forwardauth:fail:user:gone") <= 120
+        assert 950 <= await store.r.ttl("forwardauth:fail:ban:user:gone") <= 960
+
+
+async def _failure_keys(store) -> set[str]:
+    """The keys a backend still holds failure entries for."""
+    if isinstance(store, MemoryStore):
+        return set(store._local()[2])
+    return {k for (k,) in await store.run(lambda c: c.execute("SELECT DISTINCT key FROM auth_failures").fetchall())}
+
+
+# --- single-use claims -------------------------------------------------------------------
+
+
+async def test_claim_once(store):
+    assert await store.claim_once("oidc-state:a", 60.0, 1000.0) is True
+    assert await store.claim_once("oidc-state:a", 60.0, 1000.0) is False  # the same key again
+    assert await store.claim_once("oidc-state:a", 60.0, 1059.0) is False  # still within its ttl
+    assert await store.claim_once("oidc-state:b", 60.0, 1000.0) is True  # per key
+
+
+async def test_concurrent_claims_give_exactly_one_true(store):
+    import asyncio
+
+    got = await asyncio.gather(*(store.claim_once("oidc-state:race", 60.0, 1000.0) for _ in range(20)))
+    assert sorted(got) == [False] * 19 + [True]
+
+
+async def test_an_expired_claim_can_be_claimed_again_and_is_purged(store):
+    import asyncio
+
+    now = time.time()  # Redis expires on its own clock: real times, a short ttl
+    assert await store.claim_once("oidc-state:short", 0.2, now) is True
+    assert await store.claim_once("oidc-state:short", 0.2, time.time()) is False
+    await asyncio.sleep(0.3)
+    assert await store.claim_once("oidc-state:other", 60.0, time.time()) is True  # purges what expired
+    assert await _claims(store) == {"oidc-state:other"}
+    assert await store.claim_once("oidc-state:short", 0.2, time.time()) is True  # over: a new claim
+
+
+async def _claims(store) -> set[str]:
+    """The claims a backend still holds."""
+    if isinstance(store, MemoryStore):
+        return set(store._claims.until)
+    if isinstance(store, SQLiteStore):
+        return {k for (k,) in await store.run(lambda c: c.execute("SELECT key FROM once_claims").fetchall())}
+    return {k.removeprefix("forwardauth:once:") for k in await store.r.keys("forwardauth:once:*")}
