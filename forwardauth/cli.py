@@ -274,7 +274,7 @@ def _cmd_session_revoke(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    epoch = asyncio.run(_with_store(cfg, go()))
+    epoch = asyncio.run(with_store(cfg, go()))
     from forwardauth.audit import for_cli
 
     for_cli(cfg).emit("session_revoked", user=args.user, reason="forwardauth session revoke")
@@ -283,7 +283,7 @@ def _cmd_session_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_store(cfg: Config, work: Awaitable[T]) -> T:
+async def with_store(cfg: Config, work: Awaitable[T]) -> T:
     """Run `work`, which opens the state store; a store that cannot be opened or
     reached (no such directory, no permission, Redis down) is a CliError."""
     try:

@@ -69,4 +69,6 @@ def store_problem(config: Config, exc: BaseException) -> str:
         why = f"cannot open: {exc.strerror or exc.__class__.__name__}" + (f" ({exc.filename})" if exc.filename else "")
     else:
         why = str(exc)
+        if why.startswith("sqlite state "):  # the SQLite store names its file itself
+            return f"state store: {why}"
     return f"state store {store_label(config)}: {why}"

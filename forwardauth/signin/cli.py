@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace, fn: Callable[[Ops], Awaitable[int]]) -> int:
             ops.audit_log.close()
             await store.close()
 
-    return asyncio.run(go())
+    return asyncio.run(core_cli.with_store(cfg, go()))
 
 
 def _username(text: str) -> str:

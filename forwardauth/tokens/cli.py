@@ -21,7 +21,7 @@ from forwardauth import cli as core_cli
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
 from forwardauth.config import Config
 from forwardauth.durations import parse_duration
-from forwardauth.runtime import Runtime, resolve_state_url
+from forwardauth.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace, fn: Callable[[TokenService, StateStore], Awai
     except NotFound as exc:
         raise CliError(str(exc.args[0]) if exc.args else "not found") from None
     except StoreUnavailable as exc:
-        raise CliError(f"state store: {exc}") from None
+        raise CliError(store_problem(cfg, exc)) from None
 
 
 def _account_name(text: str) -> str:

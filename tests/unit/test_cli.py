@@ -204,8 +204,15 @@ def _unopenable_state(cfg):
 def test_session_revoke_with_an_unopenable_state_store(cfg, capsys):
     where = _unopenable_state(cfg)
     assert main(["session", "revoke", "-c", str(cfg), "--user", "alice"]) == 2
-    assert capsys.readouterr().err == (f"forwardauth: state store sqlite://{where}/state.db: cannot open: "
-                                       f"Not a directory ({where})\n")
+    assert capsys.readouterr().err == (f"forwardauth: state store: sqlite state {where}/state.db: cannot create "
+                                       f"its directory {where}: Not a directory\n")
+
+
+def test_users_with_an_unopenable_state_store(cfg, capsys):
+    where = _unopenable_state(cfg)
+    assert main(["users", "list", "-c", str(cfg)]) == 2
+    assert capsys.readouterr().err == (f"forwardauth: state store: sqlite state {where}/state.db: cannot create "
+                                       f"its directory {where}: Not a directory\n")
 
 
 def test_serve_with_an_unopenable_state_store_exits_1_with_one_line(cfg, capsys):
@@ -220,8 +227,8 @@ def test_serve_with_an_unopenable_state_store_exits_1_with_one_line(cfg, capsys)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     line = json.loads(err.strip().splitlines()[-1])
-    assert (line["level"], line["msg"]) == ("error", f"cannot start: state store sqlite://{where}/state.db: "
-                                                     f"cannot open: Not a directory ({where})")
+    assert (line["level"], line["msg"]) == ("error", f"cannot start: state store: sqlite state {where}/state.db: "
+                                                     f"cannot create its directory {where}: Not a directory")
 
 
 def test_check_warns_about_a_level_nothing_proves(cfg, capsys):
