@@ -28,6 +28,37 @@ def echo_app(tmp_path_factory):
     app.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory):
+    """One real redis-server on loopback for the tests that only store things in it
+    (the replica tests, which stop and start Redis, run their own)."""
+    from harness.redis import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis-shared")) as r:
+        yield r
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def any_store(request, tmp_path):
+    """Each state store in turn, opened and empty: for tests of what every store must do alike."""
+    from forwardauth.state.memory import MemoryStore
+    from forwardauth.state.sqlite import SQLiteStore
+
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "state.db"))
+    else:
+        from forwardauth.state.redis import RedisStore
+
+        s = RedisStore(request.getfixturevalue("shared_redis").url)
+    await s.open()
+    if request.param == "redis":
+        await s.r.flushdb()
+    yield s
+    await s.close()
+
+
 @pytest.fixture(scope="module")
 def forwardauth(tmp_path_factory):
     """A real `forwardauth serve` with the harness policy, 0.5 s revocation refresh

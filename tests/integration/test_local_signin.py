@@ -146,7 +146,6 @@ async def make_site(tmp_path: Path, extra: str = "", accounts: tuple[Account, ..
     rt = Runtime.build(cfg)
     store = SQLiteStore(str(tmp_path / "state.db"))
     await store.open()
-    now = time.time()
     for a in accounts:
         await store.add_account(a)
     client = TestClient(TestServer(build_app(rt, store), host="127.0.0.1"))

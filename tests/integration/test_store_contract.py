@@ -14,30 +14,11 @@ from forwardauth.regulation import FailureStore, failure_store
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.tokens.store import SealedCreds, TokenMeta, TokenStore, token_store
-from harness.redis import RedisServer
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis-contract")) as r:
-        yield r
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(str(tmp_path / "state.db"))
-    else:
-        from forwardauth.state.redis import RedisStore
-
-        s = RedisStore(request.getfixturevalue("redis_server").url)
-    await s.open()
-    if request.param == "redis":
-        await s.r.flushdb()
-    yield s
-    await s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store  # memory, SQLite and Redis in turn (tests/conftest.py)
 
 
 def acct(name: str = "alice", **kw) -> Account:

@@ -6,36 +6,14 @@ import asyncio
 import pytest
 
 from forwardauth.regulation import RegulationConfig, Regulator, client_key, failure_store, user_key
-from forwardauth.state.memory import MemoryStore
-from forwardauth.state.sqlite import SQLiteStore
 
 CFG = RegulationConfig(max_failures=3, max_client_failures=5, window=60, ban_time=300)
 T = 1_000_000.0
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    from harness.redis import RedisServer
-
-    with RedisServer(tmp_path_factory.mktemp("redis-regulation")) as r:
-        yield r
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(str(tmp_path / "state.db"))
-    else:
-        from forwardauth.state.redis import RedisStore
-
-        s = RedisStore(request.getfixturevalue("redis_server").url)
-    await s.open()
-    if request.param == "redis":
-        await s.r.flushdb()
-    yield s
-    await s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store  # memory, SQLite and Redis in turn (tests/conftest.py)
 
 
 async def test_counter_semantics(store):
