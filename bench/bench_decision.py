@@ -163,10 +163,20 @@ def parse_wrk(out: str) -> WrkResult:
     return WrkResult(rps, p50, p99, total, "; ".join(errors))
 
 
-def wrk(binary: str, port: int, host: str, cookie: str, args, seconds: float) -> WrkResult:
+# Every request a path never asked before (/dashboard/<thread>/<n>): forwardauth
+# cannot answer from its memo (memo.py), so this measures the full decision.
+NEW_PATHS_LUA = """
+local threads = 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function init(args) n = 0 end
+function request() n = n + 1; return wrk.format(nil, "%s/" .. tid .. "/" .. n) end
+""" % BENCH_PATH
+
+
+def wrk(binary: str, port: int, host: str, cookie: str, args, seconds: float, script: Path | None = None) -> WrkResult:
     cmd = [binary, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--latency",
            "-H", f"Host: {host}", "-H", f"Cookie: {COOKIE}={cookie}", "-H", "Accept: application/json",
-           f"http://127.0.0.1:{port}{BENCH_PATH}"]
+           *(["-s", str(script)] if script else []), f"http://127.0.0.1:{port}{BENCH_PATH}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     return parse_wrk(out)
 
@@ -229,10 +239,21 @@ def http_bench(args, workdir: Path) -> dict:
                 raise SystemExit(f"sanity check {what}: status {got}, expected {want}\n{fa.proc.log()}")
 
         results = {"fa_body": body_length(fa.port, host, cookie)}
-        for key, port in (("forwardauth", port_a), ("bare", port_b)):
+        new_paths = workdir / "new_paths.lua"
+        new_paths.write_text(NEW_PATHS_LUA)
+        for port in (port_a, port_b):
             if args.warmup > 0:
                 wrk(wrk_bin, port, host, cookie, args, args.warmup)
-            results[key] = wrk(wrk_bin, port, host, cookie, args, args.duration)
+        # (a) and (b) take turns, `rounds` times: the machine's other load then
+        # falls on both alike, and the ratio of each round is a fair one.
+        for key in ("forwardauth", "bare", "forwardauth_new", "bare_new"):
+            results[key] = []
+        for i in range(args.rounds):
+            order = (("forwardauth", port_a), ("bare", port_b))
+            for key, port in order if i % 2 == 0 else reversed(order):  # neither always goes first
+                results[key].append(wrk(wrk_bin, port, host, cookie, args, args.duration))
+        for key, port in (("forwardauth_new", port_a), ("bare_new", port_b)):
+            results[key].append(wrk(wrk_bin, port, host, cookie, args, args.duration, new_paths))
         return results
     finally:
         for p in reversed(procs):
@@ -320,7 +341,9 @@ def policy_bench(sizes: list[int], workdir: Path) -> list[tuple[int, float, floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Targets (issue 2): ratio a/b >= 0.85; large/small policy <= 1.5x.")
-    p.add_argument("--duration", type=float, default=10, help="seconds of wrk per target (default %(default)s)")
+    p.add_argument("--duration", type=float, default=5, help="seconds of wrk per target and round (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of (a) then (b); the median ratio is shown "
+                                                        "(default %(default)s)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of wrk before each measurement (default %(default)s)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default %(default)s)")
@@ -339,15 +362,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_http:
             print(f"\nHTTP through nginx auth_request: wrk -t{args.threads} -c{args.connections} "
-                  f"-d{args.duration:g}s, {args.rules}-rule policy, host {target_host(args.rules)}, "
+                  f"-d{args.duration:g}s x {args.rounds} rounds, {args.rules}-rule policy, host {target_host(args.rules)}, "
                   f"forwardauth with 1 worker")
             res = http_bench(args, workdir)
-            a, b = res["forwardauth"], res["bare"]
+            ratios = [x.rps / y.rps for x, y in zip(res["forwardauth"], res["bare"])]
+            mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]  # the median round
+            a, b = res["forwardauth"][mid], res["bare"][mid]
             print(f"  {'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  errors")
             print(f"  {'(a) forwardauth /auth/nginx':34}{a.rps:>10.0f}{a.p50_ms:>10.2f}{a.p99_ms:>10.2f}  {a.errors or '-'}")
             print(f"  {'(b) bare aiohttp+uvloop 200':34}{b.rps:>10.0f}{b.p50_ms:>10.2f}{b.p99_ms:>10.2f}  {b.errors or '-'}")
-            ratio = a.rps / b.rps
+            ratio = ratios[mid]
             print(f"  {'ratio a/b (requests/s)':34}{ratio:>10.2f}   target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'}")
+            print(f"  (median of {len(ratios)} rounds, a and b taking turns: "
+                  + ", ".join(f"{r:.2f}" for r in ratios) + ")")
+            a2, b2 = res["forwardauth_new"][0], res["bare_new"][0]
+            print(f"  every request a new path ({BENCH_PATH}/<thread>/<n>): nothing answered from memory")
+            print(f"  {'(a) forwardauth /auth/nginx':34}{a2.rps:>10.0f}{a2.p50_ms:>10.2f}{a2.p99_ms:>10.2f}  {a2.errors or '-'}")
+            print(f"  {'(b) bare aiohttp+uvloop 200':34}{b2.rps:>10.0f}{b2.p50_ms:>10.2f}{b2.p99_ms:>10.2f}  {b2.errors or '-'}")
+            print(f"  {'ratio a/b (requests/s)':34}{a2.rps / b2.rps:>10.2f}   (context: the cost of a full decision)")
             if res["fa_body"]:
                 bare_len = len(args.bare_body.encode().decode("unicode_escape"))
                 print(f"  note: forwardauth's 200 answer has a {res['fa_body']}-byte body; nginx does not read the body"

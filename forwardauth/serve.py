@@ -8,6 +8,7 @@ signals.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -77,6 +78,12 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
         await runner.cleanup()
         raise StartupError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
                            f"{exc.strerror or exc.__class__.__name__}") from None
+    # What exists now (modules, the config, the policy and its index, the key
+    # ring) lives as long as the process. Out of the collector's generations,
+    # it is not walked again by every full collection: with a large policy
+    # those walks were most of the slowest 1% of decisions (p99 16 ms -> 5 ms
+    # on requests that miss the memo, bench/bench_decision.py).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -87,8 +87,12 @@ def peer_address(request: web.Request) -> reqmod.IPAddress | None:
 
 def current_session(ctx: Context, cookies: Any, now: float) -> tuple[Session | None, str, bool]:
     """(session, reason, refresh due) from the request's cookies, revocation applied."""
-    rt = ctx.runtime
-    opened = rt.codec.open(cookies.get(rt.config.session.cookie_name), now)
+    return session_of(ctx, cookies.get(ctx.runtime.config.session.cookie_name), now)
+
+
+def session_of(ctx: Context, value: str | None, now: float) -> tuple[Session | None, str, bool]:
+    """(session, reason, refresh due) from a session cookie's value, revocation applied."""
+    opened = ctx.runtime.codec.open(value, now)
     s = opened.session
     if s is not None and ctx.revocations.is_revoked(s.sub, s.sid, s.iat):
         return None, "revoked", False
@@ -149,9 +153,8 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
                 (session, reason), refresh = found, False
                 break
         else:
-            name = cfg.session.cookie_name
-            cookies = {name: cookie_value(request.headers.get("Cookie"), name)}
-            session, reason, refresh = current_session(ctx, cookies, now)
+            value = cookie_value(request.headers.get("Cookie"), cfg.session.cookie_name)
+            session, reason, refresh = session_of(ctx, value, now)
         usable = not refresh and ctx.revocations.last_error is None
         if usable and (hit := memo.answer(key, session, now)) is not None:
             counters[hit[0]].inc()
