@@ -13,7 +13,10 @@ when the inputs are the same, the work need not be done again:
   rule's max_age lapses; an identity assertion is re-signed), which is why
   each answer carries `until`, and on the state store's health (past
   `tokens.stale_grace` answers turn into 503s), which is why the server
-  consults this memo only while the store answers.
+  consults this memo only while the store answers, and only when the
+  credential check came out plainly ("ok", or no credential at all): a
+  refused token, say, may get another answer than the anonymous one
+  remembered for the same URL.
 
 What is never remembered is the credential check: opening the cookie (expiry,
 idle timeout, refresh), the revocation check and a bearer token's caveats run

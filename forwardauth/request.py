@@ -174,6 +174,9 @@ def parse_ip(text: str) -> "IPAddress":
     return ipaddress.ip_address(text)
 
 
+_UNSEEN = object()
+
+
 class TrustedNetworks:
     """The trusted proxies, with membership memoised per address (the same
     few proxy addresses ask again and again; hashing the network list per
@@ -182,24 +185,25 @@ class TrustedNetworks:
     def __init__(self, networks: tuple):
         self.networks = tuple(networks)
         self._seen: dict = {}
-        self._peers: dict[str, IPAddress | None] = {}
+        self._peers: dict[str | None, IPAddress | None] = {}
 
     def peer(self, remote: str | None) -> "IPAddress | None":
         """The peer's address when it is a trusted proxy, else None; memoised by
         the address text the server gives (hashing a str is cheaper than an
         ipaddress object)."""
-        if remote in self._peers:
-            return self._peers[remote]
+        addr = self._peers.get(remote, _UNSEEN)
+        if addr is not _UNSEEN:
+            return addr  # type: ignore[return-value]
         try:
-            addr: IPAddress | None = parse_ip(remote or "")
+            addr = parse_ip(remote or "")
         except ValueError:
             addr = None
-        if addr is not None and addr not in self:
+        if addr is not None and not any(addr in net for net in self.networks):
             addr = None
         if len(self._peers) >= 8192:
             self._peers.clear()
-        self._peers[remote or ""] = addr
-        return addr
+        self._peers[remote] = addr  # type: ignore[index]
+        return addr  # type: ignore[return-value]
 
     def __contains__(self, addr: object) -> bool:
         found = self._seen.get(addr)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from forwardauth import request as reqmod
 from forwardauth import responses
@@ -71,7 +70,11 @@ CREDENTIAL_HOOKS: list[
 ] = []
 # After the decision: hook(ctx, request, decision, req, answer, reason, now)
 # returns the answer to send (the same one, one with headers added, or a
-# replacement). Not called when the answer comes from the memo (memo.py).
+# replacement). Not called when the answer comes from the memo (memo.py),
+# which is used only for a credential outcome of "ok" or "absent" and while
+# the revocation store answers: a hook may change an allow on other grounds
+# (e.g. tokens' 503s past tokens.stale_grace) but only on those, or by
+# shortening the answer's `until`.
 ANSWER_HOOKS: list[
     Callable[[Context, web.Request, Decision, reqmod.OriginalRequest, responses.Answer, str, float],
              responses.Answer]
@@ -106,11 +109,10 @@ def session_cookie(ctx: Context, session: Session, now: float) -> str:
 
 
 def _respond(ans: responses.Answer) -> web.Response:
-    headers = CIMultiDict(ans.headers)
     if not ans.body:  # nothing to describe: no Content-Type (one header less on every allow)
-        return web.Response(status=ans.status, headers=headers)
+        return web.Response(status=ans.status, headers=ans.headers)
     return web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
-                        headers=headers)
+                        headers=ans.headers)
 
 
 UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
@@ -155,7 +157,11 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
         else:
             value = cookie_value(request.headers.get("Cookie"), cfg.session.cookie_name)
             session, reason, refresh = session_of(ctx, value, now)
-        usable = not refresh and ctx.revocations.last_error is None
+        # From memory only for a plain credential outcome (a valid session or
+        # token, or none at all): other reasons can change the answer (e.g. a
+        # token refused while the store is down gets a 503, not the anonymous
+        # answer of the same URL).
+        usable = not refresh and (reason == "ok" or reason == "absent") and ctx.revocations.last_error is None
         if usable and (hit := memo.answer(key, session, now)) is not None:
             counters[hit[0]].inc()
             return web.Response(headers=hit[1])

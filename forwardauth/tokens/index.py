@@ -35,6 +35,13 @@ class Principal:
     active: bool = True
 
 
+def _keep_unchanged(old: dict, new: dict) -> dict:
+    """`new`, but with the object already held wherever the record is equal: the
+    token fast path (bearer.TokenVerifier.known) and the decision memo compare
+    these objects by identity, so a reload that changes nothing keeps them."""
+    return {k: old[k] if k in old and old[k] == v else v for k, v in new.items()}
+
+
 class TokenIndex:
     def __init__(self) -> None:
         self.tokens: dict[str, TokenMeta] = {}
@@ -57,12 +64,13 @@ class TokenIndex:
             due = time.monotonic() - self.loaded_at >= full_every
             if force or due or version != self.version:
                 metas = await tokens.list_tokens()
-                self.tokens = {m.id: m for m in metas if m.revoked is None}
+                self.tokens = _keep_unchanged(self.tokens, {m.id: m for m in metas if m.revoked is None})
                 if accounts is not None:
                     listed = await accounts.list_accounts()  # type: ignore[attr-defined]
-                    self.accounts = {a.username: Principal(a.username, a.kind, a.email, a.display_name,
-                                                           tuple(a.groups), a.status == "active")
-                                     for a in listed}
+                    self.accounts = _keep_unchanged(self.accounts, {
+                        a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
+                                              a.status == "active")
+                        for a in listed})
                 self.version = version
                 self.loaded_at = time.monotonic()
         except StoreUnavailable as exc:

@@ -120,7 +120,8 @@ def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: f
     # A token accepted before: every per-request check again (record and
     # account unchanged, expiry and the other caveats, revocation), without
     # parsing, the signature memo and the principal rebuild.
-    if stale_for(ctx, st) <= settings_mod.settings(cfg).stale_grace:
+    stale = stale_for(ctx, st) > settings_mod.settings(cfg).stale_grace
+    if not stale:
         session = verifier.known(auth, req, st.index, ctx.revocations, now)
         if session is not None:
             st.usage.used(session.sid, now)
@@ -128,7 +129,7 @@ def _credential(ctx: Context, request: web.Request, req: OriginalRequest, now: f
     token = bearer_token(auth)
     if token is None:
         return (None, "token: malformed") if looks_like_ours(auth) else None
-    if stale_for(ctx, st) > settings_mod.settings(cfg).stale_grace:
+    if stale:
         return None, STALE
     session, why = principal(verifier, token, req, st.index, ctx.revocations, cfg.levels, now)
     if session is not None:

@@ -130,11 +130,6 @@ class TokenService:
                 cv.make(kind, value)
             except cv.CaveatError as exc:
                 raise Invalid(f"restriction {r!r}: {exc}") from None
-        if target.kind == "system":
-            # One token at a time: the new one replaces every active one.
-            for old in await self.tokens.list_tokens(account):
-                if old.revoked is None:
-                    await self._revoke(old, now, f"replaced by a new token issued by {actor.name}")
         token_id = mac.new_token_id()
         expires = now + life
         caveats = [f"account={account}", f"level={level}", f"issued={cv.format_time(now)}",
@@ -142,7 +137,7 @@ class TokenService:
         m = mac.mint(self.ring, token_id, caveats)
         meta = TokenMeta(token_id, account, name, m.key_id, level, now, expires, actor.name)
         await self.tokens.put_token(meta)
-        if target.kind == "system":
+        if target.kind == "system":  # one token at a time: the new one replaces every active one
             await self._one_token(account, meta, now)
         self.audit("token_issued", user=account, level=level,
                    reason=f"token {token_id} ({name}) by {actor.name}, expires {int(expires)}")

@@ -227,3 +227,24 @@ async def test_decisions_first_skips_the_router_and_nothing_else():
         assert through_app == ["/healthz", "/auth/nginx"]
     finally:
         await runner.cleanup()
+
+
+def index_down(c, seconds=31.0):
+    """The token index has not loaded for `seconds` (past the 30 s default grace);
+    the revocation store still answers."""
+    from forwardauth.tokens import plugin
+
+    index = plugin.state(c.ctx).index
+    index.last_ok, index.last_error = time.monotonic() - seconds, "redis unreachable (ConnectionError)"
+    assert c.ctx.revocations.last_error is None
+
+
+async def test_a_refused_token_does_not_get_the_remembered_anonymous_answer(client):
+    """The same public URL, remembered for a request without credentials: a bearer
+    token that cannot be checked (index down past the grace) gets its 503."""
+    h = nginx("https://app.test/public/a")
+    assert await get(client, h) == (200, None, None)
+    index_down(client)
+    r = await client.get("/auth/nginx", headers={**h, "Authorization": "Bearer fa1_AAAA"})
+    assert r.status == 503 and "bearer tokens are refused" in await r.text()
+    assert await get(client, h) == (200, None, None)  # the anonymous request itself: still 200

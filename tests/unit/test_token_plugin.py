@@ -237,6 +237,26 @@ async def test_token_index_loads_on_version_change_and_every_full_interval():
     assert index.token(t.meta.id) is None  # revoked tokens leave the index
 
 
+async def test_a_reload_that_changes_nothing_keeps_the_same_objects():
+    """The fast path and the decision memo compare index objects by identity:
+    an unchanged record keeps its object across full reloads, a changed one
+    gets a new object."""
+    store = MemoryStore()
+    svc = TokenService(make_config(POLICY), Runtime.build(make_config(POLICY)).keyring, store)
+    await svc.accounts.add_account(Account("bob"))
+    await svc.accounts.add_account(Account("carol"))
+    t = await svc.issue(OPERATOR, "bob")
+    index, tokens = TokenIndex(), token_store(store)
+    await index.refresh(tokens, store, full_every=3600.0)
+    meta, bob, carol = index.token(t.meta.id), index.account("bob"), index.account("carol")
+    await index.refresh(tokens, store, full_every=3600.0, force=True)
+    assert index.token(t.meta.id) is meta and index.account("bob") is bob and index.account("carol") is carol
+    await svc.lock(OPERATOR, "carol")
+    await index.refresh(tokens, store, full_every=3600.0)
+    assert index.account("bob") is bob and index.account("carol") is not carol
+    assert not index.account("carol").active
+
+
 class Broken:
     """A store whose reads fail with `exc`."""
 
