@@ -15,8 +15,8 @@ Two measurements in one run:
 
 Run from the repository root with the venv's Python:
 
-    .venv/bin/python bench/bench_decision.py            # ~25 s
-    .venv/bin/python bench/bench_decision.py --duration 30 --connections 64
+    .venv/bin/python bench/bench_decision.py            # ~80 s
+    .venv/bin/python bench/bench_decision.py --rounds 9 --duration 10 --connections 64
 """
 
 from __future__ import annotations
