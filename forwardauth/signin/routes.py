@@ -24,6 +24,7 @@ from forwardauth.audit import AuditLog, request_id
 from forwardauth.audit import for_context as audit_for
 from forwardauth.decision import Decision, Outcome
 from forwardauth.responses import Answer
+from forwardauth.levels import Level
 from forwardauth.redirects import safe_redirect
 from forwardauth.runtime import Runtime
 from forwardauth.server import (ANSWER_HOOKS, APP_HOOKS, CTX, Context, current_session, peer_address,
@@ -362,6 +363,24 @@ def _can_step_up(ctx: Context, session: Session, level: str) -> bool:
     return can_step_up(session.level, level, ctx.runtime.config.levels, _password_level(ctx))
 
 
+def _post_target(request: web.Request, ctx: Context, f: Facts, rd: str, level: str,
+                 title: str) -> tuple[Level | None, web.Response | None]:
+    """The level a TOTP or enrolment POST may raise the session to, or the
+    answer (and audit line) refusing it: no such TOTP level (404), or the
+    session is not at the level just below it (403)."""
+    assert f.session is not None
+    user = f.session.sub
+    lv = local_auth(ctx).levels.get(level) if level else None
+    if lv is None:
+        audit(ctx, f, "totp_failed", user=user, target=rd, reason="no_totp_level")
+        return None, _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
+    if not _can_step_up(ctx, f.session, lv.name):
+        audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=f"level_too_low ({f.session.level})")
+        return None, _message(request, ctx, 403, title, error=MSG_LEVEL_FIRST, user=user,
+                              link=(_query("/oauth2/start", rd=rd, level=_password_level(ctx)), "Sign in"))
+    return lv, None
+
+
 def _totp_reason(level: str, source: str = "local") -> str:
     first = "your password" if source == "local" else "your sign-in"
     return f"This page needs level {level}: {first} and a code from your authenticator app."
@@ -424,14 +443,9 @@ async def totp_post(request: web.Request) -> web.Response:
     if "code" not in form:
         audit(ctx, f, "totp_failed", user=user, target=rd, level=level, reason="malformed_form")
         return _totp_page(request, ctx, 400, f, rd, level, error=MSG_CODE_FORMAT)
-    lv = auth.levels.get(level) if level else None
+    lv, refused = _post_target(request, ctx, f, rd, level, "Two-step sign-in")
     if lv is None:
-        audit(ctx, f, "totp_failed", user=user, target=rd, reason="no_totp_level")
-        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
-    if not _can_step_up(ctx, f.session, lv.name):
-        audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=f"level_too_low ({f.session.level})")
-        return _message(request, ctx, 403, "Two-step sign-in", error=MSG_LEVEL_FIRST, user=user,
-                        link=(_query("/oauth2/start", rd=rd, level=_password_level(ctx)), "Sign in"))
+        return refused  # type: ignore[return-value]
     key = account_key(f.session)
     attempt = await auth.check_totp(key, form["code"], f.client, f.now)
     if attempt.ok:
@@ -554,14 +568,9 @@ async def enroll_post(request: web.Request) -> web.Response:
         audit(ctx, f, "totp_failed", user=user, target=rd, level=level, reason="malformed_form")
         return _message(request, ctx, 400, "Set up two-step sign-in", error=MSG_MALFORMED,
                         link=(_query("/oauth2/totp/enroll", rd=rd, level=level), "Start again"), user=user)
-    lv = auth.levels.get(level) if level else None
+    lv, refused = _post_target(request, ctx, f, rd, level, "Set up two-step sign-in")
     if lv is None:
-        audit(ctx, f, "totp_failed", user=user, target=rd, reason="no_totp_level")
-        return _message(request, ctx, 404, "Not available", MSG_NO_TOTP_LEVEL)
-    if not _can_step_up(ctx, f.session, lv.name):
-        audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=f"level_too_low ({f.session.level})")
-        return _message(request, ctx, 403, "Set up two-step sign-in", error=MSG_LEVEL_FIRST, user=user,
-                        link=(_query("/oauth2/start", rd=rd, level=_password_level(ctx)), "Sign in"))
+        return refused  # type: ignore[return-value]
     attempt = await auth.finish_enrolment(key, f.session, form["pending"], form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)
