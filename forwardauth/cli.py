@@ -13,10 +13,11 @@ from typing import Awaitable, Callable, TypeVar
 
 from forwardauth import __version__, keyring
 from forwardauth.config import Config, load_config
-from forwardauth.decision import decide_for_rule
+from forwardauth.decision import decide
 from forwardauth.durations import format_duration, parse_duration
 from forwardauth.errors import ConfigError
-from forwardauth.request import BadRequest, build, from_url
+from forwardauth.policy import Rule
+from forwardauth.request import AmbiguousPath, BadRequest, build, from_url
 from forwardauth.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.sealing import SealError
 from forwardauth.session import MAX_COOKIE_BYTES
@@ -116,6 +117,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         scheme, host, uri = from_url(args.url)
         req = build(method=args.method, scheme=scheme, host=host, uri=uri, forwarded_for=args.client,
                     peer=None, trusted=(), accept="text/html")
+    except AmbiguousPath as exc:
+        return _explain_refused(args, str(exc))
     except BadRequest as exc:
         raise CliError(f"--url/--method/--client: {exc}") from None
     now = time.time()
@@ -128,12 +131,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
         proven = now - args.proven_ago
         session = Session(sid="explain", sub=args.user, level=level, proofs={level: proven}, iat=proven,
-                          exp=now + 3600, seen=now, email=args.email, groups=args.groups, source="cli")
+                          exp=now + 3600, email=args.email, groups=args.groups, source="cli", seen=now)
     elif args.level:
         raise CliError("--level needs --user")
     policy = cfg.policy
     rule, skipped = policy.explain(req.host, req.path, req.method, req.client)
-    decision = decide_for_rule(rule, req.method, session, policy, cfg.levels, now)
+    decision = decide(req, session, policy, cfg.levels, now)
+    readings = [{"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
+                for m in req.methods for p in req.paths]
     out = {
         "request": {"method": req.method, "url": req.url, "host": req.host, "path": req.path,
                     "client": str(req.client) if req.client else None},
@@ -142,7 +147,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         "candidates": len(policy.candidates(req.host)),
         "rules": len(policy.rules),
         "skipped": [{"rule": r.index, "name": r.name, "why": why} for r, why in skipped],
-        "matched": None if rule is None else {"rule": rule.index, "name": rule.name},
+        "matched": _rule_ref(rule),
+        "readings": readings,
         "outcome": decision.outcome.value,
         "reason": decision.reason,
         "required_level": decision.required_level,
@@ -163,7 +169,31 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for r, why in skipped:
         print(f"  skipped {r.label}: {why}")
     print(f"matched:  {rule.label if rule else 'no rule (policy.default = ' + policy.default.value + ')'}")
+    if len(readings) > 1:
+        print("readings: an app could route this request as any of these; the strictest answer wins")
+        for r in readings:
+            ref = r["matched"]
+            label = policy.rules[ref["rule"]].label if ref else "no rule"
+            print(f"  {r['method']} {r['path']}: {label}")
     print(f"outcome:  {decision.outcome.value}: {decision.reason}")
+    return 0
+
+
+def _rule_ref(rule: Rule | None) -> dict | None:
+    return None if rule is None else {"rule": rule.index, "name": rule.name}
+
+
+def _explain_refused(args: argparse.Namespace, why: str) -> int:
+    """A path no reading can stand for is not judged: the server answers 400."""
+    out = {"request": {"method": args.method.upper(), "url": args.url}, "outcome": "refused", "status": 400,
+           "reason": why}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"request:  {args.method.upper()} {args.url}")
+    print(f"outcome:  refused (400 Bad Request): {why}. An app behind the proxy could route this path as "
+          "another one than any forwardauth judges, so it is not judged at all (see README, \"The path "
+          "rule\").")
     return 0
 
 

@@ -8,7 +8,7 @@ server would.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from forwardauth.durations import format_duration
@@ -48,8 +48,56 @@ class Decision:
 def decide(
     req: OriginalRequest, session: Session | None, policy: Policy, levels: Levels, now: float
 ) -> Decision:
+    """The decision for every reading of the request (paths.py: each path an
+    app could route, each method it could act on), the strictest one winning:
+    what the app does with the request is allowed only if every way it could
+    read it is allowed."""
     rule = policy.match(req.host, req.path, req.method, req.client)
-    return decide_for_rule(rule, req.method, session, policy, levels, now)
+    decision = decide_for_rule(rule, req.method, session, policy, levels, now)
+    if len(req.paths) == 1 and len(req.methods) == 1:
+        return decision
+    seen = {(id(rule), req.method)}
+    for method in req.methods:
+        for path in req.paths:
+            other_rule = policy.match(req.host, path, method, req.client)
+            if (id(other_rule), method) in seen:
+                continue
+            seen.add((id(other_rule), method))
+            other = decide_for_rule(other_rule, method, session, policy, levels, now)
+            notes = ([f"path read as {path}"] if path != req.path else []) + (
+                [f"method read as {method}"] if method != req.method else [])
+            decision = stricter(decision, replace(other, reason=f"{other.reason} ({', '.join(notes)})"), levels)
+    return decision
+
+
+# How far from "through" each outcome is; the larger one wins between readings.
+_RANK = {Outcome.ANONYMOUS: 0, Outcome.ALLOW: 1, Outcome.UNAUTHENTICATED: 2, Outcome.INSUFFICIENT_LEVEL: 3,
+         Outcome.FORBIDDEN: 4, Outcome.DENIED: 5}
+_ASKS = (Outcome.UNAUTHENTICATED, Outcome.INSUFFICIENT_LEVEL)
+
+
+def stricter(a: Decision, b: Decision, levels: Levels) -> Decision:
+    """The stricter of two decisions on readings of one request.
+
+    A refusal beats an allow, a deny beats a level. When both ask for a
+    sign-in or step-up, the answer asks for the higher level and the shorter
+    freshness, so that one sign-in satisfies every reading (levels only rise,
+    and a proof counts for the levels below it). Between two allows the
+    remembered answer lapses at the earlier `until`."""
+    if _RANK[b.outcome] > _RANK[a.outcome]:
+        a, b = b, a
+    if a.outcome in _ASKS and b.outcome in _ASKS:
+        required = a.required_level
+        if required is None or (b.required_level is not None and not levels.at_least(required, b.required_level)):
+            required = b.required_level
+        ages = [m for m in (a.max_age, b.max_age) if m is not None]
+        return replace(a, required_level=required, max_age=min(ages) if ages else None)
+    if a.outcome is Outcome.ALLOW and b.allowed:
+        if b.outcome is Outcome.ALLOW and b.required_level is not None and (
+                a.required_level is None or not levels.at_least(a.required_level, b.required_level)):
+            a, b = b, a  # the allow under the rule that asks more is the one to explain
+        return replace(a, until=min(a.until, b.until))
+    return a
 
 
 def decide_for_rule(

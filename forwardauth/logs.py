@@ -35,3 +35,28 @@ def setup(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Throttle:
+    """At most `per_interval` lines per `interval` seconds from one call site;
+    the rest are counted, and the next line that is written carries how many
+    were left out (`suppressed`). A flood of bad requests is then a counter,
+    not a flood on the disk. The event loop is one thread: no lock."""
+
+    def __init__(self, per_interval: int = 10, interval: float = 1.0):
+        self.per_interval, self.interval = per_interval, interval
+        self._window = 0.0
+        self._written = 0
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        """None when this line is to be left out; else how many were left out before it."""
+        now = time.monotonic()
+        if now - self._window >= self.interval:
+            self._window, self._written = now, 0
+        if self._written >= self.per_interval:
+            self.suppressed += 1
+            return None
+        self._written += 1
+        skipped, self.suppressed = self.suppressed, 0
+        return skipped

@@ -2,10 +2,10 @@
 
 Each proxy describes the request it is asking about in its own headers; this
 module turns them into one `OriginalRequest` and refuses anything malformed.
-The path is normalised the way a permissive upstream app would see it
-(percent-decoded, `;` path parameters dropped from each segment, dot
-segments resolved, repeated slashes folded), so that `/public/..%2fadmin` and
-`/admin;x/` are matched as `/admin` and `/admin/`, not as other paths.
+The path is never resolved into another path: `paths.path_readings` gives
+every path an app could route it as (all of them are judged, the strictest
+wins) and refuses the spellings no set of readings can stand for (dot
+segments in any spelling, `#`, double encoding); see paths.py.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Mapping
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, urlsplit
+
+from forwardauth.paths import AmbiguousPath, BadRequest, normalise_path, path_readings
+
+__all__ = ["AmbiguousPath", "BadRequest", "OriginalRequest", "normalise_path", "path_readings", "build",
+           "from_url", "parse_host", "parse_method", "parse_uri", "client_address", "TrustedNetworks",
+           "NGINX", "FORWARDED", "headers_nginx", "headers_forwarded", "Convention"]
 
 MAX_URL = 8192
 MAX_HOST = 253
 _HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$")
 _METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
 _CTL_RE = re.compile(r"[\x00-\x20\x7f]")
-
-
-class BadRequest(ValueError):
-    """A malformed forwarded header. The message is safe to show to the client."""
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,10 +39,21 @@ class OriginalRequest:
     scheme: str
     host: str  # lower case, no port, no trailing dot
     port: int | None
-    path: str  # normalised, for matching
+    path: str  # the primary reading, for messages (see paths.py)
     raw_uri: str  # path + query as sent, for redirects back
     client: IPAddress | None
     accept: str = ""
+    # Every reading of the path an app could route, `path` first; every
+    # method the app could act on (a POST with `?_method=DELETE` is also a
+    # DELETE to Symfony and Laravel), `method` first. All are judged.
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            object.__setattr__(self, "paths", (self.path,))
+        if not self.methods:
+            object.__setattr__(self, "methods", (self.method,))
 
     @property
     def url(self) -> str:
@@ -56,42 +69,6 @@ class OriginalRequest:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-@lru_cache(maxsize=16384)
-def normalise_path(raw_path: str) -> str:
-    """Decoded, path parameters dropped, dot segments resolved, slashes folded. Raises BadRequest."""
-    if not raw_path.startswith("/"):
-        raise BadRequest("path must start with '/'")
-    try:
-        decoded = unquote_to_bytes(raw_path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("path is not valid UTF-8 after percent-decoding") from None
-    if "\x00" in decoded or _has_ctl(decoded):
-        raise BadRequest("path contains control characters")
-    decoded = decoded.replace("\\", "/")
-    out: list[str] = []
-    for seg in decoded.split("/"):
-        # Path parameters (`/admin;jsessionid=x/`, `/..;/`) are dropped from each
-        # segment, as Tomcat and Spring do before routing: `/admin;x/` is /admin/.
-        if ";" in seg:
-            seg = seg.split(";", 1)[0]
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(seg)
-    trailing = decoded.endswith("/") or decoded.endswith("/.") or decoded.endswith("/..")
-    path = "/" + "/".join(out)
-    if trailing and out:
-        path += "/"
-    return path
-
-
-def _has_ctl(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
 @lru_cache(maxsize=4096)
@@ -165,6 +142,8 @@ def parse_uri(value: str | None) -> str:
         raise BadRequest("original URI too long")
     if not value.startswith("/") or _CTL_RE.search(value):
         raise BadRequest("original URI must be a path like /a/b?c")
+    if "#" in value:
+        raise AmbiguousPath("ambiguous path: '#' in the path")
     return value
 
 
@@ -263,19 +242,48 @@ def build(
     if not host:
         raise BadRequest("missing original host header")
     h, port = parse_host(host)
-    path = normalise_path(raw_uri.split("?", 1)[0].split("#", 1)[0])
+    raw_path, _, query = raw_uri.partition("?")
+    paths = path_readings(raw_path)
+    m = parse_method(method)
     if accept is not None and len(accept) > 2048:
         accept = accept[:2048]
     return OriginalRequest(
-        method=parse_method(method),
+        method=m,
         scheme=scheme,
         host=h,
         port=port,
-        path=path,
+        path=paths[0],
         raw_uri=raw_uri,
         client=client_address(forwarded_for, peer, trusted),
         accept=accept or "",
+        paths=paths,
+        methods=_method_overrides(m, query),
     )
+
+
+_OVERRIDABLE = ("PUT", "PATCH", "DELETE")
+
+
+def _method_overrides(method: str, query: str) -> tuple[str, ...]:
+    """`method`, and for a POST the method a `_method` query parameter names.
+
+    Symfony and Laravel (and Rails for forms) let a POST act as PUT, PATCH or
+    DELETE through a `_method` parameter; Symfony and Laravel read it from
+    the query string too. The proxies strip the X-HTTP-Method-Override
+    headers, but the query reaches the app, so the named method is judged as
+    well and the stricter answer wins. A `_method` in a form body cannot be
+    seen here: README says how to write rules for such apps."""
+    if method != "POST" or "_method" not in query:
+        return (method,)
+    out = [method]
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "_method":
+            named = value.strip().upper()
+            if not named or not named.isalpha() or len(named) > 16:
+                raise BadRequest("malformed _method parameter")
+            if named not in out:
+                out.append(named)
+    return tuple(out)
 
 
 def from_url(url: str) -> tuple[str, str, str]:
@@ -287,6 +295,10 @@ def from_url(url: str) -> tuple[str, str, str]:
         raise BadRequest("original URL too long")
     if _CTL_RE.search(url):
         raise BadRequest("original URL contains spaces or control characters")
+    if "#" in url:
+        # A request target has no fragment: nginx's $request_uri holds a raw
+        # `#` as sent, and the app gets it too, so it is not cut off here.
+        raise AmbiguousPath("ambiguous path: '#' in the path")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -176,5 +176,14 @@ def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: boo
     return Answer(401, tuple(headers), json.dumps(body) + "\n", "application/json")
 
 
-def bad_request(message: str) -> Answer:
-    return Answer(400, (), f"400 Bad Request: {message}\n")
+def bad_request(message: str, via_nginx: bool = False) -> Answer:
+    """400 for a malformed or ambiguous request. nginx's auth_request turns
+    every status but 2xx, 401 and 403 into a 500, so to nginx it is a 403
+    saying 400 in `X-Forwardauth-Status` (the shipped snippet answers the
+    client 400 with `X-Forwardauth-Error`; a snippet that does not know these
+    headers still refuses, with 403). The message is one of this code's own
+    fixed texts, never a value from the request."""
+    body = f"400 Bad Request: {message}\n"
+    if via_nginx:
+        return Answer(403, (("X-Forwardauth-Status", "400"), ("X-Forwardauth-Error", message)), body)
+    return Answer(400, (), body)

@@ -22,6 +22,7 @@ from forwardauth.config import load_config
 from forwardauth.cookies import cookie_value, set_cookie
 from forwardauth.decision import Decision, Outcome, decide
 from forwardauth.errors import ConfigError
+from forwardauth.logs import Throttle
 from forwardauth.memo import Memo
 from forwardauth.metrics import DECISIONS, metrics_handler
 from forwardauth.revocation import Revocations
@@ -115,7 +116,8 @@ def _respond(ans: responses.Answer) -> web.Response:
                         headers=ans.headers)
 
 
-UNTRUSTED, BAD_REQUEST = "untrusted_peer", "bad_request"
+UNTRUSTED, BAD_REQUEST, AMBIGUOUS = "untrusted_peer", "bad_request", "ambiguous_path"
+_REFUSALS = Throttle(per_interval=10, interval=1.0)
 NOT_READ_YET = responses.Answer(
     503, (("Retry-After", "5"),),
     "503 Service Unavailable: the state store has not been read yet, so revoked sessions cannot be told "
@@ -125,7 +127,8 @@ NOT_READ_YET = responses.Answer(
 def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirects: bool):
     # Counter children bound once: labels() per request is a locked dict lookup.
     counters = {o: DECISIONS.labels(endpoint, o.value) for o in Outcome}
-    counters.update({k: DECISIONS.labels(endpoint, k) for k in (UNTRUSTED, BAD_REQUEST)})
+    counters.update({k: DECISIONS.labels(endpoint, k) for k in (UNTRUSTED, BAD_REQUEST, AMBIGUOUS)})
+    via_nginx = convention is reqmod.NGINX
     memos: list[Memo] = []  # this endpoint's memo for the current runtime (see memo.py)
 
     async def handle(request: web.Request) -> web.Response:
@@ -146,8 +149,10 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
         try:
             req = memo.request(key, convention.parse, values, peer, trusted)
         except reqmod.BadRequest as exc:
-            counters[BAD_REQUEST].inc()
-            return _respond(responses.bad_request(str(exc)))
+            ambiguous = isinstance(exc, reqmod.AmbiguousPath)
+            counters[AMBIGUOUS if ambiguous else BAD_REQUEST].inc()
+            _log_refusal(endpoint, convention, values, exc, ambiguous)
+            return _respond(responses.bad_request(str(exc), via_nginx))
         now = time.time()
         for credential in CREDENTIAL_HOOKS:
             found = credential(ctx, request, req, now)
@@ -187,6 +192,24 @@ def _handler(ctx: Context, convention: reqmod.Convention, endpoint: str, redirec
         return resp
 
     return handle
+
+
+def _log_refusal(endpoint: str, convention: reqmod.Convention, values: tuple, exc: Exception,
+                 ambiguous: bool) -> None:
+    """One line per refused request, at most ten a second (logs.Throttle). For
+    an ambiguous path, the path as sent (its query left out, cut to 200
+    characters), so an operator can see what was refused."""
+    skipped = _REFUSALS.allow()
+    if skipped is None:
+        return
+    fields: dict[str, object] = {"endpoint": endpoint, "reason": str(exc)}
+    if ambiguous:
+        target = dict(zip(convention.fields, values))
+        uri = target.get("X-Original-URL") or target.get("X-Original-URI") or target.get("X-Forwarded-Uri") or ""
+        fields["path"] = uri.split("?", 1)[0][:200].encode("ascii", "backslashreplace").decode()
+    if skipped:
+        fields["suppressed"] = skipped
+    log.warning("request refused" if not ambiguous else "ambiguous path refused", extra={"fields": fields})
 
 
 def _log_denial(decision: Decision, req: reqmod.OriginalRequest, cookie: str) -> None:

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.policy import Action
+from forwardauth.decision import Outcome, decide
 from forwardauth.pages import page
 from forwardauth.redirects import safe_redirect
-from forwardauth.request import BadRequest, normalise_path, parse_host
+from forwardauth.request import BadRequest, build
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session
 from forwardauth.session import Session
 
@@ -42,15 +42,16 @@ def need_for(ctx: Context, rd: str, asked_level: str | None, session: Session | 
     level, max_age = levels.items[0].name, None
     try:
         parts = urlsplit(rd)
-        host, _ = parse_host(parts.netloc)
-        path = normalise_path(parts.path or "/")
+        req = build(method="GET", scheme=parts.scheme, host=parts.netloc, uri=(parts.path or "/") + (
+            f"?{parts.query}" if parts.query else ""), forwarded_for=None, peer=None, trusted=(), accept=None)
     except (BadRequest, ValueError):
-        host, path = "", "/"
-    rule = cfg.policy.match(host, path, "GET", None)
-    if rule is not None and rule.action is Action.LEVEL:
-        required = rule.required_level("GET") or rule.level
-        if required:
-            level, max_age = required, rule.max_age
+        req = None
+    if req is not None:
+        # What the decision endpoint would ask of someone not signed in: every
+        # reading of the path judged, the highest level and shortest max_age.
+        asked = decide(req, None, cfg.policy, levels, time.time())
+        if asked.outcome is Outcome.UNAUTHENTICATED and asked.required_level:
+            level, max_age = asked.required_level, asked.max_age
     if asked_level in levels and not levels.at_least(level, asked_level):
         level = asked_level  # type: ignore[assignment]
     return Need(rd, level, max_age, session)

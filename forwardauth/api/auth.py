@@ -66,9 +66,12 @@ def original(request: web.Request, public_url: str) -> reqmod.OriginalRequest:
     try:
         parts = urlsplit(public_url)
         host, port = reqmod.parse_host(parts.netloc)
+        # The raw path, judged under every reading (paths.py), as on the
+        # decision endpoints: aiohttp's request.path is already decoded.
+        raw_path = request.raw_path.partition("?")[0]
+        paths = reqmod.path_readings(raw_path)
         return reqmod.OriginalRequest(method=request.method, scheme=parts.scheme or "https", host=host, port=port,
-                                      path=reqmod.normalise_path(request.path), raw_uri=request.path,
-                                      client=None)
+                                      path=paths[0], raw_uri=raw_path, client=None, paths=paths)
     except reqmod.BadRequest as exc:
         fail(400, "invalid_request", str(exc))
 

@@ -90,7 +90,7 @@ class TokenVerifier:
             return None
         if k.restricted:
             try:
-                c.check(now=now, host=req.host, path=req.path, method=req.method)
+                c.check(now=now, host=req.host, path=req.paths, method=req.methods)
             except cv.CaveatError:
                 return None
         if revocations.is_revoked(k.meta.account, k.token_id, c.issued):
@@ -137,7 +137,7 @@ def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: 
     """(session, "ok") or (None, why not)."""
     try:
         v = verifier.verify(token)
-        v.claims.check(now=now, host=req.host, path=req.path, method=req.method)
+        v.claims.check(now=now, host=req.host, path=req.paths, method=req.methods)
         level = v.claims.level(levels)
     except (mac.TokenError, cv.CaveatError) as exc:
         return None, f"token: {exc}"

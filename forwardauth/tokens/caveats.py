@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from forwardauth.paths import casefold_path
 from forwardauth.levels import Levels
 
 NAMES = ("account", "level", "issued", "expires", "host", "path", "method")
@@ -124,8 +125,15 @@ class Claims:
             found.append(lv)
         return min(found, key=lambda lv: lv.rank).name
 
-    def check(self, *, now: float, host: str, path: str, method: str) -> None:
-        """Raises CaveatError naming the first unmet caveat."""
+    def check(self, *, now: float, host: str, path: str | tuple[str, ...], method: str | tuple[str, ...]) -> None:
+        """Raises CaveatError naming the first unmet caveat.
+
+        `path` and `method` may be every reading of the request (an
+        OriginalRequest's `paths` and `methods`): each must be allowed, so a
+        token narrowed to `/app/` reaches no other path through any spelling
+        an app could route differently."""
+        paths = (path,) if isinstance(path, str) else path
+        methods = (method,) if isinstance(method, str) else method
         if now >= self.expires:
             raise CaveatError("expired")
         if self.issued > now + 60:
@@ -134,10 +142,15 @@ class Claims:
             if host != h:
                 raise CaveatError("host not allowed by token")
         for p in self.paths:
-            if not path_allows(p, path):
+            # The primary reading must lie under the prefix as written; the
+            # others (paths.path_readings) too, where a case-folded reading is
+            # compared with the case-folded prefix (a token for `/App/` still
+            # reaches `/App/x`, whose readings include `/app/x`).
+            if not path_allows(p, paths[0]) or not all(
+                    path_allows(p, r) or path_allows(casefold_path(p), r) for r in paths[1:]):
                 raise CaveatError("path not allowed by token")
         for ms in self.methods:
-            if method not in ms:
+            if not all(m in ms for m in methods):
                 raise CaveatError("method not allowed by token")
 
 

@@ -73,6 +73,31 @@ def test_explain_json(cfg, capsys):
     assert out["reason"] == "no rule matched; policy.default is deny"
 
 
+@pytest.mark.parametrize("url,why", [
+    ("https://app.example.com/public/..%2fadmin/x", "ambiguous path: dot segment"),
+    ("https://app.example.com/public/x#/../../admin/x", "ambiguous path: '#' in the path"),
+])
+def test_explain_shows_a_refused_path(cfg, capsys, url, why):
+    assert main(["explain", "-c", str(cfg), "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith(f"outcome:  refused (400 Bad Request): {why}. An app behind the proxy")
+    assert main(["explain", "-c", str(cfg), "--url", url, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["outcome"], got["status"], got["reason"]) == ("refused", 400, why)
+
+
+def test_explain_shows_every_reading(cfg, capsys):
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/ADMIN/x", "--user", "bob",
+                 "--groups", "admins", "--level", "password"]) == 0
+    out = capsys.readouterr().out
+    assert "readings: an app could route this request as any of these; the strictest answer wins" in out
+    assert "  GET /admin/x: rules[1] (admin)" in out
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/ADMIN/x", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in got["readings"]] == ["/ADMIN/x", "/admin/x"]
+    assert got["readings"][1]["matched"] == {"rule": 1, "name": "admin"}
+
+
 def test_explain_bad_input(cfg, capsys):
     assert main(["explain", "-c", str(cfg), "--url", "app.example.com/x"]) == 2
     assert capsys.readouterr().err == ("forwardauth: --url/--method/--client: original URL must be an absolute "

@@ -155,3 +155,75 @@ def test_groups_separator_is_the_configured_one():
     s = sess("password", ("a,b", "c|admins", "d"))
     a = answer(cfg, decide(req("/x"), s, cfg.policy, cfg.levels, NOW), req("/x"), redirects=False)
     assert dict(a.headers)["Remote-Groups"] == "a,b|d"
+
+
+# --- every reading judged, the strictest wins (paths.py) ----------------------
+
+CATCH_ALL = make_config("""
+policy:
+  default: deny
+  rules:
+    - {paths: [/public/], allow: anonymous}
+    - {paths: [/closed/], deny: true}
+    - {name: admin, paths: [/admin/], level: mfa, max_age: 15m}
+    - {name: api, paths: ["/api/**"], methods_levels: {GET: password, POST: password, DELETE: mfa}}
+    - {name: rest, level: password}
+""")
+
+
+@pytest.mark.parametrize("path,session,method,expected,level", [
+    # Case: Express/ASP.NET route /ADMIN/ as /admin/; the reading that asks most wins.
+    ("/ADMIN/x", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("/ADMIN/x", None, "GET", Outcome.UNAUTHENTICATED, "mfa"),
+    ("/Admin/x", sess("mfa"), "GET", Outcome.ALLOW, "mfa"),
+    ("/admin./x", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    # Path parameters, encoded separators, backslashes, a decoded `?`.
+    ("/admin;x/y", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("/admin%2Fy", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("/admin%5Cy", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("/admin%3F/y", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("//admin/y", sess("password"), "GET", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    # A deny in any reading is a deny.
+    ("/CLOSED/x", sess("hardware"), "GET", Outcome.DENIED, None),
+    ("/closed;x/y", sess("hardware"), "GET", Outcome.DENIED, None),
+    ("/closed%2Fy", sess("hardware"), "GET", Outcome.DENIED, None),
+    # A public path spelt another way needs what that way needs.
+    ("/Public/x", None, "GET", Outcome.UNAUTHENTICATED, "password"),
+    ("/public/x", None, "GET", Outcome.ANONYMOUS, None),
+    # POST named DELETE by ?_method= is judged as a DELETE too.
+    ("/api/x?_method=DELETE", sess("password"), "POST", Outcome.INSUFFICIENT_LEVEL, "mfa"),
+    ("/api/x?_method=delete", sess("mfa"), "POST", Outcome.ALLOW, "mfa"),
+    ("/api/x", sess("password"), "POST", Outcome.ALLOW, "password"),
+    ("/api/x?_method=DELETE", sess("password"), "GET", Outcome.ALLOW, "password"),  # only a POST is overridden
+])
+def test_strictest_reading_wins(path, session, method, expected, level):
+    d = decide(req(path, method), session, CATCH_ALL.policy, CATCH_ALL.levels, NOW)
+    assert d.outcome is expected, d.reason
+    assert d.required_level == level
+
+
+def test_two_asks_combine_to_the_highest_level_and_shortest_max_age():
+    from forwardauth.decision import Decision, stricter
+
+    a = Decision(Outcome.UNAUTHENTICATED, "a", required_level="password", max_age=3600)
+    b = Decision(Outcome.UNAUTHENTICATED, "b", required_level="mfa", max_age=None)
+    for x, y in ((a, b), (b, a)):
+        s = stricter(x, y, CFG.levels)
+        assert (s.outcome, s.required_level, s.max_age) == (Outcome.UNAUTHENTICATED, "mfa", 3600)
+
+
+def test_allow_keeps_the_earlier_until():
+    from forwardauth.decision import Decision, stricter
+
+    a = Decision(Outcome.ALLOW, "a", until=100.0)
+    b = Decision(Outcome.ANONYMOUS, "b")
+    c = Decision(Outcome.ALLOW, "c", until=50.0)
+    assert stricter(a, b, CFG.levels).until == 100.0
+    assert stricter(a, c, CFG.levels).until == 50.0
+
+
+def test_the_reading_that_decided_is_named():
+    d = decide(req("/ADMIN/x"), sess("password"), CATCH_ALL.policy, CATCH_ALL.levels, NOW)
+    assert d.reason == "rules[2] (admin) needs level mfa; the session has password (path read as /admin/x)"
+    d = decide(req("/api/x?_method=DELETE", "POST"), sess("password"), CATCH_ALL.policy, CATCH_ALL.levels, NOW)
+    assert d.reason == "rules[3] (api) needs level mfa; the session has password (method read as DELETE)"

@@ -9,7 +9,7 @@ import pytest
 
 from forwardauth.keyring import Key, KeyRing, b64d, b64e
 from forwardauth.levels import Level, Levels
-from forwardauth.request import build
+from forwardauth.request import AmbiguousPath, build
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.base import RevocationSnapshot
 from forwardauth.tokens import caveats as cv
@@ -306,7 +306,23 @@ def test_attenuated_token_through_the_principal(world):
     assert run(world, narrow)[1] == "ok"
     assert run(world, narrow, method="POST") == (None, "token: method not allowed by token")
     assert run(world, narrow, path="/api/write") == (None, "token: path not allowed by token")
-    assert run(world, narrow, path="/api/read/../write") == (None, "token: path not allowed by token")
+    # Every reading of the path an app could route must lie under the prefix.
+    for spelling in ("/API/read/x", "/api/read%5Cx", "/api/read;x", "/api/reader", "/api/Read/x"):
+        assert run(world, narrow, path=spelling) == (None, "token: path not allowed by token"), spelling
+    assert run(world, narrow, path="/api/read/x%2Fy")[1] == "ok"
+    # A case-folded reading is compared with the case-folded prefix.
+    upper = token.add_caveat("path=/Api/Read").serialize()
+    assert run(world, upper, path="/Api/Read/x")[1] == "ok"
+    assert run(world, upper, path="/api/read/x") == (None, "token: path not allowed by token")
+    # Spellings no reading can stand for never reach the token check.
+    for spelling in ("/api/read/../write", "/api/read/%2e%2e/write", "/api/read/..;/write", "/api/read#/../w"):
+        with pytest.raises(AmbiguousPath):
+            original(path=spelling)
+    # A POST named a DELETE by `?_method=` is judged as both.
+    post_only = token.add_caveat("method=POST").serialize()
+    assert run(world, post_only, method="POST")[1] == "ok"
+    assert run(world, post_only, method="POST", path="/api/read/x?_method=DELETE") == (
+        None, "token: method not allowed by token")
 
 
 def test_expired_and_tampered_through_the_principal(world):

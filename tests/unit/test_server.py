@@ -89,11 +89,16 @@ async def test_bad_cookies_are_not_signed_in(client, value):
 
 
 async def test_malformed_headers_are_400(client):
+    """Traefik and Caddy pass a 400 through; nginx's auth_request would make
+    it a 500, so /auth/nginx says 403 with the 400 and its message in headers
+    that the shipped snippet turns into the client's 400."""
     r = await client.get("/auth/nginx", headers={"X-Original-URL": "not a url", "X-Original-Method": "GET"})
-    assert r.status == 400
+    assert (r.status, r.headers["X-Forwardauth-Status"], r.headers["X-Forwardauth-Error"]) == (
+        403, "400", "original URL contains spaces or control characters")
     assert await r.text() == "400 Bad Request: original URL contains spaces or control characters\n"
     r = await client.get("/auth/traefik", headers=traefik("app.test", "/x", method=""))
     assert (r.status, await r.text()) == (400, "400 Bad Request: missing or malformed method header\n")
+    assert "X-Forwardauth-Status" not in r.headers
 
 
 async def test_revocation_via_epoch_and_session_id(client):
@@ -199,11 +204,11 @@ def _status_and_body(data: bytes) -> tuple[int, bytes, bytes]:
     (b"/auth/caddy", b"X-Forwarded-Method: GET\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-Uri: /public/?\xff\r\n",
      200, b""),
     (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://app.test/x\xff\r\n",
-     400, b"400 Bad Request: path is not valid UTF-8 after percent-decoding\n"),
+     403, b"400 Bad Request: path is not valid UTF-8 after percent-decoding\n"),
     (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://app.test/public/caf\xc3\xa9\r\n",
      200, b""),
     (b"/auth/nginx", b"X-Original-Method: GET\r\nX-Original-URL: https://\xc3\xa9.test/\r\n",
-     400, b"400 Bad Request: malformed host\n"),
+     403, b"400 Bad Request: malformed host\n"),
 ])
 async def test_raw_non_ascii_bytes_never_500(client, endpoint, headers, status, body):
     got, head, text = _status_and_body(await _raw(client.server.port, endpoint, headers))
@@ -252,9 +257,67 @@ async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes(
         assert (r.status, await r.text()) == (200, "")
 
 
-@pytest.mark.parametrize("uri", ["/admin;x/", "/admin;jsessionid=1/panel", "/public/..;/admin/"])
-async def test_path_parameters_do_not_slip_past_a_prefix_rule(client, uri):
-    """/admin/ needs mfa: a password session asking for /admin;x/ gets the step-up challenge."""
+@pytest.mark.parametrize("uri", ["/admin;x/", "/admin;jsessionid=1/panel", "/ADMIN/x", "/Admin./x", "/admin%2Fx",
+                                 "/admin\\x", "//admin/x", "/admin%3Fx", "/public/x?_method=DELETE"])
+async def test_every_reading_of_an_admin_path_needs_mfa(client, uri):
+    """/admin/ needs mfa: a password session asking for a spelling that some
+    app routes under /admin/ (path parameters, case, encoded or backslash
+    separators, repeated slashes, a decoded `?`) gets the step-up challenge."""
     r = await client.get("/auth/traefik", headers={**traefik("app.test", uri), **cookie(client)})
-    assert r.status == 401
+    if uri.startswith("/public/"):  # control: the override names a method the rule allows
+        assert r.status == 200
+        return
+    assert r.status == 401, uri
     assert (await r.json())["required_level"] == "mfa"
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("/public/..;/admin/", "ambiguous path: dot segment"),
+    ("/admin/..%2fpublic/x", "ambiguous path: dot segment"),
+    ("/public/%2e%2e/admin", "ambiguous path: dot segment"),
+    ("/public/x#/../../admin/x", "ambiguous path: '#' in the path"),
+    ("/public/%252e%252e/admin", "ambiguous path: double percent-encoding"),
+    ("/public/%u002e%u002e/admin", "ambiguous path: '%' not followed by two hex digits"),
+])
+async def test_ambiguous_paths_are_refused_on_every_endpoint(client, uri, message):
+    """Never judged, signed in or not: 400 (nginx: 403 carrying the 400), a
+    log line and the ambiguous_path counter."""
+    from forwardauth.metrics import DECISIONS
+
+    before = DECISIONS._counts[("traefik", "ambiguous_path")]
+    for h in ({}, cookie(client, level="mfa")):
+        r = await client.get("/auth/traefik", headers={**traefik("app.test", uri), **h})
+        assert (r.status, await r.text()) == (400, f"400 Bad Request: {message}\n")
+        r = await client.get("/auth/caddy", headers={**traefik("app.test", uri), **h})
+        assert (r.status, await r.text()) == (400, f"400 Bad Request: {message}\n")
+        r = await client.get("/auth/nginx", headers={**nginx("https://app.test" + uri), **h})
+        assert (r.status, r.headers["X-Forwardauth-Status"], r.headers["X-Forwardauth-Error"]) == (403, "400", message)
+        assert "X-Auth-Request-User" not in r.headers
+    assert DECISIONS._counts[("traefik", "ambiguous_path")] == before + 2
+
+
+async def test_a_refusal_is_logged_without_the_query(client, caplog):
+    import logging
+
+    import forwardauth.server as server
+
+    server._REFUSALS.__init__()
+    with caplog.at_level(logging.WARNING, logger="forwardauth"):
+        r = await client.get("/auth/traefik", headers=traefik("app.test", "/a/../b?token=secret"))
+    assert r.status == 400
+    (rec,) = [r for r in caplog.records if r.getMessage() == "ambiguous path refused"]
+    assert rec.fields == {"endpoint": "traefik", "reason": "ambiguous path: dot segment", "path": "/a/../b"}
+
+
+async def test_refusal_log_lines_are_throttled(client, caplog):
+    import logging
+
+    import forwardauth.server as server
+
+    server._REFUSALS.__init__()
+    with caplog.at_level(logging.WARNING, logger="forwardauth"):
+        for _ in range(25):
+            await client.get("/auth/traefik", headers=traefik("app.test", "/a/../b"))
+    lines = [r for r in caplog.records if r.getMessage() == "ambiguous path refused"]
+    assert len(lines) == 10
+    assert server._REFUSALS.suppressed == 15
