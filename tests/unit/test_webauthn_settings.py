@@ -37,7 +37,8 @@ def test_defaults_follow_public_url():
     assert s == WebAuthnSettings(rp_id="auth.example.com", origins=("https://auth.example.com",),
                                  level_user_verified="hardware")
     assert (s.rp_name, s.user_verification, s.resident_keys, s.attestation, s.max_credentials, s.timeout,
-            s.passwordless, s.level_presence) == ("forwardauth", "preferred", "preferred", "none", 10, 120.0, True, None)
+            s.passwordless, s.level_presence) == (
+        "forwardauth", "preferred", "preferred", "none", 10, 120.0, True, None)
 
 
 def test_every_option():

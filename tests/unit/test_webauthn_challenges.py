@@ -1,0 +1,168 @@
+"""WebAuthn challenges (sealed, bound to a session, expiring, answered once) and the credential store protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+
+from forwardauth.config import parse_config
+from forwardauth.keyring import Key, KeyRing
+from forwardauth.sealing import Sealer
+from forwardauth.state.memory import MemoryStore
+from forwardauth.webauthn import challenges
+from forwardauth.webauthn.challenges import Ceremony, Challenge, ChallengeError, issue, open_sealed, seal
+from forwardauth.webauthn.memory import MemoryCredentialStore
+from forwardauth.webauthn.records import (
+    Advance,
+    Credential,
+    DuplicateCredential,
+    StoreError,
+    TooManyCredentials,
+    counter_advances,
+    fingerprint,
+)
+from forwardauth.webauthn.service import WebAuthnService
+from forwardauth.webauthn.settings import WebAuthnSettings
+from forwardauth.webauthn.verify import Reason, Refused
+
+from harness.softkey import SoftAuthenticator
+
+from .conftest import BASE
+
+SEALER = Sealer(KeyRing((Key("k1", bytes(range(32))),)), challenges.SEAL_PURPOSE)
+NOW = 1_700_000_000.0
+
+
+def step_up_challenge(sid: str = "s1", now: float = NOW) -> Challenge:
+    return issue(Ceremony.STEP_UP, now, "required", user="alice", sid=sid, target="hardware")
+
+
+def test_sealed_challenge_round_trip():
+    for c in (step_up_challenge(),
+              issue(Ceremony.REGISTER, NOW, "preferred", user="alice", sid="s1", user_handle=b"h" * 32),
+              issue(Ceremony.SIGN_IN, NOW, "required")):
+        token = seal(SEALER, c)
+        assert c.value.hex() not in token and "alice" not in token
+        assert open_sealed(SEALER, token, c.ceremony, NOW + 5, 120, sid=c.sid) == c
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: (t, Ceremony.REGISTER, NOW, "s1"), "a step-up challenge answered as register"),
+    (lambda t: (t, Ceremony.STEP_UP, NOW + 121, "s1"), "challenge expired"),
+    (lambda t: (t, Ceremony.STEP_UP, NOW - 61, "s1"), "challenge expired"),
+    (lambda t: (t, Ceremony.STEP_UP, NOW, "s2"), "challenge of another session"),
+    (lambda t: (t, Ceremony.STEP_UP, NOW, None), "challenge of another session"),
+    (lambda t: (t[:-10] + ("A" if t[-10] != "A" else "B") + t[-9:], Ceremony.STEP_UP, NOW, "s1"),
+     "no valid challenge (start again)"),
+    (lambda t: ("", Ceremony.STEP_UP, NOW, "s1"), "no valid challenge (start again)"),
+    (lambda t: (Sealer(SEALER.ring, "other").seal(step_up_challenge().to_json()), Ceremony.STEP_UP, NOW, "s1"),
+     "no valid challenge (start again)"),
+])
+def test_sealed_challenge_refusals(change, message):
+    token, ceremony, now, sid = change(seal(SEALER, step_up_challenge()))
+    with pytest.raises(ChallengeError) as info:
+        open_sealed(SEALER, token, ceremony, now, 120, sid=sid)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("raw", [
+    b"{}", b"[]", b'{"c":"step-up","v":"AA","t":1,"uv":"required"}',
+    b'{"c":"step-up","v":"' + b"A" * 43 + b'","t":true,"uv":"required"}',
+    b'{"c":"step-up","v":"' + b"A" * 43 + b'","t":1,"uv":"sometimes"}',
+    b'{"c":"dance","v":"' + b"A" * 43 + b'","t":1,"uv":"required"}',
+    b'{"c":"step-up","v":"' + b"A" * 43 + b'","t":1,"uv":"required","u":5}',
+    b'{"c":"step-up","v":"' + b"A" * 43 + b'","t":1,"uv":"required","extra":1}',
+])
+def test_challenge_json_is_strict(raw):
+    with pytest.raises((ValueError, KeyError)):
+        Challenge.from_json(raw)
+
+
+def test_issue_needs_user_and_session():
+    with pytest.raises(ValueError):
+        issue(Ceremony.STEP_UP, NOW, "required", user="alice")
+    with pytest.raises(ValueError):
+        issue(Ceremony.REGISTER, NOW, "required", user="alice", sid="s1")
+    assert issue(Ceremony.SIGN_IN, NOW, "required").value != issue(Ceremony.SIGN_IN, NOW, "required").value
+
+
+async def test_concurrent_answers_to_one_challenge_pass_once():
+    levels = parse_config(BASE + "policy: {rules: []}\n", "test.yaml").levels
+    settings = WebAuthnSettings("example.com", ("https://auth.example.com",), "hardware")
+    svc = WebAuthnService(settings, levels, MemoryCredentialStore(), MemoryStore().claim_once)
+    key = SoftAuthenticator(zero_counter=True)
+    c, options = await svc.start_registration("alice", "s1", "alice", "Alice", time.time())
+    await svc.finish_registration(c, key.create(options, "https://auth.example.com"), "k", time.time())
+    c, options = await svc.start_step_up("alice", "s1", "hardware", time.time())
+    answer = key.get(options, "https://auth.example.com")
+    results = await asyncio.gather(*(svc.finish_assertion(c, answer, time.time()) for _ in range(5)),
+                                   return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert {r.reason for r in results if isinstance(r, Refused)} == {Reason.CHALLENGE_USED}
+
+
+# -- the store protocol (memory backend; SQLite and Redis join in state/) ------------------------
+
+
+def cred(cid: bytes, user: str = "alice", **kw) -> Credential:
+    return Credential(id=cid, user=user, user_handle=b"h" * 32, public_key=b"k", sign_count=kw.pop("sign_count", 1),
+                      name=kw.pop("name", "key"), created=kw.pop("created", NOW), **kw)
+
+
+async def test_store_add_list_find():
+    s = MemoryCredentialStore()
+    await s.add(cred(b"2", created=NOW + 1), 3)
+    await s.add(cred(b"1"), 3)
+    await s.add(cred(b"3", user="bob"), 3)
+    assert [c.id for c in await s.credentials("alice")] == [b"1", b"2"]
+    assert (await s.credential(b"3")).user == "bob" and await s.credential(b"4") is None
+    with pytest.raises(DuplicateCredential):
+        await s.add(cred(b"3"), 3)
+    await s.add(cred(b"4"), 3)
+    with pytest.raises(TooManyCredentials) as info:
+        await s.add(cred(b"5"), 3)
+    assert str(info.value) == "You already have 3 security keys and passkeys; remove one first."
+
+
+async def test_store_rename_remove_only_own():
+    s = MemoryCredentialStore()
+    await s.add(cred(b"1"), 10)
+    await s.add(cred(b"2"), 10)
+    assert await s.rename("bob", b"1", "mine now") is False
+    assert await s.rename("alice", b"1", "  Work key ") is True
+    assert (await s.credential(b"1")).name == "Work key"
+    with pytest.raises(StoreError):
+        await s.rename("alice", b"1", "")
+    assert await s.remove("bob", b"1") is False
+    assert await s.remove("alice", b"1") is True and await s.remove("alice", b"1") is False
+    assert await s.remove_all("alice") == 1 and await s.credentials("alice") == []
+
+
+async def test_store_advance_applies_the_counter_rule_atomically():
+    s = MemoryCredentialStore()
+    await s.add(cred(b"1", sign_count=5), 10)
+    assert await s.advance(b"1", 6, True, True, NOW + 1, "why") is Advance.ADVANCED
+    c = await s.credential(b"1")
+    assert (c.sign_count, c.backed_up, c.user_verifying, c.last_used, c.locked) == (6, True, True, NOW + 1, None)
+    assert await s.advance(b"1", 6, False, False, NOW + 2, "went back") is Advance.REGRESSED
+    c = await s.credential(b"1")
+    assert (c.sign_count, c.backed_up, c.user_verifying, c.last_used, c.locked) == (6, True, True, NOW + 1,
+                                                                                    "went back")
+    assert await s.advance(b"1", 7, False, False, NOW + 3, "x") is Advance.LOCKED
+    assert await s.advance(b"9", 7, False, False, NOW + 3, "x") is Advance.GONE
+
+
+@pytest.mark.parametrize("stored, new, ok", [(0, 0, True), (0, 1, True), (1, 2, True), (5, 5, False), (5, 4, False),
+                                             (5, 0, False), (0, 2**32 - 1, True)])
+def test_counter_rule(stored, new, ok):
+    assert counter_advances(stored, new) is ok
+
+
+def test_fingerprint_is_short_and_not_the_id():
+    cid = bytes(range(32))
+    assert len(fingerprint(cid)) == 16 and fingerprint(cid) != fingerprint(cid[:-1])
+    assert cid.hex()[:16] not in fingerprint(cid)
+    assert replace(cred(cid)).key == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
