@@ -1,0 +1,150 @@
+"""The ceremonies end to end, with the store: what the web routes call.
+
+Each `start_*` issues a challenge and the options for the browser; each
+`finish_*` claims the challenge (single use, across replicas), verifies the
+answer, and applies what needs the store: the credential's owner, its lock,
+the counter rule (a counter that does not move forward locks the credential
+in the same atomic store step), and the level the proof gives. Failures are
+`Refused` with a typed reason; the caller audits and regulates them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from forwardauth.levels import Level, Levels
+from forwardauth.webauthn import challenges
+from forwardauth.webauthn.challenges import CLAIM_MARGIN, Ceremony, Challenge
+from forwardauth.webauthn.records import (
+    Advance,
+    Credential,
+    CredentialStore,
+    DuplicateCredential,
+    TooManyCredentials,
+)
+from forwardauth.webauthn.settings import WebAuthnSettings
+from forwardauth.webauthn.verify import (
+    Reason,
+    Refused,
+    parse_assertion,
+    verify_assertion,
+    verify_registration,
+)
+
+# claim_once(key, ttl, now) -> True the first time (the state store's, shared by replicas)
+ClaimOnce = Callable[[str, float, float], Awaitable[bool]]
+
+# What a proof says about how the user authenticated, in RFC 8176 `amr` values:
+# possession of a hardware-bound key, after a user presence test; with user
+# verification (PIN or biometric: WebAuthn does not say which) it is two factors.
+AMR_PRESENCE = ("hwk", "user")
+AMR_VERIFIED = ("hwk", "user", "mfa")
+
+
+@dataclass(frozen=True)
+class Proof:
+    """A verified assertion and what it proves."""
+
+    user: str
+    level: Level  # with the acr/amr the levels section gives it
+    amr: tuple[str, ...]
+    user_verified: bool
+    credential: Credential  # as it was before this use (name, backup flags shown to the user)
+    backed_up: bool
+
+
+class WebAuthnService:
+    def __init__(self, settings: WebAuthnSettings, levels: Levels, store: CredentialStore, claim_once: ClaimOnce):
+        self.settings = settings
+        self.levels = levels
+        self.store = store
+        self.claim_once = claim_once
+
+    # -- registration -------------------------------------------------------------------
+
+    async def start_registration(self, user: str, sid: str, user_name: str, display_name: str,
+                                 now: float) -> tuple[Challenge, dict[str, Any]]:
+        existing = await self.store.credentials(user)
+        if len(existing) >= self.settings.max_credentials:
+            raise Refused(Reason.TOO_MANY, str(self.settings.max_credentials))
+        # One user handle per user: an authenticator keeps one entry per account.
+        handle = existing[0].user_handle if existing else challenges.new_user_handle()
+        challenge = challenges.issue(Ceremony.REGISTER, now, self.settings.user_verification, user=user, sid=sid,
+                                     user_handle=handle)
+        return challenge, challenges.creation_options(self.settings, challenge, user_name, display_name, existing)
+
+    async def finish_registration(self, challenge: Challenge, data: Mapping[str, Any], name: str,
+                                  now: float) -> Credential:
+        await self._claim(challenge, now)
+        credential = verify_registration(self.settings, challenge, data, name, now)
+        try:
+            await self.store.add(credential, self.settings.max_credentials)
+        except DuplicateCredential as exc:
+            raise Refused(Reason.DUPLICATE, str(exc)) from None
+        except TooManyCredentials as exc:
+            raise Refused(Reason.TOO_MANY, str(exc)) from None
+        return credential
+
+    # -- assertions -----------------------------------------------------------------------
+
+    async def start_step_up(self, user: str, sid: str, target: str, now: float) -> tuple[Challenge, dict[str, Any]]:
+        """A challenge for the user's own credentials, aiming at level `target`."""
+        if target not in self.levels or not self.settings.reaches(self.levels, target):
+            raise Refused(Reason.NO_LEVEL, f"no WebAuthn proof reaches {target!r}")
+        usable = [c for c in await self.store.credentials(user) if c.locked is None]
+        if not usable:
+            raise Refused(Reason.UNKNOWN_CREDENTIAL, "no usable credential")
+        uv = "required" if self.settings.needs_user_verification(self.levels, target) else \
+            self.settings.user_verification
+        challenge = challenges.issue(Ceremony.STEP_UP, now, uv, user=user, sid=sid, target=target)
+        return challenge, challenges.request_options(self.settings, challenge, usable)
+
+    async def start_sign_in(self, now: float) -> tuple[Challenge, dict[str, Any]]:
+        """A challenge for any discoverable credential (passwordless, conditional UI).
+
+        User verification is required: without it a passkey is possession only,
+        one factor, and a sign-in with no password needs two."""
+        challenge = challenges.issue(Ceremony.SIGN_IN, now, "required")
+        return challenge, challenges.request_options(self.settings, challenge, None)
+
+    async def finish_assertion(self, challenge: Challenge, data: Mapping[str, Any], now: float) -> Proof:
+        await self._claim(challenge, now)
+        response = parse_assertion(data)
+        credential = await self.store.credential(response.raw_id)
+        if credential is None:
+            raise Refused(Reason.UNKNOWN_CREDENTIAL)
+        handle = response.response.user_handle
+        if challenge.ceremony is Ceremony.SIGN_IN:
+            if not handle or not hmac.compare_digest(handle, credential.user_handle):
+                raise Refused(Reason.USER_HANDLE, credential=credential)
+        else:
+            if challenge.user is None or not hmac.compare_digest(credential.user.encode(), challenge.user.encode()):
+                raise Refused(Reason.OTHER_USER)  # the other user's credential is not named in this user's audit
+            if handle and not hmac.compare_digest(handle, credential.user_handle):
+                raise Refused(Reason.USER_HANDLE, credential=credential)
+        if credential.locked is not None:
+            raise Refused(Reason.LOCKED, credential=credential)
+        target = challenge.target if challenge.ceremony is Ceremony.STEP_UP else None
+        need_uv = target is None or self.settings.needs_user_verification(self.levels, target)
+        assertion = verify_assertion(self.settings, challenge, response, credential, need_uv)
+        reason = (f"signature counter went from {credential.sign_count} to {assertion.sign_count}: "
+                  "possible cloned authenticator")
+        done = await self.store.advance(credential.id, assertion.sign_count, assertion.backed_up,
+                                        assertion.user_verified, now, reason)
+        if done is Advance.REGRESSED:
+            raise Refused(Reason.COUNTER, f"{credential.sign_count} -> {assertion.sign_count}", credential)
+        if done is Advance.LOCKED:
+            raise Refused(Reason.LOCKED, credential=credential)
+        if done is Advance.GONE:
+            raise Refused(Reason.UNKNOWN_CREDENTIAL, "removed meanwhile")
+        level = self.settings.level_of(self.levels, assertion.user_verified)
+        if level is None or (target is not None and not self.levels.at_least(level.name, target)):
+            raise Refused(Reason.NO_LEVEL, f"user verified: {assertion.user_verified}", credential)
+        return Proof(credential.user, level, AMR_VERIFIED if assertion.user_verified else AMR_PRESENCE,
+                     assertion.user_verified, credential, assertion.backed_up)
+
+    async def _claim(self, challenge: Challenge, now: float) -> None:
+        if not await self.claim_once(challenge.claim_key(), self.settings.timeout + CLAIM_MARGIN, now):
+            raise Refused(Reason.CHALLENGE_USED)
