@@ -21,7 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
-from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
+from forwardauth.state.base import RevocationStore, StateStore, StoreUnavailable
+from forwardauth.state.records import RevocationSnapshot
 
 log = logging.getLogger("forwardauth.revocation")
 
@@ -56,7 +57,7 @@ class Revocations:
     def epoch(self, sub: str) -> float | None:
         return self.snapshot.epochs.get(sub)
 
-    async def refresh(self, store: StateStore, now: float | None = None) -> bool:
+    async def refresh(self, store: RevocationStore, now: float | None = None) -> bool:
         """Reload from the store if it changed. Returns True when the store answered."""
         try:
             version = await store.revocation_version()
@@ -85,9 +86,7 @@ class Revocations:
         """Refresh forever (cancelled at shutdown): every `interval`, and at
         once when a store with change notifications (Redis pub/sub) says so."""
         wake = asyncio.Event()
-        subscribe = getattr(store, "subscribe", None)
-        if subscribe is not None:
-            subscribe(wake.set)
+        store.subscribe(wake.set)
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from forwardauth.revocation import failure
-from forwardauth.state.base import StoreUnavailable
-from forwardauth.tokens.store import TokenMeta, TokenStore
+from forwardauth.state.base import StateStore, StoreUnavailable, TokenStore
+from forwardauth.state.records import TokenMeta
 
 log = logging.getLogger("forwardauth.tokens")
 
@@ -57,20 +57,18 @@ class TokenIndex:
     def account(self, name: str) -> Principal | None:
         return self.accounts.get(name)
 
-    async def refresh(self, tokens: TokenStore, accounts: object | None, full_every: float,
-                      force: bool = False) -> bool:
+    async def refresh(self, store: StateStore, full_every: float, force: bool = False) -> bool:
         try:
-            version = await tokens.tokens_version()
+            version = await store.tokens_version()
             due = time.monotonic() - self.loaded_at >= full_every
             if force or due or version != self.version:
-                metas = await tokens.list_tokens()
+                metas = await store.list_tokens()
                 self.tokens = _keep_unchanged(self.tokens, {m.id: m for m in metas if m.revoked is None})
-                if accounts is not None:
-                    listed = await accounts.list_accounts()  # type: ignore[attr-defined]
-                    self.accounts = _keep_unchanged(self.accounts, {
-                        a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
-                                              a.status == "active")
-                        for a in listed})
+                listed = await store.list_accounts()
+                self.accounts = _keep_unchanged(self.accounts, {
+                    a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
+                                          a.status == "active")
+                    for a in listed})
                 self.version = version
                 self.loaded_at = time.monotonic()
         except StoreUnavailable as exc:
@@ -94,18 +92,15 @@ class TokenIndex:
             return 0.0
         return time.monotonic() - self.last_ok
 
-    async def run(self, store: object, tokens: TokenStore, accounts: object | None, interval: float,
-                  full_every: float) -> None:
+    async def run(self, store: StateStore, interval: float, full_every: float) -> None:
         """Refresh forever: every `interval`, and at once when the store says something changed."""
         wake = asyncio.Event()
-        subscribe = getattr(store, "subscribe", None)
-        if subscribe is not None:
-            subscribe(wake.set)
+        store.subscribe(wake.set)
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
             wake.clear()
-            await self.refresh(tokens, accounts, full_every)
+            await self.refresh(store, full_every)
 
 
 class UsageRecorder:

@@ -34,7 +34,6 @@ from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, looks_like_ours, principal
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
 from forwardauth.tokens.jwt import JwtError, JwtSigner, load_hs512_secret
-from forwardauth.tokens.store import token_store
 
 log = logging.getLogger("forwardauth.tokens")
 STALE = "token: state store unreachable past the grace period"
@@ -226,14 +225,11 @@ def _hook(app: web.Application, ctx: Context) -> None:
     async def start(app: web.Application) -> None:
         st = state(ctx)
         s = settings_mod.settings(ctx.runtime.config)
-        tokens = token_store(ctx.store)
-        accounts = ctx.store if hasattr(ctx.store, "list_accounts") else None
-        await st.index.refresh(tokens, accounts, s.index_refresh, force=True)
+        await st.index.refresh(ctx.store, s.index_refresh, force=True)
         loop = asyncio.get_running_loop()
         st.tasks = [
-            loop.create_task(st.index.run(ctx.store, tokens, accounts, ctx.runtime.config.revocation_refresh,
-                                          s.index_refresh)),
-            loop.create_task(st.usage.run(tokens, s.last_used_flush, report)),
+            loop.create_task(st.index.run(ctx.store, ctx.runtime.config.revocation_refresh, s.index_refresh)),
+            loop.create_task(st.usage.run(ctx.store, s.last_used_flush, report)),
         ]
 
 
@@ -245,7 +241,7 @@ def _hook(app: web.Application, ctx: Context) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         with contextlib.suppress(Exception):
-            await st.usage.flush(token_store(ctx.store), report)
+            await st.usage.flush(ctx.store, report)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
