@@ -6,7 +6,9 @@ Where to look:
 - `records`: the values stored (Account, TokenMeta, SealedCreds, RevocationSnapshot);
 - `base`: what a store does, one protocol per kind of record, with the exact
   semantics every backend shares, and `StateStore`, which is all of them;
-- `memory`, `sqlite`, `redis`: the backends, each creating what it needs itself.
+- `memory`, `sqlite`, `redis`: the backends, each creating what it needs itself;
+- `refresh`: the base of the in-memory snapshots the hot path reads (revocations,
+  token index) and the one loop that refreshes them all.
 
 `open_store(url)` picks the backend from the config's `state` URL. Nothing
 here imports another part of forwardauth: the parts depend on state.

@@ -6,7 +6,8 @@
   store has been unreachable for longer than `tokens.stale_grace`
   (server.ANSWER_HOOKS),
 - `/.well-known/jwks.json` and the admin API under `/api/v1/` (APP_HOOKS),
-- background tasks: token index refresh and batched last-used writes,
+- the token index, refreshed with the revocations by the context's one
+  `Refresher`, and a background task for batched last-used writes,
 - the `accounts`, `tokens` and `dbcreds` CLI groups.
 """
 
@@ -222,16 +223,13 @@ def _hook(app: web.Application, ctx: Context) -> None:
             emit("token_used", user=meta.account if meta else None,
                  reason=f"token {token_id}" + (f" ({meta.name})" if meta else ""))
 
+    s = settings_mod.settings(ctx.runtime.config)
+    ctx.refresher.add(lambda: state(ctx).index.refresh(ctx.store, s.index_refresh))
+
     async def start(app: web.Application) -> None:
         st = state(ctx)
-        s = settings_mod.settings(ctx.runtime.config)
-        await st.index.refresh(ctx.store, s.index_refresh, force=True)
-        loop = asyncio.get_running_loop()
-        st.tasks = [
-            loop.create_task(st.index.run(ctx.store, ctx.runtime.config.revocation_refresh, s.index_refresh)),
-            loop.create_task(st.usage.run(ctx.store, s.last_used_flush, report)),
-        ]
-
+        interval = settings_mod.settings(ctx.runtime.config).last_used_flush
+        st.tasks = [asyncio.get_running_loop().create_task(st.usage.run(ctx.store, interval, report))]
 
     async def stop(app: web.Application) -> None:  # on_shutdown: the store is still open
         st = state(ctx)

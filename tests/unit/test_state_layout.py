@@ -23,6 +23,7 @@ def test_state_imports_no_other_part_of_forwardauth():
     loaded = _run("""
         import sys
         import forwardauth.state, forwardauth.state.sqlite, forwardauth.state.memory, forwardauth.state.redis
+        import forwardauth.state.refresh
         print(" ".join(sorted(m for m in sys.modules if m.startswith("forwardauth.")
                               and not m.startswith("forwardauth.state"))))
     """)
