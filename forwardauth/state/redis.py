@@ -34,7 +34,7 @@ import math
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
@@ -89,7 +89,7 @@ class RedisStore(StateStore):
         return self._r
 
     @contextlib.asynccontextmanager
-    async def _guard(self):
+    async def _guard(self) -> AsyncIterator[None]:
         try:
             yield
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -346,7 +346,7 @@ class RedisStore(StateStore):
 
     async def list_accounts(self) -> list[Account]:
         async with self._guard():
-            names = sorted(await self.r.smembers(P + "accounts"))
+            names = sorted(cast("set[str]", await self.r.smembers(P + "accounts")))  # decode_responses
             if not names:
                 return []
             raws = await self.r.mget([P + "acct:" + n for n in names])
@@ -375,7 +375,8 @@ class RedisStore(StateStore):
 
     async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
         async with self._guard():
-            items = await self.r.zrangebyscore(P + "fail:" + key, f"({now - window}", now, withscores=True)
+            items = cast("list[tuple[str, float]]", await self.r.zrangebyscore(
+                P + "fail:" + key, f"({now - window}", now, withscores=True))
         return len(items), (max(s for _, s in items) if items else None)
 
     async def clear_failures(self, key: str) -> None:
