@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from typing import Callable, Protocol, runtime_checkable
 
-from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.records import Account, Advance, RevocationSnapshot, SealedCreds, TokenMeta, WebAuthnCredential
 
 
 class StoreUnavailable(RuntimeError):
@@ -185,7 +185,54 @@ class FailureStore(Protocol):
     async def clear_failures(self, key: str) -> None: ...
 
 
-class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureStore):
+@runtime_checkable
+class WebAuthnStore(Protocol):
+    """Passkeys and security keys. Exact semantics:
+
+    - A credential id belongs to one user; ids are compared as bytes.
+    - `webauthn_credentials(user)`: the user's, ordered by created, then id.
+    - `webauthn_credential(id)`: the credential, or None (passwordless sign-in
+      starts from nothing else).
+    - `add_webauthn_credential(cred, max_per_user)`: insert. Atomic: raises
+      DuplicateCredential when the id exists (for anyone), TooManyCredentials
+      when the user already has `max_per_user`; nothing changes then.
+    - `rename_webauthn_credential(user, id, name)`: the name is checked with
+      `check_credential_name` (WebAuthnError); False when the user has no such id.
+    - `remove_webauthn_credential(user, id)`: False when the user has no such id.
+    - `remove_webauthn_credentials(user)`: all of them (the account goes); how many.
+    - `advance_webauthn_credential(id, sign_count, backed_up, user_verified, now,
+      lock_reason)`: record a verified use, atomically: GONE when there is no
+      such id, LOCKED when it is locked (nothing changes), REGRESSED when not
+      `counter_advances(stored, sign_count)` (it is locked with `lock_reason`,
+      nothing else changes), else ADVANCED (counter, backed_up, last_used = now,
+      user_verifying |= user_verified). Of two concurrent uses with the same
+      counter, exactly one advances.
+    """
+
+    @abc.abstractmethod
+    async def webauthn_credentials(self, user: str) -> list[WebAuthnCredential]: ...
+
+    @abc.abstractmethod
+    async def webauthn_credential(self, credential_id: bytes) -> WebAuthnCredential | None: ...
+
+    @abc.abstractmethod
+    async def add_webauthn_credential(self, credential: WebAuthnCredential, max_per_user: int) -> None: ...
+
+    @abc.abstractmethod
+    async def rename_webauthn_credential(self, user: str, credential_id: bytes, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_webauthn_credential(self, user: str, credential_id: bytes) -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_webauthn_credentials(self, user: str) -> int: ...
+
+    @abc.abstractmethod
+    async def advance_webauthn_credential(self, credential_id: bytes, sign_count: int, backed_up: bool,
+                                          user_verified: bool, now: float, lock_reason: str) -> Advance: ...
+
+
+class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureStore, WebAuthnStore):
     """A state backend: every protocol above, plus its lifecycle.
 
     A store creates whatever it needs (tables, rows) itself when it opens,

@@ -12,7 +12,20 @@ import time
 from dataclasses import replace
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore
-from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.records import (
+    DUPLICATE_MESSAGE,
+    Account,
+    Advance,
+    DuplicateCredential,
+    RevocationSnapshot,
+    SealedCreds,
+    TokenMeta,
+    TooManyCredentials,
+    WebAuthnCredential,
+    check_credential_name,
+    counter_advances,
+    too_many_message,
+)
 
 
 class Expiries:
@@ -59,6 +72,8 @@ class MemoryStore(StateStore):
         self.tokens: dict[str, TokenMeta] = {}
         self.dbcreds: dict[str, SealedCreds] = {}
         self.tok_version = 0
+        # WebAuthn credentials by id
+        self.webauthn: dict[bytes, WebAuthnCredential] = {}
 
     # --- revocations ----------------------------------------------------------------
 
@@ -204,3 +219,61 @@ class MemoryStore(StateStore):
 
     async def delete_dbcreds(self, account: str) -> bool:
         return self.dbcreds.pop(account, None) is not None
+
+    # --- WebAuthn credentials ---------------------------------------------------------
+
+    async def webauthn_credentials(self, user: str) -> list[WebAuthnCredential]:
+        with self.lock:
+            return sorted((c for c in self.webauthn.values() if c.user == user), key=lambda c: (c.created, c.id))
+
+    async def webauthn_credential(self, credential_id: bytes) -> WebAuthnCredential | None:
+        return self.webauthn.get(credential_id)
+
+    async def add_webauthn_credential(self, credential: WebAuthnCredential, max_per_user: int) -> None:
+        with self.lock:
+            if credential.id in self.webauthn:
+                raise DuplicateCredential(DUPLICATE_MESSAGE)
+            if sum(1 for c in self.webauthn.values() if c.user == credential.user) >= max_per_user:
+                raise TooManyCredentials(too_many_message(max_per_user))
+            self.webauthn[credential.id] = credential
+
+    def _own(self, user: str, credential_id: bytes) -> WebAuthnCredential | None:
+        c = self.webauthn.get(credential_id)
+        return c if c is not None and c.user == user else None
+
+    async def rename_webauthn_credential(self, user: str, credential_id: bytes, name: str) -> bool:
+        name = check_credential_name(name)
+        with self.lock:
+            c = self._own(user, credential_id)
+            if c is None:
+                return False
+            self.webauthn[credential_id] = replace(c, name=name)
+            return True
+
+    async def remove_webauthn_credential(self, user: str, credential_id: bytes) -> bool:
+        with self.lock:
+            if self._own(user, credential_id) is None:
+                return False
+            del self.webauthn[credential_id]
+            return True
+
+    async def remove_webauthn_credentials(self, user: str) -> int:
+        with self.lock:
+            gone = [k for k, c in self.webauthn.items() if c.user == user]
+            for k in gone:
+                del self.webauthn[k]
+            return len(gone)
+
+    async def advance_webauthn_credential(self, credential_id: bytes, sign_count: int, backed_up: bool,
+                                          user_verified: bool, now: float, lock_reason: str) -> Advance:
+        with self.lock:
+            c = self.webauthn.get(credential_id)
+            if c is None:
+                return Advance.GONE
+            if c.locked is not None:
+                return Advance.LOCKED
+            if not counter_advances(c.sign_count, sign_count):
+                self.webauthn[credential_id] = replace(c, locked=lock_reason)
+                return Advance.REGRESSED
+            self.webauthn[credential_id] = c.used(sign_count, backed_up, user_verified, now)
+            return Advance.ADVANCED

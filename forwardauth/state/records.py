@@ -9,10 +9,14 @@ form each. The store protocols that keep them are in `forwardauth.state.base`.
 - `TokenMeta`: what an API token was issued with (never the token itself, so
   a copy of the store cannot authenticate).
 - `SealedCreds`: a service account's database credentials, sealed.
+- `WebAuthnCredential`: a passkey or security key (its public key, counter,
+  flags); `counter_advances` is the signature counter rule every backend applies.
 """
 
 from __future__ import annotations
 
+import base64
+import enum
 import json
 import re
 import time
@@ -209,3 +213,131 @@ class SealedCreds:
     sealed: str
     updated: float
     updated_by: str
+
+
+# --- WebAuthn credentials ---------------------------------------------------------
+
+WEBAUTHN_NAME_MAX = 64
+WEBAUTHN_TRANSPORTS = frozenset({"usb", "nfc", "ble", "smart-card", "hybrid", "internal"})
+_WEBAUTHN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+
+
+class WebAuthnError(ValueError):
+    """A refused credential write; the message is for the user and names no key material."""
+
+
+class TooManyCredentials(WebAuthnError):
+    pass
+
+
+class DuplicateCredential(WebAuthnError):
+    pass
+
+
+DUPLICATE_MESSAGE = "This security key or passkey is already registered."
+
+
+def too_many_message(limit: int) -> str:
+    return f"You already have {limit} security keys and passkeys; remove one first."
+
+
+def check_credential_name(name: Any) -> str:
+    """A credential's display name, trimmed; raises WebAuthnError naming the problem."""
+    name = name.strip() if isinstance(name, str) else ""
+    if not _WEBAUTHN_NAME_RE.match(name):
+        raise WebAuthnError(f"A name is 1 to {WEBAUTHN_NAME_MAX} printable characters.")
+    return name
+
+
+def counter_advances(stored: int, new: int) -> bool:
+    """WebAuthn's signature counter rule (Level 3, 7.2 step 22), for every backend.
+
+    Authenticators that keep no counter (most passkeys) always send 0: 0 after
+    0 is fine. Otherwise the counter must go strictly up; anything else means
+    two copies of the key may exist (a clone), or a replayed assertion.
+    """
+    if new == 0 and stored == 0:
+        return True
+    return new > stored
+
+
+class Advance(enum.Enum):
+    """What recording a verified use of a credential did."""
+
+    ADVANCED = "advanced"  # counter stored, last use recorded
+    REGRESSED = "regressed"  # the counter did not move forward: the credential is now locked
+    LOCKED = "locked"  # it was locked already: nothing changed
+    GONE = "gone"  # removed meanwhile
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class WebAuthnCredential:
+    """A passkey or security key registered to one user (no secret: a public key)."""
+
+    id: bytes  # the credential id chosen by the authenticator
+    user: str  # the forwardauth user it belongs to
+    user_handle: bytes  # the WebAuthn user.id given at registration: random, never the user name
+    public_key: bytes  # the COSE key, CBOR-encoded as the authenticator sent it
+    sign_count: int
+    name: str
+    created: float
+    transports: tuple[str, ...] = ()
+    aaguid: str = "00000000-0000-0000-0000-000000000000"
+    backup_eligible: bool = False  # BE: may be synced to other devices (a multi-device passkey)
+    backed_up: bool = False  # BS: is synced now (updated on every use)
+    user_verifying: bool = False  # UV seen at registration or since: the authenticator verifies its user
+    discoverable: bool | None = None  # a resident key (credProps.rk); None: the browser did not say
+    last_used: float | None = None
+    locked: str | None = None  # why it no longer works (a counter that went backwards); None: usable
+
+    @property
+    def key(self) -> str:
+        """The id as text (base64url), as browsers, pages and the CLI spell it."""
+        return _b64e(self.id)
+
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(v=1, id=self.key, user_handle=_b64e(self.user_handle), public_key=_b64e(self.public_key),
+                 transports=list(self.transports))
+        return d
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> "WebAuthnCredential":
+        """Strict inverse of `to_record`: raises ValueError on anything odd."""
+        if not isinstance(d, dict) or d.get("v") != 1:
+            raise ValueError("bad credential record version")
+        try:
+            return cls(
+                id=_b64d(d["id"]), user=str(d["user"]), user_handle=_b64d(d["user_handle"]),
+                public_key=_b64d(d["public_key"]), sign_count=int(d["sign_count"]), name=str(d["name"]),
+                created=float(d["created"]), transports=tuple(str(t) for t in d["transports"]),
+                aaguid=str(d["aaguid"]), backup_eligible=bool(d["backup_eligible"]),
+                backed_up=bool(d["backed_up"]), user_verifying=bool(d["user_verifying"]),
+                discoverable=None if d.get("discoverable") is None else bool(d["discoverable"]),
+                last_used=None if d.get("last_used") is None else float(d["last_used"]),
+                locked=None if d.get("locked") is None else str(d["locked"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"bad credential record: {exc.__class__.__name__}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_record(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "WebAuthnCredential":
+        return cls.from_record(json.loads(text))
+
+    def used(self, sign_count: int, backed_up: bool, user_verified: bool, now: float) -> "WebAuthnCredential":
+        """After a verified use whose counter advanced."""
+        return replace(self, sign_count=sign_count, backed_up=backed_up, last_used=now,
+                       user_verifying=self.user_verifying or user_verified)

@@ -12,6 +12,7 @@ Layout (every key under the `forwardauth:` prefix):
     fail:<key>      sorted set of failure times (regulation; EXPIRE window + 60,
                     so the keys of names that never come back go by themselves)
     once:<key>      a single-use claim (SET NX PX: Redis expires it)
+    wa:cred:<id>, wa:user:<user>   WebAuthn credentials (see redis_webauthn.py)
     events          pub/sub channel: "rev" / "tok" after each change (account
                     writes send "tok": a lock or a group change reaches every
                     replica's token index in milliseconds)
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError, WatchError
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.redis_webauthn import RedisWebAuthn
 
 log = logging.getLogger("forwardauth.state.redis")
 P = "forwardauth:"
@@ -67,7 +69,7 @@ return 1
 """
 
 
-class RedisStore(StateStore):
+class RedisStore(RedisWebAuthn, StateStore):
     def __init__(self, url: str, timeout: float = 1.0):
         self.url = url
         self.timeout = timeout

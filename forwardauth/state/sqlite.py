@@ -3,8 +3,9 @@ and the CLI share one file safely.
 
 All SQL runs on one dedicated thread per store: sqlite3 connections are not
 shared across threads, and the event loop never waits on the disk. The store
-creates every table it holds when it opens (`SCHEMA`, then `_upgrade` for
-files made by older versions); nothing else adds to it.
+creates every table it holds when it opens (`SCHEMA` and the WebAuthn
+credentials' in sqlite_webauthn.py, then `_upgrade` for files made by older
+versions); nothing else adds to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.sqlite_webauthn import SCHEMA as WEBAUTHN_SCHEMA
+from forwardauth.state.sqlite_webauthn import SQLiteWebAuthn
 
 T = TypeVar("T")
 
@@ -141,7 +144,7 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
-class SQLiteStore(StateStore):
+class SQLiteStore(SQLiteWebAuthn, StateStore):
     def __init__(self, path: str):
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
@@ -163,7 +166,7 @@ class SQLiteStore(StateStore):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=5000")
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA + WEBAUTHN_SCHEMA)
                 _upgrade(conn)
             except BaseException:
                 conn.close()

@@ -38,7 +38,7 @@ from fido2.webauthn import (
 
 from forwardauth.keyring import b64d, b64e
 from forwardauth.sealing import Sealer, SealError
-from forwardauth.webauthn.records import Credential
+from forwardauth.state.records import WebAuthnCredential as Credential
 from forwardauth.webauthn.settings import WebAuthnSettings
 
 CHALLENGE_BYTES = 32

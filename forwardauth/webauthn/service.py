@@ -10,20 +10,17 @@ in the same atomic store step), and the level the proof gives. Failures are
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Mapping, Protocol
 
 from forwardauth.levels import Level, Levels
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import CLAIM_MARGIN, Ceremony, Challenge
-from forwardauth.webauthn.records import (
-    Advance,
-    Credential,
-    CredentialStore,
-    DuplicateCredential,
-    TooManyCredentials,
-)
+from forwardauth.state.base import ClaimStore, WebAuthnStore
+from forwardauth.state.records import Advance, DuplicateCredential, TooManyCredentials
+from forwardauth.state.records import WebAuthnCredential as Credential
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import (
     Reason,
@@ -33,14 +30,21 @@ from forwardauth.webauthn.verify import (
     verify_registration,
 )
 
-# claim_once(key, ttl, now) -> True the first time (the state store's, shared by replicas)
-ClaimOnce = Callable[[str, float, float], Awaitable[bool]]
+
+class Store(WebAuthnStore, ClaimStore, Protocol):
+    """What the ceremonies need of the state store: the credentials, and single-use
+    claims shared by every replica (challenges)."""
 
 # What a proof says about how the user authenticated, in RFC 8176 `amr` values:
 # possession of a hardware-bound key, after a user presence test; with user
 # verification (PIN or biometric: WebAuthn does not say which) it is two factors.
 AMR_PRESENCE = ("hwk", "user")
 AMR_VERIFIED = ("hwk", "user", "mfa")
+
+
+def fingerprint(credential_id: bytes) -> str:
+    """A short, stable label of a credential for logs and audit (not the id itself)."""
+    return hashlib.sha256(b"webauthn-credential:" + credential_id).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -56,17 +60,16 @@ class Proof:
 
 
 class WebAuthnService:
-    def __init__(self, settings: WebAuthnSettings, levels: Levels, store: CredentialStore, claim_once: ClaimOnce):
+    def __init__(self, settings: WebAuthnSettings, levels: Levels, store: Store):
         self.settings = settings
         self.levels = levels
         self.store = store
-        self.claim_once = claim_once
 
     # -- registration -------------------------------------------------------------------
 
     async def start_registration(self, user: str, sid: str, user_name: str, display_name: str,
                                  now: float) -> tuple[Challenge, dict[str, Any]]:
-        existing = await self.store.credentials(user)
+        existing = await self.store.webauthn_credentials(user)
         if len(existing) >= self.settings.max_credentials:
             raise Refused(Reason.TOO_MANY, str(self.settings.max_credentials))
         # One user handle per user: an authenticator keeps one entry per account.
@@ -80,7 +83,7 @@ class WebAuthnService:
         await self._claim(challenge, now)
         credential = verify_registration(self.settings, challenge, data, name, now)
         try:
-            await self.store.add(credential, self.settings.max_credentials)
+            await self.store.add_webauthn_credential(credential, self.settings.max_credentials)
         except DuplicateCredential as exc:
             raise Refused(Reason.DUPLICATE, str(exc)) from None
         except TooManyCredentials as exc:
@@ -93,7 +96,7 @@ class WebAuthnService:
         """A challenge for the user's own credentials, aiming at level `target`."""
         if target not in self.levels or not self.settings.reaches(self.levels, target):
             raise Refused(Reason.NO_LEVEL, f"no WebAuthn proof reaches {target!r}")
-        usable = [c for c in await self.store.credentials(user) if c.locked is None]
+        usable = [c for c in await self.store.webauthn_credentials(user) if c.locked is None]
         if not usable:
             raise Refused(Reason.UNKNOWN_CREDENTIAL, "no usable credential")
         uv = "required" if self.settings.needs_user_verification(self.levels, target) else \
@@ -112,7 +115,7 @@ class WebAuthnService:
     async def finish_assertion(self, challenge: Challenge, data: Mapping[str, Any], now: float) -> Proof:
         await self._claim(challenge, now)
         response = parse_assertion(data)
-        credential = await self.store.credential(response.raw_id)
+        credential = await self.store.webauthn_credential(response.raw_id)
         if credential is None:
             raise Refused(Reason.UNKNOWN_CREDENTIAL)
         handle = response.response.user_handle
@@ -131,7 +134,7 @@ class WebAuthnService:
         assertion = verify_assertion(self.settings, challenge, response, credential, need_uv)
         reason = (f"signature counter went from {credential.sign_count} to {assertion.sign_count}: "
                   "possible cloned authenticator")
-        done = await self.store.advance(credential.id, assertion.sign_count, assertion.backed_up,
+        done = await self.store.advance_webauthn_credential(credential.id, assertion.sign_count, assertion.backed_up,
                                         assertion.user_verified, now, reason)
         if done is Advance.REGRESSED:
             raise Refused(Reason.COUNTER, f"{credential.sign_count} -> {assertion.sign_count}", credential)
@@ -146,5 +149,5 @@ class WebAuthnService:
                      assertion.user_verified, credential, assertion.backed_up)
 
     async def _claim(self, challenge: Challenge, now: float) -> None:
-        if not await self.claim_once(challenge.claim_key(), self.settings.timeout + CLAIM_MARGIN, now):
+        if not await self.store.claim_once(challenge.claim_key(), self.settings.timeout + CLAIM_MARGIN, now):
             raise Refused(Reason.CHALLENGE_USED)

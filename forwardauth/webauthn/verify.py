@@ -43,7 +43,9 @@ from fido2.webauthn import (
 )
 
 from forwardauth.webauthn.challenges import ALGORITHMS, Challenge
-from forwardauth.webauthn.records import TRANSPORTS, Credential, StoreError, check_name
+from forwardauth.state.records import WEBAUTHN_TRANSPORTS as TRANSPORTS
+from forwardauth.state.records import WebAuthnCredential as Credential
+from forwardauth.state.records import WebAuthnError, check_credential_name
 from forwardauth.webauthn.settings import WebAuthnSettings
 
 
@@ -185,8 +187,8 @@ def verify_registration(settings: WebAuthnSettings, challenge: Challenge, data: 
     if challenge.user is None or challenge.user_handle is None:
         raise Refused(Reason.CHALLENGE_INVALID, "not a registration challenge")
     try:
-        name = check_name(name)
-    except StoreError as exc:
+        name = check_credential_name(name)
+    except WebAuthnError as exc:
         raise Refused(Reason.NAME, str(exc)) from None
     response = parse_registration(data)
     att = response.response.attestation_object

@@ -26,7 +26,6 @@ from forwardauth.sealing import Sealer
 from forwardauth.state.memory import MemoryStore
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, ChallengeError
-from forwardauth.webauthn.memory import MemoryCredentialStore
 from forwardauth.webauthn.service import AMR_PRESENCE, AMR_VERIFIED, WebAuthnService
 from forwardauth.webauthn.settings import parse
 from forwardauth.webauthn.verify import Refused
@@ -53,7 +52,7 @@ class CeremonyServer:
         self.loop = asyncio.new_event_loop()
         self.sessions: dict[str, str] = {}  # sid -> user
         self.sealer = Sealer(KeyRing((Key("k1", bytes(range(32))),)), challenges.SEAL_PURPOSE)
-        self.store = MemoryCredentialStore()
+        self.store = MemoryStore()
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/as/{user}", self.sign_in_as)
@@ -71,7 +70,7 @@ class CeremonyServer:
         section = yaml.safe_load("{rp_id: fa.localhost, level_user_verified: hardware, level_presence: mfa}")
         settings = parse(r, section, {"server": cfg.server, "levels": cfg.levels})
         assert settings is not None and r.problems == [], r.problems
-        self.service = WebAuthnService(settings, cfg.levels, self.store, MemoryStore().claim_once)
+        self.service = WebAuthnService(settings, cfg.levels, self.store)
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
     def call(self, coro: Any) -> Any:
@@ -179,11 +178,11 @@ def test_passkey_registers_steps_up_and_signs_in_alone(server, page):
         page.goto(f"{server.origin}/")
         signin = run(page, server, "sign-in")
         assert (signin["status"], signin["body"]["user"], signin["body"]["level"]) == (200, "alice", "hardware")
-        assert server.call(server.store.credential(auth_id(reg))).sign_count == 3 == auth.credentials(aid)[0][
+        assert server.call(server.store.webauthn_credential(auth_id(reg))).sign_count == 3 == auth.credentials(aid)[0][
             "signCount"]
 
         # Removed on the server: the browser still holds it, forwardauth no longer knows it.
-        assert server.call(server.store.remove("alice", auth_id(reg))) is True
+        assert server.call(server.store.remove_webauthn_credential("alice", auth_id(reg))) is True
         gone = run(page, server, "sign-in")
         assert (gone["status"], gone["body"]["reason"]) == (403, "UNKNOWN_CREDENTIAL")
 

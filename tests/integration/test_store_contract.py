@@ -1,20 +1,33 @@
 """One contract, three backends: memory, SQLite and a real Redis must agree on
 every semantic the rest of forwardauth relies on (accounts, tokens and
-database credentials, failure counters, epochs and revocations). The Redis
+database credentials, failure counters, epochs and revocations, WebAuthn
+credentials with their atomic counter rule). The Redis
 backend was only tested for revocations before; it gets the same questions."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from forwardauth.accounts import account_store
 from forwardauth.regulation import failure_store
-from forwardauth.state.base import AccountStore, FailureStore, StateStore, TokenStore
+from forwardauth.state.base import AccountStore, FailureStore, StateStore, TokenStore, WebAuthnStore
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.records import (
+    Account,
+    Advance,
+    DuplicateCredential,
+    RevocationSnapshot,
+    SealedCreds,
+    TokenMeta,
+    TooManyCredentials,
+    WebAuthnCredential,
+    WebAuthnError,
+)
 
 
 @pytest.fixture
@@ -301,6 +314,114 @@ async def test_change_notifications(store, tmp_path):
 
 # Each method of StateStore, with the tests above that hold every backend to it.
 # A method added to the protocols (state/base.py) fails this file until it has one.
+# --- WebAuthn credentials ------------------------------------------------------------
+
+
+WA_NOW = 1_700_000_000.0
+
+
+def wa_cred(cid: bytes, user: str = "alice", **kw) -> WebAuthnCredential:
+    return WebAuthnCredential(id=cid, user=user, user_handle=b"h" * 32, public_key=b"\xa5\x01\x02",
+                              sign_count=kw.pop("sign_count", 1), name=kw.pop("name", "key"),
+                              created=kw.pop("created", WA_NOW), **kw)
+
+
+async def test_webauthn_add_list_find(any_store):
+    s = any_store
+    assert isinstance(s, WebAuthnStore)
+    full = wa_cred(b"\x00\xff" * 16, created=WA_NOW + 1, transports=("usb", "nfc"),
+                aaguid="cb69481e-8ff7-4039-93ec-0a2729a154a8", backup_eligible=True, backed_up=True,
+                user_verifying=True, discoverable=False)
+    await s.add_webauthn_credential(full, 3)
+    await s.add_webauthn_credential(wa_cred(b"1"), 3)
+    await s.add_webauthn_credential(wa_cred(b"3", user="bob"), 3)
+    assert [c.id for c in await s.webauthn_credentials("alice")] == [b"1", full.id]
+    assert await s.webauthn_credential(full.id) == full  # every field round-trips
+    assert (await s.webauthn_credential(b"3")).user == "bob" and await s.webauthn_credential(b"4") is None
+    assert await s.webauthn_credentials("carol") == []
+    with pytest.raises(DuplicateCredential) as info:
+        await s.add_webauthn_credential(wa_cred(b"3"), 3)
+    assert str(info.value) == "This security key or passkey is already registered."
+    await s.add_webauthn_credential(wa_cred(b"4"), 3)
+    with pytest.raises(TooManyCredentials) as info:
+        await s.add_webauthn_credential(wa_cred(b"5"), 3)
+    assert str(info.value) == "You already have 3 security keys and passkeys; remove one first."
+    assert len(await s.webauthn_credentials("alice")) == 3
+
+
+async def test_webauthn_rename_and_remove_only_ones_own(any_store):
+    s = any_store
+    await s.add_webauthn_credential(wa_cred(b"1"), 10)
+    await s.add_webauthn_credential(wa_cred(b"2"), 10)
+    await s.add_webauthn_credential(wa_cred(b"3", user="bob"), 10)
+    assert await s.rename_webauthn_credential("bob", b"1", "mine now") is False
+    assert await s.rename_webauthn_credential("alice", b"1", "  Work key ") is True
+    assert (await s.webauthn_credential(b"1")).name == "Work key"
+    with pytest.raises(WebAuthnError):
+        await s.rename_webauthn_credential("alice", b"1", "\x07")
+    assert await s.remove_webauthn_credential("bob", b"1") is False
+    assert await s.remove_webauthn_credential("alice", b"1") is True
+    assert await s.remove_webauthn_credential("alice", b"1") is False
+    assert await s.webauthn_credential(b"1") is None
+    assert await s.remove_webauthn_credentials("alice") == 1
+    assert await s.webauthn_credentials("alice") == [] and await s.remove_webauthn_credentials("alice") == 0
+    assert [c.id for c in await s.webauthn_credentials("bob")] == [b"3"]
+    await s.add_webauthn_credential(wa_cred(b"1"), 1)  # the limit counts what is left
+
+
+async def test_webauthn_advance_applies_the_counter_rule(any_store):
+    s = any_store
+    await s.add_webauthn_credential(wa_cred(b"1", sign_count=5), 10)
+    assert await s.advance_webauthn_credential(b"1", 6, True, True, WA_NOW + 1, "why") is Advance.ADVANCED
+    c = await s.webauthn_credential(b"1")
+    assert (c.sign_count, c.backed_up, c.user_verifying, c.last_used, c.locked) == (6, True, True, WA_NOW + 1, None)
+    assert await s.advance_webauthn_credential(b"1", 7, False, False, WA_NOW + 2, "why") is Advance.ADVANCED
+    c = await s.webauthn_credential(b"1")
+    assert (c.sign_count, c.backed_up, c.user_verifying) == (7, False, True)  # UV capability is never forgotten
+    assert await s.advance_webauthn_credential(b"1", 7, True, True, WA_NOW + 3, "went back") is Advance.REGRESSED
+    c = await s.webauthn_credential(b"1")
+    assert (c.sign_count, c.backed_up, c.last_used, c.locked) == (7, False, WA_NOW + 2, "went back")
+    assert await s.advance_webauthn_credential(b"1", 8, False, False, WA_NOW + 4, "x") is Advance.LOCKED
+    assert (await s.webauthn_credential(b"1")).sign_count == 7
+    assert await s.advance_webauthn_credential(b"9", 1, False, False, WA_NOW, "x") is Advance.GONE
+
+
+async def test_webauthn_zero_counters(any_store):
+    s = any_store
+    await s.add_webauthn_credential(wa_cred(b"1", sign_count=0), 10)
+    for i in range(3):
+        assert await s.advance_webauthn_credential(b"1", 0, False, True, WA_NOW + i, "x") is Advance.ADVANCED
+    assert await s.advance_webauthn_credential(b"1", 3, False, True, WA_NOW + 4, "x") is Advance.ADVANCED
+    assert await s.advance_webauthn_credential(b"1", 0, False, True, WA_NOW + 5, "back to 0") is Advance.REGRESSED
+
+
+async def test_webauthn_one_of_two_concurrent_uses_with_one_counter_advances(any_store):
+    s = any_store
+    await s.add_webauthn_credential(wa_cred(b"1", sign_count=1), 10)
+    results = await asyncio.gather(*(s.advance_webauthn_credential(b"1", 2, False, False, WA_NOW, "clone")
+                                     for _ in range(4)))
+    # One advances; the next sees the same counter again (a clone) and locks; the rest find it locked.
+    assert sorted(r.value for r in results) == ["advanced", "locked", "locked", "regressed"]
+
+
+async def test_webauthn_concurrent_adds_respect_the_limit(any_store):
+    s = any_store
+    results = await asyncio.gather(*(s.add_webauthn_credential(wa_cred(bytes([i])), 2) for i in range(5)),
+                                   return_exceptions=True)
+    assert sum(r is None for r in results) == 2
+    assert all(isinstance(r, TooManyCredentials) for r in results if r is not None)
+    assert len(await s.webauthn_credentials("alice")) == 2
+
+
+async def test_webauthn_a_new_store_object_on_the_same_sqlite_file_sees_the_credentials(tmp_path):
+    a = SQLiteStore(str(tmp_path / "state.db"))
+    await a.add_webauthn_credential(replace(wa_cred(b"1"), locked="x"), 10)
+    await a.close()
+    b = SQLiteStore(str(tmp_path / "state.db"))
+    assert (await b.webauthn_credential(b"1")).locked == "x"
+    await b.close()
+
+
 COVERED = {
     "revocation_version": "test_epochs_and_revocations", "revocations": "test_epochs_and_revocations",
     "set_epoch": "test_epochs_and_revocations", "reset_epoch": "test_epochs_and_revocations",
@@ -313,6 +434,12 @@ COVERED = {
     "put_token": "test_tokens", "get_token": "test_tokens", "list_tokens": "test_tokens",
     "revoke_token": "test_tokens", "touch_tokens": "test_tokens", "tokens_version": "test_tokens",
     "put_dbcreds": "test_dbcreds", "get_dbcreds": "test_dbcreds", "delete_dbcreds": "test_dbcreds",
+    "webauthn_credentials": "test_webauthn_add_list_find", "webauthn_credential": "test_webauthn_add_list_find",
+    "add_webauthn_credential": "test_webauthn_concurrent_adds_respect_the_limit",
+    "rename_webauthn_credential": "test_webauthn_rename_and_remove_only_ones_own",
+    "remove_webauthn_credential": "test_webauthn_rename_and_remove_only_ones_own",
+    "remove_webauthn_credentials": "test_webauthn_rename_and_remove_only_ones_own",
+    "advance_webauthn_credential": "test_webauthn_one_of_two_concurrent_uses_with_one_counter_advances",
 }
 
 

@@ -1,10 +1,9 @@
-"""WebAuthn challenges (sealed, bound to a session, expiring, answered once) and the credential store protocol."""
+"""WebAuthn challenges: sealed, bound to a session, expiring, answered once; the counter rule."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -14,17 +13,8 @@ from forwardauth.sealing import Sealer
 from forwardauth.state.memory import MemoryStore
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, Challenge, ChallengeError, issue, open_sealed, seal
-from forwardauth.webauthn.memory import MemoryCredentialStore
-from forwardauth.webauthn.records import (
-    Advance,
-    Credential,
-    DuplicateCredential,
-    StoreError,
-    TooManyCredentials,
-    counter_advances,
-    fingerprint,
-)
-from forwardauth.webauthn.service import WebAuthnService
+from forwardauth.state.records import WebAuthnCredential, counter_advances
+from forwardauth.webauthn.service import WebAuthnService, fingerprint
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
 
@@ -92,7 +82,7 @@ def test_issue_needs_user_and_session():
 async def test_concurrent_answers_to_one_challenge_pass_once():
     levels = parse_config(BASE + "policy: {rules: []}\n", "test.yaml").levels
     settings = WebAuthnSettings("example.com", ("https://auth.example.com",), "hardware")
-    svc = WebAuthnService(settings, levels, MemoryCredentialStore(), MemoryStore().claim_once)
+    svc = WebAuthnService(settings, levels, MemoryStore())
     key = SoftAuthenticator(zero_counter=True)
     c, options = await svc.start_registration("alice", "s1", "alice", "Alice", time.time())
     await svc.finish_registration(c, key.create(options, "https://auth.example.com"), "k", time.time())
@@ -104,55 +94,7 @@ async def test_concurrent_answers_to_one_challenge_pass_once():
     assert {r.reason for r in results if isinstance(r, Refused)} == {Reason.CHALLENGE_USED}
 
 
-# -- the store protocol (memory backend; SQLite and Redis join in state/) ------------------------
-
-
-def cred(cid: bytes, user: str = "alice", **kw) -> Credential:
-    return Credential(id=cid, user=user, user_handle=b"h" * 32, public_key=b"k", sign_count=kw.pop("sign_count", 1),
-                      name=kw.pop("name", "key"), created=kw.pop("created", NOW), **kw)
-
-
-async def test_store_add_list_find():
-    s = MemoryCredentialStore()
-    await s.add(cred(b"2", created=NOW + 1), 3)
-    await s.add(cred(b"1"), 3)
-    await s.add(cred(b"3", user="bob"), 3)
-    assert [c.id for c in await s.credentials("alice")] == [b"1", b"2"]
-    assert (await s.credential(b"3")).user == "bob" and await s.credential(b"4") is None
-    with pytest.raises(DuplicateCredential):
-        await s.add(cred(b"3"), 3)
-    await s.add(cred(b"4"), 3)
-    with pytest.raises(TooManyCredentials) as info:
-        await s.add(cred(b"5"), 3)
-    assert str(info.value) == "You already have 3 security keys and passkeys; remove one first."
-
-
-async def test_store_rename_remove_only_own():
-    s = MemoryCredentialStore()
-    await s.add(cred(b"1"), 10)
-    await s.add(cred(b"2"), 10)
-    assert await s.rename("bob", b"1", "mine now") is False
-    assert await s.rename("alice", b"1", "  Work key ") is True
-    assert (await s.credential(b"1")).name == "Work key"
-    with pytest.raises(StoreError):
-        await s.rename("alice", b"1", "")
-    assert await s.remove("bob", b"1") is False
-    assert await s.remove("alice", b"1") is True and await s.remove("alice", b"1") is False
-    assert await s.remove_all("alice") == 1 and await s.credentials("alice") == []
-
-
-async def test_store_advance_applies_the_counter_rule_atomically():
-    s = MemoryCredentialStore()
-    await s.add(cred(b"1", sign_count=5), 10)
-    assert await s.advance(b"1", 6, True, True, NOW + 1, "why") is Advance.ADVANCED
-    c = await s.credential(b"1")
-    assert (c.sign_count, c.backed_up, c.user_verifying, c.last_used, c.locked) == (6, True, True, NOW + 1, None)
-    assert await s.advance(b"1", 6, False, False, NOW + 2, "went back") is Advance.REGRESSED
-    c = await s.credential(b"1")
-    assert (c.sign_count, c.backed_up, c.user_verifying, c.last_used, c.locked) == (6, True, True, NOW + 1,
-                                                                                    "went back")
-    assert await s.advance(b"1", 7, False, False, NOW + 3, "x") is Advance.LOCKED
-    assert await s.advance(b"9", 7, False, False, NOW + 3, "x") is Advance.GONE
+# -- the counter rule (every backend applies this function; tests/integration/test_webauthn_store.py) --
 
 
 @pytest.mark.parametrize("stored, new, ok", [(0, 0, True), (0, 1, True), (1, 2, True), (5, 5, False), (5, 4, False),
@@ -165,4 +107,4 @@ def test_fingerprint_is_short_and_not_the_id():
     cid = bytes(range(32))
     assert len(fingerprint(cid)) == 16 and fingerprint(cid) != fingerprint(cid[:-1])
     assert cid.hex()[:16] not in fingerprint(cid)
-    assert replace(cred(cid)).key == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+    assert WebAuthnCredential(cid, "alice", b"h", b"k", 0, "key", NOW).key == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"

@@ -16,7 +16,6 @@ from harness.softkey import SoftAuthenticator, make_attestation
 
 from forwardauth.config import parse_config
 from forwardauth.state.memory import MemoryStore
-from forwardauth.webauthn.memory import MemoryCredentialStore
 from forwardauth.webauthn.service import AMR_PRESENCE, AMR_VERIFIED, WebAuthnService
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
@@ -30,7 +29,7 @@ SETTINGS = WebAuthnSettings(rp_id="example.com", origins=(ORIGIN, "https://login
 
 
 def service(settings: WebAuthnSettings = SETTINGS) -> WebAuthnService:
-    return WebAuthnService(settings, LEVELS, MemoryCredentialStore(), MemoryStore().claim_once)
+    return WebAuthnService(settings, LEVELS, MemoryStore())
 
 
 async def register(svc: WebAuthnService, key: SoftAuthenticator, user: str = "alice", name: str = "my key",
@@ -63,7 +62,7 @@ async def test_registration_records_the_credential():
         "alice", "Laptop passkey", 1, ("internal",), str(__import__("uuid").UUID(bytes=key.aaguid)), True, True,
         True, True, None)
     assert cred.id == key.credentials[0].id and cred.user_handle == key.credentials[0].user_handle
-    assert await svc.store.credentials("alice") == [cred]
+    assert await svc.store.webauthn_credentials("alice") == [cred]
 
 
 async def test_registration_options():
@@ -116,10 +115,10 @@ async def test_registration_limits_and_duplicates():
     alices = await register(svc2, key)
     challenge, options = await svc2.start_registration("bob", "sid-bob", "bob", "Bob", time.time())
     answer = key.create(options, ORIGIN)
-    await svc2.store.add(replace(alices, id=key.credentials[-1].id), 10)
+    await svc2.store.add_webauthn_credential(replace(alices, id=key.credentials[-1].id), 10)
     r = await refused(svc2.finish_registration(challenge, answer, "again", time.time()))
     assert (r.reason, r.detail) == (Reason.DUPLICATE, "This security key or passkey is already registered.")
-    assert [c.user for c in await svc2.store.credentials("bob")] == []
+    assert [c.user for c in await svc2.store.webauthn_credentials("bob")] == []
     # An answer whose outer id is not the attested credential's.
     challenge, options = await svc2.start_registration("bob", "sid-bob", "bob", "Bob", time.time())
     answer = key.create(options, ORIGIN)
@@ -168,7 +167,7 @@ async def test_attestation_direct_aaguid_not_allowed():
     svc = service(direct(att.root_pem, aaguids=[bytes(16)]))
     r = await refused(register(svc, SoftAuthenticator(aaguid=aaguid, attestation=att)))
     assert (r.reason, r.detail) == (Reason.AAGUID, "00010203-0405-0607-0809-0a0b0c0d0e0f")
-    assert await svc.store.credentials("alice") == []
+    assert await svc.store.webauthn_credentials("alice") == []
 
 
 async def test_attestation_direct_untrusted_root_self_and_none():
@@ -195,11 +194,11 @@ async def test_step_up_with_user_verification_proves_the_uv_level():
     proof = await step_up(svc, key)
     assert (proof.user, proof.level.name, proof.level.acr, proof.amr, proof.user_verified) == (
         "alice", "hardware", ("urn:acr:hwk",), AMR_VERIFIED, True)
-    stored = await svc.store.credential(cred.id)
+    stored = await svc.store.webauthn_credential(cred.id)
     assert (stored.sign_count, stored.backed_up, stored.last_used is not None) == (2, False, True)
     key.backed_up = True  # synced since: BS is recorded on every use
     await step_up(svc, key)
-    assert (await svc.store.credential(cred.id)).backed_up is True
+    assert (await svc.store.webauthn_credential(cred.id)).backed_up is True
 
 
 async def test_step_up_options_name_the_users_credentials():
@@ -227,7 +226,7 @@ async def test_user_verification_missing_when_the_level_needs_it():
     cred = await register(svc, key)
     r = await refused(step_up(svc, key, target="hardware"))
     assert r.reason is Reason.NOT_VERIFIED
-    assert (await svc.store.credential(cred.id)).sign_count == 1  # nothing recorded
+    assert (await svc.store.webauthn_credential(cred.id)).sign_count == 1  # nothing recorded
     # Without a presence level, even mfa needs UV.
     svc = service(replace(SETTINGS, level_presence=None))
     await register(svc, key)
@@ -288,7 +287,7 @@ async def test_counter_regression_locks_the_credential():
     await step_up(svc, key, counter=7)
     r = await refused(step_up(svc, key, counter=3))
     assert (r.reason, r.detail, r.credential.id) == (Reason.COUNTER, "7 -> 3", cred.id)
-    stored = await svc.store.credential(cred.id)
+    stored = await svc.store.webauthn_credential(cred.id)
     assert stored.locked == "signature counter went from 7 to 3: possible cloned authenticator"
     assert stored.sign_count == 7
     # Step-up no longer offers it, and it is locked for good: even a proper next counter is refused.
@@ -322,7 +321,7 @@ async def test_zero_counters_are_accepted():
     assert cred.sign_count == 0
     for _ in range(3):
         assert (await step_up(svc, key)).level.name == "hardware"
-    assert (await svc.store.credential(cred.id)).sign_count == 0
+    assert (await svc.store.webauthn_credential(cred.id)).sign_count == 0
     # A counter that starts later is fine too (0 -> 4), and then must keep going up.
     await step_up(svc, key, counter=4)
     assert (await refused(step_up(svc, key, counter=0))).reason is Reason.COUNTER
@@ -336,7 +335,7 @@ async def test_bad_signature_changes_nothing():
     # who knows a credential id could otherwise lock it.
     r = await refused(step_up(svc, key, counter=2, bad_signature=True))
     assert (r.reason, r.credential.id) == (Reason.SIGNATURE, cred.id)
-    stored = await svc.store.credential(cred.id)
+    stored = await svc.store.webauthn_credential(cred.id)
     assert (stored.locked, stored.sign_count) == (None, 9)
     assert (await step_up(svc, key, counter=10)).level.name == "hardware"
 
@@ -349,7 +348,7 @@ async def test_credential_of_another_user():
     r = await refused(svc.finish_assertion(challenge, bobs.get(options, ORIGIN, credential=bobs.credentials[0]),
                                            time.time()))
     assert (r.reason, r.credential) == (Reason.OTHER_USER, None)
-    assert (await svc.store.credential(bob_cred.id)).sign_count == 1  # bob's credential untouched
+    assert (await svc.store.webauthn_credential(bob_cred.id)).sign_count == 1  # bob's credential untouched
 
 
 async def test_unknown_credential():
@@ -366,7 +365,7 @@ async def test_removed_credential_no_longer_works():
     svc, key = service(), SoftAuthenticator()
     cred = await register(svc, key)
     challenge, options = await svc.start_step_up("alice", "sid-alice", "hardware", time.time())
-    assert await svc.store.remove("alice", cred.id) is True
+    assert await svc.store.remove_webauthn_credential("alice", cred.id) is True
     r = await refused(svc.finish_assertion(challenge, key.get(options, ORIGIN), time.time()))
     assert r.reason is Reason.UNKNOWN_CREDENTIAL
 
