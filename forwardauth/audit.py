@@ -236,7 +236,7 @@ def _report(text: str) -> None:
 
 def open_target(target: str, where: str = "local.audit") -> AuditLog:
     """An AuditLog for `target`, or ConfigError naming the setting and why it cannot be written."""
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     try:
         return AuditLog(target)
@@ -249,7 +249,7 @@ def for_cli(cfg) -> AuditLog:  # noqa: ANN001 - config.Config
     """The audit log for a command: the configured `local.audit`, except that
     stdout becomes stderr (a command's own output is on stdout). A file that
     cannot be written is a ConfigError."""
-    from forwardauth.runtime import resolve_path
+    from forwardauth.core.runtime import resolve_path
     from forwardauth.signin.settings import settings
 
     target = settings(cfg).audit
@@ -264,7 +264,7 @@ def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported
     with a ConfigError instead of failing a request later)."""
     log = ctx.extensions.get("audit")
     if log is None:
-        from forwardauth.runtime import resolve_path
+        from forwardauth.core.runtime import resolve_path
         from forwardauth.signin.settings import settings
 
         cfg = ctx.runtime.config

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
 
-from forwardauth import __version__, keyring
-from forwardauth.config import Config, load_config
-from forwardauth.decision import decide
-from forwardauth.durations import format_duration, parse_duration
-from forwardauth.errors import ConfigError
-from forwardauth.policy import Rule
-from forwardauth.request import AmbiguousPath, BadRequest, build, from_url
-from forwardauth.runtime import Runtime, resolve_state_url, store_problem
-from forwardauth.sealing import SealError
-from forwardauth.session import MAX_COOKIE_BYTES
-from forwardauth.session import MAX_FIELD as MAX_SESSION_FIELD
-from forwardauth.session import MAX_GROUPS as MAX_SESSION_GROUPS
+from forwardauth import __version__
+from forwardauth.core import keyring
+from forwardauth.core.config import Config, load_config
+from forwardauth.core.decision import decide
+from forwardauth.core.durations import format_duration, parse_duration
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.policy import Rule
+from forwardauth.core.request import AmbiguousPath, BadRequest, build, from_url
+from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.core.sealing import SealError
+from forwardauth.core.session import MAX_COOKIE_BYTES
+from forwardauth.core.session import MAX_FIELD as MAX_SESSION_FIELD
+from forwardauth.core.session import MAX_GROUPS as MAX_SESSION_GROUPS
 from forwardauth.state import open_store
 from forwardauth.state.base import StoreUnavailable
 
@@ -61,7 +62,7 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from forwardauth import logs
+    from forwardauth.core import logs
     from forwardauth.serve import load_or_default, serve
 
     logs.setup()
@@ -127,7 +128,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         level = args.level or cfg.levels.items[0].name
         if level not in cfg.levels:
             raise CliError(f"--level: unknown level {level!r} (levels: {', '.join(cfg.levels.names)})")
-        from forwardauth.session import Session
+        from forwardauth.core.session import Session
 
         proven = now - args.proven_ago
         session = Session(sid="explain", sub=args.user, level=level, proofs={level: proven}, iat=proven,

@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from forwardauth.keyring import b64d, b64e
+from forwardauth.core.keyring import b64d, b64e
 
 SALT_BYTES = 16
 HASH_BYTES = 32

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from forwardauth import keyring
-from forwardauth.config import Config, load_config, parse_config
-from forwardauth.runtime import Runtime, store_problem
+from forwardauth.core import keyring
+from forwardauth.core.config import Config, load_config, parse_config
+from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.server import CTX, build_app, decisions_first
 from forwardauth.state.base import StoreUnavailable
 
@@ -99,7 +99,7 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
 
 def run_worker(config: Config, reuse_port: bool, ready=None) -> int:
     """Serve until stopped. Returns the exit status: 1 when it could not start."""
-    from forwardauth import logs
+    from forwardauth.core import logs
 
     logs.setup()
     runtime = Runtime.build(config)

@@ -16,18 +16,18 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from forwardauth import request as reqmod
-from forwardauth import responses
-from forwardauth.config import load_config
-from forwardauth.cookies import cookie_value, set_cookie
-from forwardauth.decision import Decision, Outcome, decide
-from forwardauth.errors import ConfigError
-from forwardauth.logs import Throttle
-from forwardauth.memo import Memo
+from forwardauth.core import request as reqmod
+from forwardauth.core import responses
+from forwardauth.core.config import load_config
+from forwardauth.core.cookies import cookie_value, set_cookie
+from forwardauth.core.decision import Decision, Outcome, decide
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.logs import Throttle
+from forwardauth.core.memo import Memo
 from forwardauth.metrics import DECISIONS, metrics_handler
 from forwardauth.revocation import Revocations
-from forwardauth.runtime import Runtime, resolve_state_url
-from forwardauth.session import Session
+from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.core.session import Session
 from forwardauth.state import StateStore, open_store
 
 log = logging.getLogger("forwardauth")

@@ -12,8 +12,8 @@ import time
 
 from aiohttp import web
 
-from forwardauth.cookies import clear_cookie
-from forwardauth.redirects import safe_redirect
+from forwardauth.core.cookies import clear_cookie
+from forwardauth.core.redirects import safe_redirect
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session
 
 

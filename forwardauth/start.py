@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.decision import Outcome, decide
+from forwardauth.core.decision import Outcome, decide
 from forwardauth.pages import page
-from forwardauth.redirects import safe_redirect
-from forwardauth.request import BadRequest, build
+from forwardauth.core.redirects import safe_redirect
+from forwardauth.core.request import BadRequest, build
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 
 
 @dataclass(frozen=True)

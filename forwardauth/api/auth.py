@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth import request as reqmod
+from forwardauth.core import request as reqmod
 from forwardauth.server import CTX, Context
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import bearer_token, principal

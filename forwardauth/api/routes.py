@@ -17,7 +17,7 @@ from aiohttp import web
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
 from forwardauth.api import openapi
 from forwardauth.api.auth import ApiError, Caller, body, caller, error_response, fail, json_response
-from forwardauth.durations import parse_duration
+from forwardauth.core.durations import parse_duration
 from forwardauth.server import CTX, Context
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.tokens import rules

@@ -25,10 +25,10 @@ from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
 from forwardauth.pages import HEADERS as PAGE_HEADERS
 from forwardauth.pages import page
-from forwardauth.redirects import safe_redirect
-from forwardauth.sealing import SealError, Sealer
+from forwardauth.core.redirects import safe_redirect
+from forwardauth.core.sealing import SealError, Sealer
 from forwardauth.server import APP_HOOKS, CTX, Context, current_session, session_cookie
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.start import AUTHENTICATORS, Need
 from forwardauth.state.base import StoreUnavailable
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forwardauth.config import SECTION_PARSERS, Reader
+from forwardauth.core.config import SECTION_PARSERS, Reader
 
 MAX_LOGIN_TIMEOUT = 3600.0
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")

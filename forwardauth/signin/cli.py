@@ -33,10 +33,10 @@ from forwardauth import cli as core_cli
 from forwardauth.accounts import (MAX_KEY, Account, AccountError, account_store, check_groups, check_username,
                                   normalise_username)
 from forwardauth.audit import for_cli
-from forwardauth.config import Config
+from forwardauth.core.config import Config
 from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
 from forwardauth.regulation import Regulator, failure_store
-from forwardauth.runtime import Runtime, resolve_state_url
+from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
 from forwardauth.state import StateStore, open_store
 from forwardauth.totp import SecretBox, new_secret, provisioning_uri, qr_terminal

@@ -25,9 +25,9 @@ import re
 import secrets
 from dataclasses import replace
 
-from forwardauth.config import SessionConfig
-from forwardauth.cookies import set_cookie
-from forwardauth.keyring import KEY_ID_RE, KeyRing, b64d, b64e
+from forwardauth.core.config import SessionConfig
+from forwardauth.core.cookies import set_cookie
+from forwardauth.core.keyring import KEY_ID_RE, KeyRing, b64d, b64e
 
 COOKIE_MAX_AGE = 12 * 3600
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")

@@ -18,18 +18,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
-from forwardauth import request as reqmod
+from forwardauth.core import request as reqmod
 from forwardauth.accounts import normalise_username
 from forwardauth.audit import AuditLog, request_id
 from forwardauth.audit import for_context as audit_for
-from forwardauth.decision import Decision, Outcome
-from forwardauth.responses import Answer
-from forwardauth.levels import Level
-from forwardauth.redirects import safe_redirect
-from forwardauth.runtime import Runtime
+from forwardauth.core.decision import Decision, Outcome
+from forwardauth.core.responses import Answer
+from forwardauth.core.levels import Level
+from forwardauth.core.redirects import safe_redirect
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import (ANSWER_HOOKS, APP_HOOKS, CTX, Context, current_session, peer_address,
                                session_cookie)
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.signin import csrf
 from forwardauth.signin.flow import Step, can_step_up, next_step
 from forwardauth.signin.pages import group_secret, render, stylesheet

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from forwardauth.accounts import USERNAME_RE, Account, AccountStore, account_store
-from forwardauth.levels import Level
+from forwardauth.core.levels import Level
 from forwardauth.passwords import (
     dummy_verify,
     generate_password,
@@ -26,9 +26,9 @@ from forwardauth.passwords import (
     verify_password,
 )
 from forwardauth.regulation import Regulator, failure_store
-from forwardauth.runtime import Runtime
-from forwardauth.sealing import SealError
-from forwardauth.session import Session, new_session_id
+from forwardauth.core.runtime import Runtime
+from forwardauth.core.sealing import SealError
+from forwardauth.core.session import Session, new_session_id
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
 from forwardauth.state.base import StateStore

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forwardauth.accounts import USERNAME_RE, AccountError, check_groups
-from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
-from forwardauth.levels import Level, Levels
+from forwardauth.core.config import SECTION_PARSERS, Config, Reader, _show
+from forwardauth.core.levels import Level, Levels
 from forwardauth.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from forwardauth.keyring import KeyRing
-from forwardauth.levels import Levels
-from forwardauth.request import OriginalRequest
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.levels import Levels
+from forwardauth.core.request import OriginalRequest
 from forwardauth.revocation import Revocations
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.index import TokenIndex

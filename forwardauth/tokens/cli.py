@@ -19,9 +19,9 @@ from typing import Any, Awaitable, Callable
 
 from forwardauth import cli as core_cli
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
-from forwardauth.config import Config
-from forwardauth.durations import parse_duration
-from forwardauth.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.core.config import Config
+from forwardauth.core.durations import parse_duration
+from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac

@@ -22,14 +22,14 @@ from typing import Any
 from aiohttp import web
 from cachetools import LRUCache
 
-from forwardauth import responses
-from forwardauth.decision import Decision, Outcome
-from forwardauth.durations import format_duration
-from forwardauth.keyring import KeyRing
-from forwardauth.request import OriginalRequest
-from forwardauth.runtime import Runtime, resolve_path
+from forwardauth.core import responses
+from forwardauth.core.decision import Decision, Outcome
+from forwardauth.core.durations import format_duration
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.request import OriginalRequest
+from forwardauth.core.runtime import Runtime, resolve_path
 from forwardauth.server import ANSWER_HOOKS, APP_HOOKS, CREDENTIAL_HOOKS, READY_CHECKS, Context
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, looks_like_ours, principal
 from forwardauth.tokens.index import TokenIndex, UsageRecorder

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 from forwardauth.accounts import (Account, AccountError, AccountStore, account_store, lock_account,
                                   set_account_groups, unlock_account)
-from forwardauth.config import Config
-from forwardauth.keyring import KeyRing
-from forwardauth.sealing import SealError, Sealer
+from forwardauth.core.config import Config
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.sealing import SealError, Sealer
 from forwardauth.state.base import StateStore
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
+from forwardauth.core.config import SECTION_PARSERS, Config, Reader, _show
 from forwardauth.tokens.caveats import ACCOUNT_RE
 
 ALGORITHMS = ("ES256", "HS512")

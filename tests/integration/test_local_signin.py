@@ -19,9 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from forwardauth.accounts import Account
-from forwardauth.config import parse_config
+from forwardauth.core.config import parse_config
 from forwardauth.passwords import ScryptParams, hash_password
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import CTX, build_app
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.totp import SecretBox, code_at, current_step
@@ -917,7 +917,7 @@ async def test_decision_denied_carries_the_request_id(site):
 
 
 async def test_an_audit_file_that_cannot_be_written_stops_the_start(tmp_path):
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     (tmp_path / "ro").mkdir()
     target = tmp_path / "ro" / "missing-dir" / "audit.log"

@@ -20,11 +20,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from forwardauth.config import parse_config
+from forwardauth.core.config import parse_config
 from forwardauth.oidc.client import ProviderDown
 from forwardauth.oidc.flow import login_cookie_name
 from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD, continue_to
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import CTX, build_app
 from forwardauth.state.memory import MemoryStore
 from harness.oidc import ACR_MFA, ACR_PASSWORD, OidcProvider

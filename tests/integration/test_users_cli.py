@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from forwardauth.config import load_config
+from forwardauth.core.config import load_config
 from forwardauth.passwords import verify_password
 from forwardauth.regulation import Regulator
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.signin.settings import settings
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.totp import SecretBox

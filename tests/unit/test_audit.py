@@ -148,7 +148,7 @@ def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
 
 def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
     from forwardauth.audit import open_target
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):

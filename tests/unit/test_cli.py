@@ -7,9 +7,9 @@ import stat
 import pytest
 
 from forwardauth.cli import main
-from forwardauth.keyring import KeyRing
-from forwardauth.runtime import Runtime
-from forwardauth.config import load_config
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.runtime import Runtime
+from forwardauth.core.config import load_config
 
 CONFIG = """
 server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}
@@ -121,7 +121,7 @@ def test_keys_generate_rotate_list(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{ring.current.id}\tseals+opens") and lines[1].startswith(f"{first}\topens")
     # Never the key material: no secret (or private key) in any encoding appears in the listing.
-    from forwardauth.keyring import b64e
+    from forwardauth.core.keyring import b64e
 
     text = "\n".join(lines)
     for k in ring.keys:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from forwardauth.errors import ConfigError
+from forwardauth.core.errors import ConfigError
 from forwardauth.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
 from forwardauth.signin.settings import BootstrapAdmin, LocalSettings, settings, totp_levels
@@ -43,7 +43,7 @@ def test_example_local_section_is_valid_when_uncommented():
 
 
 def test_example_levels_use_totp_for_mfa():
-    from forwardauth.config import load_config
+    from forwardauth.core.config import load_config
 
     cfg = load_config(Path(__file__).parents[2] / "config.example.yaml")
     assert [lv.name for lv in totp_levels(cfg.levels)] == ["mfa"]

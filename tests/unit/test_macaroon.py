@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from forwardauth.keyring import Key, KeyRing, b64d, b64e
-from forwardauth.levels import Level, Levels
-from forwardauth.request import AmbiguousPath, build
+from forwardauth.core.keyring import Key, KeyRing, b64d, b64e
+from forwardauth.core.levels import Level, Levels
+from forwardauth.core.request import AmbiguousPath, build
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.base import RevocationSnapshot
 from forwardauth.tokens import caveats as cv

@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from forwardauth import server
-from forwardauth.config import parse_config
-from forwardauth.memo import Memo
-from forwardauth.runtime import Runtime
+from forwardauth.core.config import parse_config
+from forwardauth.core.memo import Memo
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import CTX, build_app, decisions_first
 from forwardauth.state.memory import MemoryStore
 

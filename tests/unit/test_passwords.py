@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from forwardauth.keyring import b64d
+from forwardauth.core.keyring import b64d
 from forwardauth.passwords import (
     DEFAULT_PARAMS,
     MAX_PASSWORD_CHARS,

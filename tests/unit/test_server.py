@@ -5,7 +5,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import CTX, build_app
 from forwardauth.state.memory import MemoryStore
 
@@ -168,7 +168,7 @@ async def test_metrics_count_outcomes(client):
 
 
 async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
-    from forwardauth.config import load_config
+    from forwardauth.core.config import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(BASE + POLICY)

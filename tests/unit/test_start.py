@@ -6,7 +6,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import build_app
 from forwardauth.state.memory import MemoryStore
 

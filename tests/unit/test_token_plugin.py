@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from forwardauth import responses
+from forwardauth.core import responses
 from forwardauth.accounts import Account
-from forwardauth.decision import decide
-from forwardauth.request import OriginalRequest
+from forwardauth.core.decision import decide
+from forwardauth.core.request import OriginalRequest
 from forwardauth.revocation import Revocations
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.server import Context
-from forwardauth.session import Session
+from forwardauth.core.session import Session
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.tokens import macaroon as mac

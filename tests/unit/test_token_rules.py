@@ -6,7 +6,7 @@ import pytest
 
 from forwardauth.accounts import Account
 from forwardauth.audit import EVENTS
-from forwardauth.keyring import Key, KeyRing
+from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.memory import MemoryStore
 from forwardauth.tokens import macaroon as mac

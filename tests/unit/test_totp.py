@@ -7,8 +7,8 @@ import pyotp
 import pytest
 
 from forwardauth.accounts import Account
-from forwardauth.keyring import Key, KeyRing
-from forwardauth.sealing import SealError
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.core.sealing import SealError
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.totp import (

@@ -13,7 +13,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from forwardauth.keyring import KEY_ID_RE, KeyRing, b64d, b64e
+from forwardauth.core.keyring import KEY_ID_RE, KeyRing, b64d, b64e
 
 NONCE_BYTES = 12
 

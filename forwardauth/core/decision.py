@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from forwardauth.durations import format_duration
-from forwardauth.levels import Levels
-from forwardauth.policy import Action, Policy, Rule
-from forwardauth.request import OriginalRequest
-from forwardauth.session import Session
+from forwardauth.core.durations import format_duration
+from forwardauth.core.levels import Levels
+from forwardauth.core.policy import Action, Policy, Rule
+from forwardauth.core.request import OriginalRequest
+from forwardauth.core.session import Session
 
 
 class Outcome(str, Enum):

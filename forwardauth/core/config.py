@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import yaml
 
-from forwardauth.durations import format_duration, parse_duration
-from forwardauth.errors import ConfigError
-from forwardauth.levels import Level, Levels
-from forwardauth.policy import Action, PathPattern, Policy, Rule
+from forwardauth.core.durations import format_duration, parse_duration
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.levels import Level, Levels
+from forwardauth.core.policy import Action, PathPattern, Policy, Rule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Callable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-from forwardauth.paths import AmbiguousPath, BadRequest, normalise_path, path_readings
+from forwardauth.core.paths import AmbiguousPath, BadRequest, normalise_path, path_readings
 
 __all__ = ["AmbiguousPath", "BadRequest", "OriginalRequest", "normalise_path", "path_readings", "build",
            "from_url", "parse_host", "parse_method", "parse_uri", "client_address", "TrustedNetworks",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forwardauth.config import SessionConfig
+from forwardauth.core.config import SessionConfig
 
 
 def set_cookie(cfg: SessionConfig, name: str, value: str, max_age: int, path: str = "/") -> str:

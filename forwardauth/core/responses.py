@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from forwardauth.config import Config
-from forwardauth.decision import Decision, Outcome
-from forwardauth.durations import format_duration
-from forwardauth.request import OriginalRequest
-from forwardauth.session import Session
+from forwardauth.core.config import Config
+from forwardauth.core.decision import Decision, Outcome
+from forwardauth.core.durations import format_duration
+from forwardauth.core.request import OriginalRequest
+from forwardauth.core.session import Session
 
 log = logging.getLogger("forwardauth")
 

@@ -13,8 +13,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Mapping, NamedTuple
 
-from forwardauth.levels import Levels
-from forwardauth.sealing import SealError, Sealer
+from forwardauth.core.levels import Levels
+from forwardauth.core.sealing import SealError, Sealer
 
 MAX_OPENED = 20_000  # opened cookies remembered per process
 MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwardauth.config import Config
-from forwardauth.errors import ConfigError
-from forwardauth.keyring import KeyRing, KeyRingError
-from forwardauth.request import TrustedNetworks
-from forwardauth.sealing import Sealer
-from forwardauth.session import SessionCodec
+from forwardauth.core.config import Config
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.keyring import KeyRing, KeyRingError
+from forwardauth.core.request import TrustedNetworks
+from forwardauth.core.sealing import Sealer
+from forwardauth.core.session import SessionCodec
 
 
 @dataclass(frozen=True)

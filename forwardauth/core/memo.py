@@ -37,8 +37,8 @@ from typing import Any, Callable
 
 from multidict import CIMultiDict
 
-from forwardauth.request import OriginalRequest
-from forwardauth.session import Session
+from forwardauth.core.request import OriginalRequest
+from forwardauth.core.session import Session
 
 MAX_ENTRIES = 8192
 
