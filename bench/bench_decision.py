@@ -292,7 +292,7 @@ def _per_call_us(fn, budget: float, repeats: int) -> float:
 
 
 def policy_bench(sizes: list[int], workdir: Path) -> list[tuple[int, float, float, float]]:
-    from forwardauth.core.config import load_config
+    from forwardauth.composition import load_config
     from forwardauth.core.decision import Outcome, decide
     from forwardauth.core.request import build
     from forwardauth.core.runtime import Runtime

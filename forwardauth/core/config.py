@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -75,16 +75,16 @@ class Config:
     headers: HeadersConfig
     levels: Levels
     policy: Policy
-    # Sections owned by later parts (oidc, local, tokens, ...), parsed by
-    # their own modules through SECTION_PARSERS.
+    # Sections owned by the parts (oidc, local, tokens, ...), parsed by the
+    # parsers the parts declare (composition.py passes them to parse_config).
     sections: dict[str, Any] = field(default_factory=dict)
     # Valid but probably not meant (shown by `check`, logged by `serve`).
     warnings: tuple[str, ...] = ()
 
 
-# name -> parser(reader, raw value, config-so-far) -> frozen section object.
-# Parts that add a config section register here instead of growing this file.
-SECTION_PARSERS: dict[str, Callable[["Reader", Any, dict[str, Any]], Any]] = {}
+# A part's config section: parser(reader, raw value, config so far) -> its
+# frozen settings object. "So far": server, session, levels and policy.
+SectionParser = Callable[["Reader", Any, dict[str, Any]], Any]
 
 
 class Reader:
@@ -105,7 +105,7 @@ class Reader:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(where, f"must be a mapping, got {_show(value)}")
+            self.error(where, f"must be a mapping, got {show(value)}")
             return {}
         for k in value:
             if k not in allowed:
@@ -117,14 +117,14 @@ class Reader:
         if v is default:
             return v
         if not isinstance(v, str) or (pattern is not None and not pattern.match(v)):
-            self.error(f"{where}.{key}", f"invalid value {_show(v)}")
+            self.error(f"{where}.{key}", f"invalid value {show(v)}")
             return default
         return v
 
     def boolean(self, d: dict, key: str, where: str, default: bool) -> bool:
         v = d.get(key, default)
         if not isinstance(v, bool):
-            self.error(f"{where}.{key}", f"must be true or false, got {_show(v)}")
+            self.error(f"{where}.{key}", f"must be true or false, got {show(v)}")
             return default
         return v
 
@@ -144,7 +144,7 @@ class Reader:
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
-            self.error(f"{where}.{key}", f"must be a non-empty list of strings, got {_show(v)}")
+            self.error(f"{where}.{key}", f"must be a non-empty list of strings, got {show(v)}")
             return None
         return v
 
@@ -157,29 +157,30 @@ class Reader:
             try:
                 out.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                self.error(f"{where}.{key}[{i}]", f"not an IP network (CIDR): {_show(item)}")
+                self.error(f"{where}.{key}[{i}]", f"not an IP network (CIDR): {show(item)}")
         return tuple(out)
 
 
-def _show(v: Any) -> str:
+def show(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file. Raises ConfigError listing every problem."""
+def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError listing every problem.
+    `sections`: the parts' config sections (composition.load_config passes them all)."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    return parse_config(text, str(p))
+    return parse_config(text, str(p), sections)
 
 
-def parse_config(text: str, file: str = "<config>") -> Config:
-    from forwardauth import extensions
-
-    extensions.load()
+def parse_config(text: str, file: str = "<config>", sections: Mapping[str, SectionParser] | None = None) -> Config:
+    """Parse and validate config text; a key that is neither the core's nor one
+    of `sections` is an error."""
+    parsers = sections or {}
     r = Reader(file)
     try:
         raw = yaml.safe_load(text)
@@ -190,7 +191,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     if raw is None:
         raw = {}
     core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy"}
-    top = r.mapping(raw, "", core | set(SECTION_PARSERS))
+    top = r.mapping(raw, "", core | set(parsers))
     server = _server(r, top.get("server"))
     session = _session(r, top.get("session"))
     keys = _keys(r, top.get("keys"))
@@ -199,19 +200,19 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     refresh = r.duration(rev, "refresh_interval", "revocation", 2.0)
     if refresh is None or refresh < 0.05:
         if refresh is not None:
-            r.error("revocation.refresh_interval", f"must be at least 50ms, got {_show(rev['refresh_interval'])}")
+            r.error("revocation.refresh_interval", f"must be at least 50ms, got {show(rev['refresh_interval'])}")
         refresh = 2.0
     headers = _headers(r, top.get("headers"))
     levels = _levels(r, top.get("levels"))
     policy = _policy(r, top.get("policy"), levels)
     so_far: dict[str, Any] = {"server": server, "session": session, "levels": levels, "policy": policy}
-    sections = {}
-    for name, parser in SECTION_PARSERS.items():
+    parsed = {}
+    for name, parser in parsers.items():
         if name in top:
-            sections[name] = parser(r, top[name], so_far)
+            parsed[name] = parser(r, top[name], so_far)
     if r.problems:
         raise ConfigError(r.problems)
-    return Config(file, server, session, keys, state, refresh, headers, levels, policy, sections, tuple(r.warnings))
+    return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings))
 
 
 def _server(r: Reader, raw: Any) -> ServerConfig:
@@ -227,20 +228,20 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     if listen is not None:
         m = re.match(r"^\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$", str(listen))
         if not m or not (0 < int(m.group(2)) < 65536):
-            r.error(f"{w}.listen", f"must be HOST:PORT, got {_show(listen)}")
+            r.error(f"{w}.listen", f"must be HOST:PORT, got {show(listen)}")
         else:
             host, port = m.group(1), int(m.group(2))
     public_url = r.string(d, "public_url", w, f"http://{host}:{port}")
     if not re.match(r"^https?://[^/?#@\s]+$", public_url.rstrip("/")):
-        r.error(f"{w}.public_url", f"must be an http(s) URL with no path, query or userinfo, got {_show(public_url)}")
+        r.error(f"{w}.public_url", f"must be an http(s) URL with no path, query or userinfo, got {show(public_url)}")
     tp = r.networks(d, "trusted_proxies", w)
     domains = r.str_list(d, "allowed_redirect_domains", w) or []
     for i, dom in enumerate(domains):
         if not _HOST_RE.match(dom.lstrip(".").lower()) or dom.startswith("*"):
-            r.error(f"{w}.allowed_redirect_domains[{i}]", f"must be a host or .domain, got {_show(dom)}")
+            r.error(f"{w}.allowed_redirect_domains[{i}]", f"must be a host or .domain, got {show(dom)}")
     workers = d.get("workers", 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-        r.error(f"{w}.workers", f"must be an integer from 1 to 64, got {_show(workers)}")
+        r.error(f"{w}.workers", f"must be an integer from 1 to 64, got {show(workers)}")
         workers = 1
     tls = r.mapping(d.get("tls"), f"{w}.tls", {"cert", "key"})
     cert, key = r.string(tls, "cert", f"{w}.tls"), r.string(tls, "key", f"{w}.tls")
@@ -269,7 +270,7 @@ def _session(r: Reader, raw: Any) -> SessionConfig:
     secure = r.boolean(d, "secure", w, True)
     same_site = r.string(d, "same_site", w, "lax")
     if same_site.lower() not in ("lax", "strict"):
-        r.error(f"{w}.same_site", f"must be lax or strict, got {_show(same_site)}")
+        r.error(f"{w}.same_site", f"must be lax or strict, got {show(same_site)}")
         same_site = "lax"
     lifetime = r.duration(d, "lifetime", w, dflt.lifetime)
     idle = r.duration(d, "idle_timeout", w, dflt.idle_timeout)
@@ -285,7 +286,7 @@ def _session(r: Reader, raw: Any) -> SessionConfig:
     if name.startswith("__Secure-") and not secure:
         r.error(f"{w}.cookie_name", "a __Secure- cookie needs secure: true")
     if domain is not None and not _HOST_RE.match(domain.lstrip(".").lower()):
-        r.error(f"{w}.domain", f"not a domain: {_show(domain)}")
+        r.error(f"{w}.domain", f"not a domain: {show(domain)}")
     return SessionConfig(name, domain, secure, same_site.capitalize(), lifetime or 0, idle or 0)
 
 
@@ -305,7 +306,7 @@ def _keys(r: Reader, raw: Any) -> KeysConfig:
 
 def _state(r: Reader, raw: Any) -> str:
     if not isinstance(raw, str) or not re.match(r"^(sqlite://.+|memory://|redis(s)?://.+)$", raw):
-        r.error("state", f"must be sqlite:///path, memory:// or redis://..., got {_show(raw)}")
+        r.error("state", f"must be sqlite:///path, memory:// or redis://..., got {show(raw)}")
         return "memory://"
     return raw
 
@@ -316,7 +317,7 @@ def _headers(r: Reader, raw: Any) -> HeadersConfig:
     if sets is not None:
         for i, s in enumerate(sets):
             if s not in HEADER_SETS:
-                r.error(f"headers.sets[{i}]", f"must be one of {', '.join(HEADER_SETS)}, got {_show(s)}")
+                r.error(f"headers.sets[{i}]", f"must be one of {', '.join(HEADER_SETS)}, got {show(s)}")
     sep = r.string(d, "groups_separator", "headers", ",", re.compile(r"^[,;| ]$"))
     return HeadersConfig(tuple(sets) if sets is not None else HEADER_SETS, sep)
 
@@ -332,7 +333,7 @@ def _levels(r: Reader, raw: Any) -> Levels:
         d = r.mapping(entry, w, {"name", "acr", "amr", "local_factor"})
         name = d.get("name")
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            r.error(f"{w}.name", f"must be a short name (letters, digits, _.:-), got {_show(name)}")
+            r.error(f"{w}.name", f"must be a short name (letters, digits, _.:-), got {show(name)}")
             continue
         if name in seen:
             r.error(f"{w}.name", f"duplicate level {name!r}")
@@ -363,7 +364,7 @@ def _claim_values(r: Reader, d: dict, key: str, where: str) -> list[str]:
     for j, v in enumerate(values):
         if not _CLAIM_RE.match(v):
             r.error(f"{where}.{key}[{j}]", f"must be 1-256 printable ASCII characters without spaces, quotes or "
-                                           f"backslashes, got {_show(v)}")
+                                           f"backslashes, got {show(v)}")
     return [v for v in values if _CLAIM_RE.match(v)]
 
 
@@ -371,7 +372,7 @@ def _policy(r: Reader, raw: Any, levels: Levels) -> Policy:
     d = r.mapping(raw, "policy", {"default", "rules"})
     default = d.get("default", "deny")
     if default not in ("deny", "anonymous"):
-        r.error("policy.default", f"must be deny or anonymous, got {_show(default)}")
+        r.error("policy.default", f"must be deny or anonymous, got {show(default)}")
         default = "deny"
     raw_rules = d.get("rules", [])
     if not isinstance(raw_rules, list):
@@ -415,7 +416,7 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
     for j, h in enumerate(r.str_list(d, "hosts", w) or []):
         hl = h.lower().rstrip(".")
         if not _HOST_RE.match(hl):
-            r.error(f"{w}.hosts[{j}]", f"must be a host name or *.domain, got {_show(h)}")
+            r.error(f"{w}.hosts[{j}]", f"must be a host name or *.domain, got {show(h)}")
         hosts.append(hl)
     paths = []
     for j, p in enumerate(r.str_list(d, "paths", w) or []):
@@ -428,7 +429,7 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
         methods = [m.upper() for m in methods]
         for j, m in enumerate(methods):
             if m not in METHODS:
-                r.error(f"{w}.methods[{j}]", f"unknown HTTP method {_show(m)}")
+                r.error(f"{w}.methods[{j}]", f"unknown HTTP method {show(m)}")
     networks = r.networks(d, "networks", w) or ()
 
     has = [k for k in ("allow", "deny", "level", "methods_levels") if k in d]
@@ -439,18 +440,18 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
     action, level, mlevels = Action.LEVEL, None, ()
     if "allow" in d:
         if d["allow"] != "anonymous":
-            r.error(f"{w}.allow", f"the only allowed value is anonymous, got {_show(d['allow'])}")
+            r.error(f"{w}.allow", f"the only allowed value is anonymous, got {show(d['allow'])}")
         action = Action.ANONYMOUS
     elif "deny" in d:
         if d["deny"] is not True:
-            r.error(f"{w}.deny", f"must be true, got {_show(d['deny'])}")
+            r.error(f"{w}.deny", f"must be true, got {show(d['deny'])}")
         action = Action.DENY
     elif "level" in d:
         level = d["level"]
         if not isinstance(level, str):
-            r.error(f"{w}.level", f"must be one level name (levels: {', '.join(levels.names)}), got {_show(level)}")
+            r.error(f"{w}.level", f"must be one level name (levels: {', '.join(levels.names)}), got {show(level)}")
         elif level not in levels:
-            r.error(f"{w}.level", f"unknown level {_show(level)} (levels: {', '.join(levels.names)})")
+            r.error(f"{w}.level", f"unknown level {show(level)} (levels: {', '.join(levels.names)})")
     else:
         ml = d["methods_levels"]
         if not isinstance(ml, dict) or not ml:
@@ -460,11 +461,11 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
             for m, lv in ml.items():
                 mu = str(m).upper()
                 if mu not in METHODS:
-                    r.error(f"{w}.methods_levels.{m}", f"unknown HTTP method {_show(m)}")
+                    r.error(f"{w}.methods_levels.{m}", f"unknown HTTP method {show(m)}")
                 if not isinstance(lv, str):
-                    r.error(f"{w}.methods_levels.{m}", f"must be one level name, got {_show(lv)}")
+                    r.error(f"{w}.methods_levels.{m}", f"must be one level name, got {show(lv)}")
                 elif lv not in levels:
-                    r.error(f"{w}.methods_levels.{m}", f"unknown level {_show(lv)}")
+                    r.error(f"{w}.methods_levels.{m}", f"unknown level {show(lv)}")
                 pairs.append((mu, lv))
             mlevels = tuple(pairs)
     max_age = r.duration(d, "max_age", w, None)

@@ -8,14 +8,14 @@ when the inputs are the same, the work need not be done again:
 - `request()`: the forwarded header values (and the peer) -> the parsed,
   normalised OriginalRequest. Nothing but the inputs and the trusted proxies
   (fixed for one Runtime) goes into it.
-- `answer()`: (those header values, the session object) -> the allowed answer
-  (its outcome and headers; the status is 200). The decision also depends on the clock (a
-  rule's max_age lapses; an identity assertion is re-signed), which is why
-  each answer carries `until`, and on the state store's health (past
-  `tokens.stale_grace` answers turn into 503s), which is why the server
-  consults this memo only while the store answers, and only when the
-  credential check came out plainly ("ok", or no credential at all): a
-  refused token, say, may get another answer than the anonymous one
+- `answer()`: (those header values, the session object) -> the allowed
+  result (its outcome and headers; the status is 200). The decision also
+  depends on the clock (a rule's max_age lapses; an identity assertion is
+  re-signed), which is why each answer carries `until`, and on the state
+  store's health (past `tokens.stale_grace` answers turn into 503s), which
+  is why the pipeline (authorize.py) consults this memo only while the store
+  answers, and only for a plain credential outcome (a valid one, or none at
+  all): a refused token, say, may get another answer than the anonymous one
   remembered for the same URL.
 
 What is never remembered is the credential check: opening the cookie (expiry,
@@ -25,7 +25,7 @@ revoked, expired or different credential therefore never reaches a remembered
 answer; and only allowed answers without `Set-Cookie` are remembered, since
 every denial is logged and audited as it happens.
 
-One memo belongs to one Runtime: a reload (new policy, keys, trusted proxies)
+One memo belongs to one Authorizer, built for one Runtime: a reload (new policy, keys, trusted proxies)
 starts an empty one. Both tables are bounded and are simply emptied when full:
 keys are made from client-supplied headers, so they must not grow without
 limit, and an empty table costs one slow request per key.
@@ -33,24 +33,25 @@ limit, and an empty table costs one slow request per key.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from multidict import CIMultiDict
+from typing import Callable, Generic, TypeVar
 
 from forwardauth.core.request import OriginalRequest
 from forwardauth.core.session import Session
 
 MAX_ENTRIES = 8192
+Key = tuple[object, ...]
+R = TypeVar("R")
 
 
-class Memo:
-    def __init__(self, runtime: Any, max_entries: int = MAX_ENTRIES):
-        self.runtime = runtime
+class Memo(Generic[R]):
+    """Parsed requests and remembered answers (of type R: the pipeline's result)."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES):
         self.max_entries = max_entries
-        self._requests: dict[tuple, OriginalRequest] = {}
-        self._answers: dict[tuple, tuple[Session | None, Any, CIMultiDict, float]] = {}
+        self._requests: dict[Key, OriginalRequest] = {}
+        self._answers: dict[tuple[Key, int], tuple[Session | None, R, float]] = {}
 
-    def request(self, key: tuple, parse: Callable[..., OriginalRequest], *args: Any) -> OriginalRequest:
+    def request(self, key: Key, parse: Callable[..., OriginalRequest], *args: object) -> OriginalRequest:
         """The parsed request for these header values: `parse(*args)`, which
         raises BadRequest for malformed ones (those are not remembered)."""
         req = self._requests.get(key)
@@ -61,16 +62,16 @@ class Memo:
             self._requests[key] = req
         return req
 
-    def answer(self, key: tuple, session: Session | None, now: float) -> tuple[Any, CIMultiDict] | None:
-        """(outcome, headers) of the 200 answer remembered for this request and this very session object, still valid at `now`."""
+    def answer(self, key: Key, session: Session | None, now: float) -> R | None:
+        """The answer remembered for this request and this very session object, still valid at `now`."""
         # id() is a safe key: the entry holds the session, so no other object
         # can get its id while the entry exists.
         hit = self._answers.get((key, id(session)))
-        if hit is None or now >= hit[3]:
+        if hit is None or now >= hit[2]:
             return None
-        return hit[1], hit[2]
+        return hit[1]
 
-    def remember(self, key: tuple, session: Session | None, outcome: Any, headers: CIMultiDict, until: float) -> None:
+    def remember(self, key: Key, session: Session | None, answer: R, until: float) -> None:
         if len(self._answers) >= self.max_entries:
             self._answers.clear()
-        self._answers[(key, id(session))] = (session, outcome, CIMultiDict(headers), until)
+        self._answers[(key, id(session))] = (session, answer, until)

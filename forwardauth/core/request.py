@@ -31,6 +31,7 @@ _CTL_RE = re.compile(r"[\x00-\x20\x7f]")
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,23 @@ def client_address(
         return parse_ip(hops[0].strip("[]"))
     except ValueError:
         raise BadRequest("malformed X-Forwarded-For") from None
+
+
+def client_of(remote: str | None, forwarded_for: str | None,
+              trusted: "TrustedNetworks | tuple[IPNetwork, ...]") -> IPAddress | None:
+    """The client of a request made to forwardauth itself (its pages, its API):
+    the peer, or, when the peer is a trusted proxy, the client it names in
+    X-Forwarded-For (a malformed header: the peer)."""
+    try:
+        peer = parse_ip(remote or "")
+    except ValueError:
+        return None
+    if not is_trusted(peer, trusted):
+        return peer
+    try:
+        return client_address(forwarded_for, peer, trusted)
+    except BadRequest:
+        return peer
 
 
 def build(

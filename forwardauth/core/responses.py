@@ -1,5 +1,11 @@
 """Turning a decision into the answer a proxy understands. Pure: values in, values out.
 
+Every answer of the decision endpoints is written here, and only here: the
+decision's, the RFC 6750 `invalid_token` challenge for a refused bearer
+token, the 400 for a malformed request, the 403 for a peer that is not a
+trusted proxy and the 503s of the state store's health (which of them
+applies is decided in one place too, authorize.StorePolicy).
+
 The proxies differ only in what they do with a 302 from the auth endpoint:
 Traefik and Caddy pass it to the browser, nginx's auth_request cannot, so
 nginx gets a 401 and its `error_page` does the redirect, using the
@@ -12,10 +18,11 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from forwardauth.core.config import Config
+from forwardauth.core.credentials import ABSENT, Credential, Source, Status
 from forwardauth.core.decision import Decision, Outcome
 from forwardauth.core.durations import format_duration
 from forwardauth.core.request import OriginalRequest
@@ -140,8 +147,32 @@ def _description(decision: Decision) -> str:
     return f"Level {decision.required_level} is required"
 
 
-def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: bool) -> Answer:
-    """`redirects`: the proxy passes a 302 to the browser (Traefik, Caddy)."""
+def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: bool,
+           credential: Credential = ABSENT) -> Answer:
+    """`redirects`: the proxy passes a 302 to the browser (Traefik, Caddy).
+    `credential`: a refused bearer token turns "please sign in" into RFC
+    6750's `invalid_token`, saying which check refused it."""
+    ans = _answer(cfg, decision, req, redirects)
+    if (decision.outcome is Outcome.UNAUTHENTICATED and credential.source is Source.TOKEN
+            and credential.status is Status.REFUSED):
+        return invalid_token(cfg, ans, decision, credential.reason)
+    return ans
+
+
+def invalid_token(cfg: Config, ans: Answer, decision: Decision, why: str) -> Answer:
+    """The challenge and (for a JSON 401) the body say what was wrong with the
+    token: `why` names a caveat or a check, never the token."""
+    headers = tuple((k, v) for k, v in ans.headers if k != "WWW-Authenticate")
+    ans = replace(ans, headers=headers + (
+        ("WWW-Authenticate", f'Bearer realm="{cfg.server.realm}", error="invalid_token", error_description="{why}"'),))
+    if ans.status == 401 and ans.content_type == "application/json":
+        body = {"error": "invalid_token", "error_description": f"The bearer token was refused: {why}",
+                "required_level": decision.required_level}
+        ans = replace(ans, body=json.dumps(body) + "\n")
+    return ans
+
+
+def _answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: bool) -> Answer:
     o = decision.outcome
     if o is Outcome.ALLOW:
         assert decision.session is not None
@@ -162,6 +193,7 @@ def answer(cfg: Config, decision: Decision, req: OriginalRequest, redirects: boo
     if redirects and req.is_browser_navigation:
         return Answer(302, tuple(headers) + (("Location", location),), "")
     headers.append(("WWW-Authenticate", challenge(cfg, decision)))
+    body: dict[str, str | int | None]
     if o is Outcome.INSUFFICIENT_LEVEL:
         body = {
             "error": "insufficient_user_authentication",
@@ -187,3 +219,24 @@ def bad_request(message: str, via_nginx: bool = False) -> Answer:
     if via_nginx:
         return Answer(403, (("X-Forwardauth-Status", "400"), ("X-Forwardauth-Error", message)), body)
     return Answer(400, (), body)
+
+
+def untrusted_peer(peer: str | None) -> Answer:
+    """403 for a peer that is not one of `server.trusted_proxies` (its address
+    as the server saw it, or None when it is not an address)."""
+    return Answer(403, (), f"403 Forbidden: {peer} is not in server.trusted_proxies\n")
+
+
+NOT_READ_YET = Answer(
+    503, (("Retry-After", "5"),),
+    "503 Service Unavailable: the state store has not been read yet, so revoked sessions cannot be told "
+    "apart; signed-in requests are refused until it has\n")
+
+
+def unavailable(down_for: float, grace: float, what: str) -> Answer:
+    """503 once the state store has been unreachable past the grace: `what`
+    says which requests are refused ("bearer tokens are", ...)."""
+    since = "never reached" if down_for == math.inf else f"unreachable for {format_duration(int(down_for))}"
+    return Answer(
+        503, (("Retry-After", "5"),),
+        f"503 Service Unavailable: the state store is {since} (grace {format_duration(grace)}); {what} refused\n")

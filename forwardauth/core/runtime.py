@@ -14,7 +14,7 @@ from forwardauth.core.errors import ConfigError
 from forwardauth.core.keyring import KeyRing, KeyRingError
 from forwardauth.core.request import TrustedNetworks
 from forwardauth.core.sealing import Sealer
-from forwardauth.core.session import SessionCodec
+from forwardauth.core.credentials import SessionCodec
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,19 @@
 """Sessions: who the user is, the level reached, and when each level was proven.
 
 A session lives only in its sealed cookie (stateless, so any replica can
-answer); the state store only knows what was revoked. Opening a cookie is
-strict: anything that is not a well-formed, unexpired session sealed by a
-key of the ring is "not signed in", with a reason for logs and explain.
+answer); the state store only knows what was revoked. Sealing and opening
+the cookie is `credentials.SessionCodec`'s job; this module is the record.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field, replace
-from typing import Mapping, NamedTuple
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from forwardauth.core.levels import Levels
-from forwardauth.core.sealing import SealError, Sealer
 
-MAX_OPENED = 20_000  # opened cookies remembered per process
-MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total
 MAX_FIELD = 1024  # characters of sub, email, name, each group
 MAX_GROUPS = 256
 _MAX_FIELD, _MAX_GROUPS = MAX_FIELD, MAX_GROUPS
@@ -128,92 +124,3 @@ class Session:
 
 def new_session_id() -> str:
     return secrets.token_urlsafe(16)
-
-
-class Opened(NamedTuple):
-    """The result of opening a cookie: a session, or the reason there is none.
-    (A NamedTuple: one is made on every decision, and a frozen dataclass costs
-    several times as much to make.)"""
-
-    session: Session | None
-    reason: str  # "ok" or why not: absent, malformed, tampered, expired, idle, ...
-    refresh: bool = False  # past half the idle window: re-seal and send Set-Cookie
-
-
-class SessionCodec:
-    """Seals sessions into cookie values and opens them, enforcing lifetimes."""
-
-    def __init__(self, sealer: Sealer, levels: Levels, lifetime: float, idle_timeout: float):
-        self.sealer = sealer
-        self.levels = levels
-        self.lifetime = lifetime
-        self.idle_timeout = idle_timeout
-        # Cookie value -> its decrypted, validated Session. A browser sends the
-        # same cookie on every request, so the hot path decrypts and parses it
-        # once; the time checks below still run on every call. A new key ring
-        # (reload) builds a new codec, hence a new, empty cache. A plain dict,
-        # emptied when full: its lookup is a fraction of an LRU's, and a full
-        # table costs one decryption per active cookie afterwards.
-        self._opened: dict[str, Session] = {}
-
-    def new(
-        self,
-        sub: str,
-        level: str,
-        now: float,
-        *,
-        email: str | None = None,
-        name: str | None = None,
-        groups: tuple[str, ...] = (),
-        proofs: Mapping[str, float] | None = None,
-        source: str = "local",
-    ) -> Session:
-        if level not in self.levels:
-            raise ValueError(f"unknown level {level!r}")
-        return Session(
-            sid=new_session_id(),
-            sub=sub,
-            level=level,
-            proofs=dict(proofs) if proofs is not None else {level: now},
-            iat=now,
-            exp=now + self.lifetime,
-            seen=now,
-            email=email,
-            name=name,
-            groups=tuple(groups),
-            source=source,
-        )
-
-    def seal(self, session: Session) -> str:
-        return self.sealer.seal(session.to_json())
-
-    def open(self, value: str | None, now: float) -> Opened:
-        if not value:
-            return Opened(None, "absent")
-        if len(value) > MAX_COOKIE_BYTES:
-            return Opened(None, "oversized")
-        session = self._opened.get(value)
-        if session is None:
-            try:
-                raw = self.sealer.open(value)
-            except SealError as exc:
-                return Opened(None, str(exc))
-            try:
-                session = Session.from_json(raw)
-            except (ValueError, TypeError):
-                return Opened(None, "malformed")
-            if session.level not in self.levels:
-                return Opened(None, "unknown level")
-            if len(self._opened) >= MAX_OPENED:
-                self._opened.clear()
-            self._opened[value] = session
-        if now >= session.exp:
-            return Opened(None, "expired")
-        if now - session.seen >= self.idle_timeout:
-            return Opened(None, "idle")
-        if session.seen > now + 60 or session.iat > now + 60:
-            return Opened(None, "from the future")
-        return Opened(session, "ok", refresh=now - session.seen > self.idle_timeout / 2)
-
-    def touched(self, session: Session, now: float) -> Session:
-        return replace(session, seen=now)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from forwardauth.accounts import USERNAME_RE, Account, AccountStore, account_store
 from forwardauth.core.levels import Level
-from forwardauth.passwords import (
+from forwardauth.services.passwords import (
     dummy_verify,
     generate_password,
     hash_password,
@@ -32,7 +32,7 @@ from forwardauth.core.session import Session, new_session_id
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
 from forwardauth.state.base import StateStore
-from forwardauth.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
+from forwardauth.signin.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
 
 log = logging.getLogger("forwardauth.signin")
 

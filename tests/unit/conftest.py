@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from forwardauth.core.config import parse_config
+from forwardauth.composition import parse_config
 from forwardauth.core.keyring import Key, KeyRing
 
 BASE = """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from forwardauth.core.config import load_config, parse_config
+from forwardauth.composition import load_config, parse_config
 from forwardauth.core.errors import ConfigError
 
 from .conftest import BASE, make_config

@@ -32,7 +32,7 @@ def test_set_cookie_flags():
 def test_opened_sessions_are_cached_but_still_time_checked(ring):
     from forwardauth.core.levels import Level, Levels
     from forwardauth.core.sealing import Sealer
-    from forwardauth.core.session import SessionCodec
+    from forwardauth.core.credentials import SessionCodec
 
     c = SessionCodec(Sealer(ring, "s"), Levels((Level("password", 0),)), lifetime=3600, idle_timeout=600)
     now = 1_800_000_000.0

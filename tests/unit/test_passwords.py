@@ -6,7 +6,7 @@ import re
 import pytest
 
 from forwardauth.core.keyring import b64d
-from forwardauth.passwords import (
+from forwardauth.services.passwords import (
     DEFAULT_PARAMS,
     MAX_PASSWORD_CHARS,
     PasswordError,

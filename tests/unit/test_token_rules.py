@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forwardauth.accounts import Account
-from forwardauth.audit import EVENTS
+from forwardauth.services.audit import EVENTS
 from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.memory import MemoryStore

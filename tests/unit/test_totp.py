@@ -11,7 +11,7 @@ from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.core.sealing import SealError
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.totp import (
+from forwardauth.signin.totp import (
     SecretBox,
     code_at,
     current_step,

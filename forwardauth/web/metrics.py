@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import collections
 from typing import Iterator
 
 from aiohttp import web
@@ -10,10 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily
 
 
-class _Child:
+class Counter:
+    """One labelled child of DecisionCounter: `inc()` is a dict increment."""
+
     __slots__ = ("_counts", "_key")
 
-    def __init__(self, counts: Counter, key: tuple[str, str]):
+    def __init__(self, counts: collections.Counter[tuple[str, str]], key: tuple[str, str]):
         self._counts, self._key = counts, key
 
     def inc(self) -> None:
@@ -32,11 +34,11 @@ class DecisionCounter:
     doc = "Decisions answered, by endpoint and outcome."
 
     def __init__(self) -> None:
-        self._counts: Counter = Counter()
+        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def labels(self, endpoint: str, outcome: str) -> _Child:
+    def labels(self, endpoint: str, outcome: str) -> Counter:
         self._counts[(endpoint, outcome)] += 0  # listed from the start, at 0
-        return _Child(self._counts, (endpoint, outcome))
+        return Counter(self._counts, (endpoint, outcome))
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.doc, labels=["endpoint", "outcome"])

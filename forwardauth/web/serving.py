@@ -2,7 +2,8 @@
 
 With several workers each process binds the same port with SO_REUSEPORT and
 the kernel spreads connections; the parent only supervises and forwards
-signals.
+signals. The app itself is built by `build` (composition.build_app), a
+module-level function, so that it reaches spawned workers by name.
 """
 
 from __future__ import annotations
@@ -15,33 +16,25 @@ import os
 import signal
 import ssl
 import sys
-from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
-from forwardauth.core import keyring
-from forwardauth.core.config import Config, load_config, parse_config
+from forwardauth.core import logs
+
+from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, store_problem
-from forwardauth.server import CTX, build_app, decisions_first
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.web.app import DECISIONS_BY_PATH
+from forwardauth.web.context import CTX
+from forwardauth.web.decisions import decisions_first
 
 log = logging.getLogger("forwardauth")
 
-DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+Build = Callable[[Runtime], web.Application]
 
 
-def embedded_default(var_dir: Path) -> Config:
-    """The built-in config, with dev keys generated on first start."""
-    var_dir.mkdir(parents=True, exist_ok=True)
-    keys = var_dir / "keys.json"
-    if not keys.exists():
-        keyring.generate().save(keys)
-        log.warning("generated development keys", extra={"fields": {"file": str(keys)}})
-    text = DEFAULT_CONFIG.read_text().replace("{var}", str(var_dir.resolve()))
-    return parse_config(text, f"{DEFAULT_CONFIG} (embedded default)")
-
-
-def _loop_factory():
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
 
@@ -54,9 +47,9 @@ class StartupError(Exception):
     """The server cannot start (state store, port): one line for the log, exit status 1."""
 
 
-async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.synchronize.Event | None") -> None:
+async def _serve(runtime: Runtime, build: Build, reuse_port: bool) -> None:
     cfg = runtime.config.server
-    app = build_app(runtime)
+    app = build(runtime)
     ctx = app[CTX]
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
@@ -64,7 +57,7 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
     except (OSError, StoreUnavailable) as exc:
         raise StartupError(store_problem(runtime.config, exc)) from None
     assert runner.server is not None
-    decisions_first(runner.server, app)
+    decisions_first(runner.server, app, app[DECISIONS_BY_PATH])
     ssl_ctx = None
     if cfg.tls_cert and cfg.tls_key:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -91,44 +84,40 @@ async def _serve(runtime: Runtime, reuse_port: bool, ready: "multiprocessing.syn
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
     log.info("listening", extra={"fields": {"address": f"{cfg.listen_host}:{cfg.listen_port}", "pid": os.getpid(),
                                             "tls": bool(ssl_ctx)}})
-    if ready is not None:
-        ready.set()
     await stop.wait()
     await runner.cleanup()
 
 
-def run_worker(config: Config, reuse_port: bool, ready=None) -> int:
+def run_worker(config: Config, build: Build, reuse_port: bool) -> int:
     """Serve until stopped. Returns the exit status: 1 when it could not start."""
-    from forwardauth.core import logs
-
     logs.setup()
     runtime = Runtime.build(config)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(runtime, reuse_port, ready))
+            runner.run(_serve(runtime, build, reuse_port))
     except StartupError as exc:
         log.error("cannot start: %s", exc, extra={"fields": {"problem": str(exc)}})
         return 1
     return 0
 
 
-def _worker_process(config: Config, reuse_port: bool) -> None:
-    sys.exit(run_worker(config, reuse_port))
+def _worker_process(config: Config, build: Build, reuse_port: bool) -> None:
+    sys.exit(run_worker(config, build, reuse_port))
 
 
-def serve(config: Config, workers: int) -> int:
+def serve(config: Config, workers: int, build: Build) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     Runtime.build(config)  # fail here, in the parent, on a bad key ring
     for line in config.warnings:
         log.warning(line)
     if workers <= 1:
-        return run_worker(config, reuse_port=False)
+        return run_worker(config, build, reuse_port=False)
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=_worker_process, args=(config, True), daemon=False) for _ in range(workers)]
+    procs = [mp.Process(target=_worker_process, args=(config, build, True), daemon=False) for _ in range(workers)]
     for p in procs:
         p.start()
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: object) -> None:
         for p in procs:
             if p.is_alive() and p.pid:
                 os.kill(p.pid, signum)
@@ -141,10 +130,3 @@ def serve(config: Config, workers: int) -> int:
         p.join()
         code = code or (p.exitcode or 0)
     return code
-
-
-def load_or_default(path: str | None, var_dir: str) -> Config:
-    if path:
-        return load_config(path)
-    return embedded_default(Path(var_dir))
-

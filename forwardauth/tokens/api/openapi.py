@@ -1,4 +1,5 @@
-"""The OpenAPI 3.0 document of the admin API (served at /api/v1/openapi.json).
+"""The tokens part's paths and schemas in the admin API's OpenAPI 3.0 document
+(web.api frames it and serves it at /api/v1/openapi.json).
 
 Written by hand next to the handlers and kept exact: the schemathesis test
 drives the API from this document, so a route or status missing here fails.
@@ -43,7 +44,8 @@ def _op(summary: str, ok: dict[str, Any], *codes: int, body: dict | None = None,
 _AUTH = (400, 401, 403, 503)
 
 
-def document(server_url: str) -> dict[str, Any]:
+def fragment() -> dict[str, Any]:
+    """{"paths": ..., "schemas": ...} of the accounts, tokens, database credentials and exchange routes."""
     account_new = {"type": "object", "additionalProperties": False, "required": ["username"], "properties": {
         "username": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._@+-]{0,63}$"},
         "kind": {"type": "string", "enum": ["human", "system"]},
@@ -70,15 +72,6 @@ def document(server_url: str) -> dict[str, Any]:
                 "properties": {"username": {"type": "string"}, "password": {"type": "string"},
                                "totp": {"type": "string"}}}
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "forwardauth admin API", "version": "1",
-                 "description": "Accounts, roles, API tokens and service-account database credentials. "
-                                "Authenticate with `Authorization: Bearer <forwardauth token>`: admin tokens "
-                                "for account management, any account's own token for what the summary "
-                                "of each operation allows it. Host caveats are checked against the "
-                                "server's public_url host."},
-        "servers": [{"url": server_url}],
-        "security": [{"bearer": []}],
         "paths": {
             "/api/v1/token": {"post": {
                 "summary": "Exchange a bearer token (header) or a password (+ TOTP) for a short-lived JWT. "
@@ -137,12 +130,7 @@ def document(server_url: str) -> dict[str, Any]:
                 "put": _op("Set a service account's database credentials (admin)", {"204": {"description": "set"}},
                            *_AUTH, 404, 413, 415, params=[_NAME], body=creds)},
         },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "an error", **_json(_ref("Error"))}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "error_description"],
-                          "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}},
+        "schemas": {
                 "Account": {"type": "object", "required": ["username", "kind", "roles", "status"], "properties": {
                     "username": {"type": "string"}, "kind": {"type": "string", "enum": ["human", "system"]},
                     "display_name": {"type": "string", "nullable": True},
@@ -166,5 +154,4 @@ def document(server_url: str) -> dict[str, Any]:
                     "access_token": {"type": "string"}, "token_type": {"type": "string"},
                     "expires_in": {"type": "integer"}, "issued_token_type": {"type": "string"}}},
             },
-        },
     }

@@ -27,6 +27,10 @@ import threading
 import time
 from typing import Mapping
 
+from forwardauth.core.config import Config
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.runtime import resolve_path
+
 EVENTS = frozenset(
     {
         "signin_ok",  # password accepted, session issued
@@ -236,8 +240,6 @@ def _report(text: str) -> None:
 
 def open_target(target: str, where: str = "local.audit") -> AuditLog:
     """An AuditLog for `target`, or ConfigError naming the setting and why it cannot be written."""
-    from forwardauth.core.errors import ConfigError
-
     try:
         return AuditLog(target)
     except OSError as exc:
@@ -245,32 +247,13 @@ def open_target(target: str, where: str = "local.audit") -> AuditLog:
                            f"{exc.strerror or exc}"]) from None
 
 
-def for_cli(cfg) -> AuditLog:  # noqa: ANN001 - config.Config
-    """The audit log for a command: the configured `local.audit`, except that
-    stdout becomes stderr (a command's own output is on stdout). A file that
-    cannot be written is a ConfigError."""
-    from forwardauth.core.runtime import resolve_path
-    from forwardauth.signin.settings import settings
-
-    target = settings(cfg).audit
-    target = "stderr" if target in ("stdout", "stderr") else str(resolve_path(cfg, target))
-    return open_target(target, f"{cfg.path}: local.audit" if cfg.path else "local.audit")
-
-
-def for_context(ctx) -> AuditLog:  # noqa: ANN001 - server.Context (not imported: no cycle)
-    """The audit log of a running app, shared by every part (`ctx.extensions["audit"]`),
-    made from the `local.audit` setting on first use (the sign-in part makes it
-    when the app is built, so a path that cannot be written stops the start
-    with a ConfigError instead of failing a request later)."""
-    log = ctx.extensions.get("audit")
-    if log is None:
-        from forwardauth.core.runtime import resolve_path
-        from forwardauth.signin.settings import settings
-
-        cfg = ctx.runtime.config
-        target = settings(cfg).audit
-        if target not in ("stdout", "stderr"):
-            target = str(resolve_path(cfg, target))
-        where = f"{cfg.path}: local.audit" if getattr(cfg, "path", None) else "local.audit"
-        log = ctx.extensions.setdefault("audit", open_target(target, where))
-    return log
+def audit_log(cfg: Config, target: str, *, cli: bool = False, setting: str = "local.audit") -> AuditLog:
+    """The audit log a config asks for: `target` is the setting's value
+    (stdout, stderr, or a file path relative to the config file). For a
+    command (`cli`), stdout becomes stderr: a command's own output is on
+    stdout. A file that cannot be written is a ConfigError naming `setting`."""
+    if target in ("stdout", "stderr"):
+        target = "stderr" if cli else target
+    else:
+        target = str(resolve_path(cfg, target))
+    return open_target(target, f"{cfg.path}: {setting}" if cfg.path else setting)

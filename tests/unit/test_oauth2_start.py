@@ -7,7 +7,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from forwardauth.core.runtime import Runtime
-from forwardauth.server import build_app
+from forwardauth.composition import build_app
 from forwardauth.state.memory import MemoryStore
 
 from .conftest import BASE, make_config
@@ -116,7 +116,7 @@ async def test_no_sign_in_method_for_the_level(client):
 async def test_oidc_added_by_a_reload_needs_a_restart(client, caplog):
     """The provider client and the callback route are made at start: an `oidc:` section that a reload
     adds is not half-applied (it used to answer 500), and the log says a restart is needed."""
-    from forwardauth.server import CTX
+    from forwardauth.web.context import CTX
 
     ctx = client.server.app[CTX]
     with_oidc = make_config("policy: {rules: [{level: password}]}\n"

@@ -1,6 +1,8 @@
-"""The token part's hooks, unit by unit: the credential hook and the answer
-hook (grace, `stale_sessions_up_to`, error descriptions), the token index, the
-last-used recorder, and the refresh loops failing closed on any exception."""
+"""The tokens part in the decisions, unit by unit: its credential source and
+what the pipeline answers for it (grace, `stale_sessions_up_to`, error
+descriptions: core.authorize.StorePolicy and core.responses), the token
+index, the last-used recorder, and the refresh loops failing closed on any
+exception."""
 
 from __future__ import annotations
 
@@ -10,18 +12,19 @@ import time
 
 import pytest
 
-from forwardauth.core import responses
+from forwardauth import composition
 from forwardauth.accounts import Account
-from forwardauth.core.decision import decide
-from forwardauth.core.request import OriginalRequest
-from forwardauth.revocation import Revocations
+from forwardauth.core import responses
+from forwardauth.core.authorize import Authorizer, health_of
+from forwardauth.core.credentials import ABSENT, Credential, Source, Status, valid
+from forwardauth.core.request import NGINX, OriginalRequest
 from forwardauth.core.runtime import Runtime
-from forwardauth.server import Context
 from forwardauth.core.session import Session
+from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.tokens import macaroon as mac
-from forwardauth.tokens import plugin
+from forwardauth.tokens.decisions import BearerTokens
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
 from forwardauth.tokens.service import OPERATOR, TokenService
 from forwardauth.tokens.store import token_store
@@ -40,9 +43,7 @@ tokens:
 """
 
 
-class FakeRequest:
-    def __init__(self, headers: dict[str, str]):
-        self.headers = headers
+STALE = "token: state store unreachable past the grace period"
 
 
 def req(path: str = "/api/x", method: str = "GET") -> OriginalRequest:
@@ -50,41 +51,77 @@ def req(path: str = "/api/x", method: str = "GET") -> OriginalRequest:
                            client=None, accept="application/json")
 
 
-async def make_ctx(extra: str = "") -> tuple[Context, TokenService]:
-    cfg = make_config(POLICY + extra)
-    rt = Runtime.build(cfg)
-    store = MemoryStore()
-    ctx = Context(rt, store)
-    ctx.extensions[plugin.KEY] = plugin.TokensState()
-    svc = TokenService(cfg, rt.keyring, store)
+class World:
+    """One runtime, a memory store, the revocation snapshot and the tokens part's decision state."""
+
+    def __init__(self, extra: str = ""):
+        cfg = make_config(POLICY + extra)
+        self.runtime = Runtime.build(cfg)
+        self.store = MemoryStore()
+        self.revocations = Revocations()
+        self.tokens = BearerTokens(self.revocations)
+        self.policy = composition.store_policy(cfg)
+
+    @property
+    def index(self) -> TokenIndex:
+        return self.tokens.index
+
+    def health(self):
+        return health_of(self.revocations, [self.tokens.index], time.monotonic())
+
+
+async def make_ctx(extra: str = "") -> tuple[World, TokenService]:
+    w = World(extra)
+    svc = TokenService(w.runtime.config, w.runtime.keyring, w.store)
     await svc.accounts.add_account(Account("bob", groups=("staff",)))
     await svc.accounts.add_account(Account("svc", kind="system"))
-    return ctx, svc
+    return w, svc
 
 
-async def load(ctx: Context) -> None:
-    await ctx.revocations.refresh(ctx.store)
-    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0, force=True)
+async def load(w: World) -> None:
+    await w.revocations.refresh(w.store)
+    await w.index.refresh(token_store(w.store), w.store, 10.0, force=True)
 
 
-def credential(ctx: Context, token: str | None, r: OriginalRequest | None = None, now: float | None = None):
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    return plugin._credential(ctx, FakeRequest(headers), r or req(), time.time() if now is None else now)
+def check(w: World, headers: dict[str, str], r: OriginalRequest | None = None,
+          now: float | None = None) -> Credential | None:
+    source = w.tokens.hooks(w.runtime).credential
+    assert source is not None
+    return source(headers, r or req(), time.time() if now is None else now, w.policy.checkable(w.health()))
 
 
-def answer(ctx: Context, found, r: OriginalRequest | None = None, now: float | None = None) -> responses.Answer:
+def credential(w: World, token: str | None, r: OriginalRequest | None = None, now: float | None = None):
+    """(session, what the logs say: "ok" or "token: why"), or None without a token; the type checked."""
+    found = check(w, {} if token is None else {"Authorization": f"Bearer {token}"}, r, now)
+    if found is None:
+        return None
+    assert found.source is Source.TOKEN and found.plain == (found.session is not None)
+    return found.session, found.label
+
+
+def answer(w: World, found, r: OriginalRequest | None = None, now: float | None = None) -> responses.Answer:
+    """What the pipeline answers for this credential outcome: a (session, label) pair from
+    `credential`, or (a cookie session, "ok")."""
     r = r or req()
     now = time.time() if now is None else now
-    session, reason = found if found is not None else (None, "absent")
-    cfg = ctx.runtime.config
-    d = decide(r, session, cfg.policy, cfg.levels, now)
-    ans = responses.answer(cfg, d, r, redirects=False)
-    return plugin._answer(ctx, None, d, r, ans, reason, now)
+    if found is None:
+        cred = ABSENT
+    else:
+        session, label = found
+        if label == "ok":
+            cred = valid(session, Source.TOKEN if session.source == "token" else Source.COOKIE)
+        elif label == STALE:
+            cred = Credential(None, label.removeprefix("token: "), False, Status.UNCHECKABLE, Source.TOKEN)
+        else:
+            cred = Credential(None, label.removeprefix("token: "), False, Status.REFUSED, Source.TOKEN)
+    pipeline = Authorizer(w.runtime, NGINX, redirects=False, revocations=w.revocations,
+                          hooks=[w.tokens.hooks(w.runtime)], policy=w.policy)
+    return pipeline.judge(r, {}, now, w.health(), credential=cred).answer
 
 
-def stale(ctx: Context, seconds: float) -> None:
+def stale(w: World, seconds: float) -> None:
     """As if the store last answered `seconds` ago and fails since."""
-    for part in (ctx.revocations, plugin.state(ctx).index):
+    for part in (w.revocations, w.index):
         part.last_ok = time.monotonic() - seconds
         part.last_error = "redis unreachable (ConnectionError)"
 
@@ -93,21 +130,21 @@ def stale(ctx: Context, seconds: float) -> None:
 
 
 async def test_no_authorization_header_leaves_the_cookie_to_decide():
-    ctx, _ = await make_ctx()
-    assert credential(ctx, None) is None
-    assert plugin._credential(ctx, FakeRequest({"Authorization": "Basic dTpw"}), req(), time.time()) is None
+    w, _ = await make_ctx()
+    assert credential(w, None) is None
+    assert check(w, {"Authorization": "Basic dTpw"}) is None
 
 
 async def test_a_valid_token_gives_a_cached_principal_and_records_its_use():
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     issued = await svc.issue(OPERATOR, "bob", name="laptop")
-    await load(ctx)
+    await load(w)
     now = time.time()
-    s1, why = credential(ctx, issued.token, now=now)
+    s1, why = credential(w, issued.token, now=now)
     assert why == "ok" and s1.sub == "bob" and s1.source == "token" and s1.groups == ("staff",)
-    s2, _ = credential(ctx, issued.token, now=now + 1)
+    s2, _ = credential(w, issued.token, now=now + 1)
     assert s2 is s1  # the same object, so the decision memo can recognise it
-    assert plugin.state(ctx).usage.pending == {issued.meta.id: now + 1}
+    assert w.tokens.usage.pending == {issued.meta.id: now + 1}
 
 
 @pytest.mark.parametrize("mutate, why", [
@@ -121,12 +158,12 @@ async def test_a_valid_token_gives_a_cached_principal_and_records_its_use():
     (lambda t, m: mac.Macaroon(m.identifier, m.caveats, bytes(32)).serialize(), "token: bad signature"),
 ])
 async def test_refused_tokens_say_why(mutate, why):
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     issued = await svc.issue(OPERATOR, "bob")
-    await load(ctx)
+    await load(w)
     bad = mutate(issued.token, mac.deserialize(issued.token))
-    assert credential(ctx, bad) == (None, why)
-    ans = answer(ctx, credential(ctx, bad))
+    assert credential(w, bad) == (None, why)
+    ans = answer(w, credential(w, bad))
     desc = why.removeprefix("token: ")
     assert ans.status == 401
     assert dict(ans.headers)["WWW-Authenticate"] == \
@@ -137,32 +174,32 @@ async def test_refused_tokens_say_why(mutate, why):
 
 
 async def test_revoked_locked_and_unknown_tokens_are_refused():
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     a = await svc.issue(OPERATOR, "bob", name="a")
     b = await svc.issue(OPERATOR, "svc")
-    unknown = mac.mint(ctx.runtime.keyring, mac.new_token_id(), mac.deserialize(a.token).caveats).serialize()
+    unknown = mac.mint(w.runtime.keyring, mac.new_token_id(), mac.deserialize(a.token).caveats).serialize()
     await svc.revoke(OPERATOR, a.meta.id)
     await svc.lock(OPERATOR, "svc")
-    await load(ctx)
-    assert credential(ctx, a.token) == (None, "token: unknown or revoked")
-    assert credential(ctx, b.token) == (None, "token: account missing or locked")
-    assert credential(ctx, unknown) == (None, "token: unknown or revoked")
+    await load(w)
+    assert credential(w, a.token) == (None, "token: unknown or revoked")
+    assert credential(w, b.token) == (None, "token: account missing or locked")
+    assert credential(w, unknown) == (None, "token: unknown or revoked")
 
 
 # --- grace and stale_sessions_up_to -------------------------------------------------------
 
 
 async def test_within_the_grace_tokens_answer_from_memory_then_503():
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     issued = await svc.issue(OPERATOR, "bob")
-    await load(ctx)
-    stale(ctx, 29.0)
-    found = credential(ctx, issued.token)
-    assert found[1] == "ok" and answer(ctx, found).status == 200
-    stale(ctx, 31.0)
-    found = credential(ctx, issued.token)
-    assert found == (None, plugin.STALE)
-    ans = answer(ctx, found)
+    await load(w)
+    stale(w, 29.0)
+    found = credential(w, issued.token)
+    assert found[1] == "ok" and answer(w, found).status == 200
+    stale(w, 31.0)
+    found = credential(w, issued.token)
+    assert found == (None, STALE)
+    ans = answer(w, found)
     assert ans.status == 503 and dict(ans.headers)["Retry-After"] == "5"
     assert ans.body.startswith("503 Service Unavailable: the state store is unreachable for 31s (grace 30s); "
                                "bearer tokens are refused")
@@ -170,13 +207,13 @@ async def test_within_the_grace_tokens_answer_from_memory_then_503():
 
 async def test_a_failing_token_index_alone_also_ends_the_grace():
     """Audit finding: a refresh loop dying of a non-store exception left unreachable_for() at 0 forever."""
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     issued = await svc.issue(OPERATOR, "bob")
-    await load(ctx)
-    index = plugin.state(ctx).index
+    await load(w)
+    index = w.index
     index.last_ok, index.last_error = time.monotonic() - 31, "unexpected KeyError at store.py:1"
-    assert ctx.revocations.unreachable_for() == 0.0
-    assert credential(ctx, issued.token) == (None, plugin.STALE)
+    assert w.revocations.unreachable_for() == 0.0
+    assert credential(w, issued.token) == (None, STALE)
 
 
 def cookie(level: str) -> Session:
@@ -194,24 +231,24 @@ def cookie(level: str) -> Session:
 ])
 async def test_cookie_sessions_past_the_grace(up_to, path, status):
     extra = f"  stale_sessions_up_to: {up_to}\n" if up_to else ""
-    ctx, _ = await make_ctx(extra)
-    await load(ctx)
-    stale(ctx, 31.0)
-    ans = answer(ctx, (cookie("mfa"), "ok"), req(path))
+    w, _ = await make_ctx(extra)
+    await load(w)
+    stale(w, 31.0)
+    ans = answer(w, (cookie("mfa"), "ok"), req(path))
     assert ans.status == status, ans
     if status == 503:
         assert "sessions on routes needing level" in ans.body
-    stale(ctx, 29.0)
-    assert answer(ctx, (cookie("mfa"), "ok"), req(path)).status == 200  # within the grace: all served
+    stale(w, 29.0)
+    assert answer(w, (cookie("mfa"), "ok"), req(path)).status == 200  # within the grace: all served
 
 
 async def test_token_sessions_are_refused_past_the_grace_even_up_to_the_level():
-    ctx, svc = await make_ctx("  stale_sessions_up_to: mfa\n")
+    w, svc = await make_ctx("  stale_sessions_up_to: mfa\n")
     issued = await svc.issue(OPERATOR, "bob")
-    await load(ctx)
-    found = credential(ctx, issued.token)
-    stale(ctx, 31.0)  # the credential was read just before the store went away
-    assert answer(ctx, found).status == 503
+    await load(w)
+    found = credential(w, issued.token)
+    stale(w, 31.0)  # the credential was read just before the store went away
+    assert answer(w, found).status == 503
 
 
 # --- the token index -------------------------------------------------------------------------
@@ -275,8 +312,8 @@ class Broken:
 
 @pytest.mark.parametrize("exc, error", [
     (StoreUnavailable("redis unreachable (ConnectionError)"), "redis unreachable (ConnectionError)"),
-    (KeyError("secret-looking-value"), "unexpected KeyError at test_token_plugin.py:"),
-    (ValueError("fa1_notatoken"), "unexpected ValueError at test_token_plugin.py:"),
+    (KeyError("secret-looking-value"), "unexpected KeyError at test_token_decisions.py:"),
+    (ValueError("fa1_notatoken"), "unexpected ValueError at test_token_decisions.py:"),
 ])
 async def test_refresh_failures_of_any_kind_fail_closed_without_leaking(exc, error, caplog):
     index, rev = TokenIndex(), Revocations()
@@ -345,27 +382,27 @@ async def test_usage_recorder_keeps_the_batch_when_the_write_fails_and_retries()
 async def test_the_fast_path_for_known_tokens_still_checks_everything_per_request():
     """A token accepted once is found by its header next time; expiry, caveats,
     revocation and the record/account are still checked on every request."""
-    ctx, svc = await make_ctx()
+    w, svc = await make_ctx()
     now = time.time()
     issued = await svc.issue(OPERATOR, "bob", name="fast", lifetime=120, now=now)
     narrow = mac.deserialize(issued.token).add_caveat("path=/api/read").serialize()
-    await load(ctx)
-    verifier = plugin.state(ctx).verifier(ctx.runtime.keyring)
-    s, why = credential(ctx, narrow, req("/api/read/1"), now=now)
+    await load(w)
+    verifier = w.tokens.verifier(w.runtime.keyring)
+    s, why = credential(w, narrow, req("/api/read/1"), now=now)
     assert why == "ok" and f"Bearer {narrow}" in verifier.by_header
-    assert credential(ctx, narrow, req("/api/read/2"), now=now + 1)[0] is s  # known: same session
-    assert credential(ctx, narrow, req("/api/write"), now=now + 1) == (None, "token: path not allowed by token")
-    assert credential(ctx, narrow, req("/api/read/1", "POST"), now=now + 1)[1] == "ok"
-    assert credential(ctx, narrow, req("/api/read/1"), now=now + 121) == (None, "token: expired")
+    assert credential(w, narrow, req("/api/read/2"), now=now + 1)[0] is s  # known: same session
+    assert credential(w, narrow, req("/api/write"), now=now + 1) == (None, "token: path not allowed by token")
+    assert credential(w, narrow, req("/api/read/1", "POST"), now=now + 1)[1] == "ok"
+    assert credential(w, narrow, req("/api/read/1"), now=now + 121) == (None, "token: expired")
     # Revoked: the snapshot says so before the index does.
     await svc.revoke(OPERATOR, issued.meta.id)
-    await ctx.revocations.refresh(ctx.store)
-    assert credential(ctx, narrow, req("/api/read/1"), now=now + 2) == (None, "token: revoked")
+    await w.revocations.refresh(w.store)
+    assert credential(w, narrow, req("/api/read/1"), now=now + 2) == (None, "token: revoked")
     # Locked: the index hands out a new account object.
     other = await svc.issue(OPERATOR, "bob", name="other", now=now)
-    await load(ctx)
-    assert credential(ctx, other.token, now=now + 3)[1] == "ok"
-    assert credential(ctx, other.token, now=now + 3)[1] == "ok"
+    await load(w)
+    assert credential(w, other.token, now=now + 3)[1] == "ok"
+    assert credential(w, other.token, now=now + 3)[1] == "ok"
     await svc.lock(OPERATOR, "bob")
-    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0)
-    assert credential(ctx, other.token, now=now + 4) == (None, "token: account missing or locked")
+    await w.index.refresh(token_store(w.store), w.store, 10.0)
+    assert credential(w, other.token, now=now + 4) == (None, "token: account missing or locked")

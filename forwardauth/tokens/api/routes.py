@@ -15,18 +15,17 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
-from forwardauth.api import openapi
-from forwardauth.api.auth import ApiError, Caller, body, caller, error_response, fail, json_response
 from forwardauth.core.durations import parse_duration
-from forwardauth.server import CTX, Context
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.tokens import rules
 from forwardauth.tokens import settings as settings_mod
-from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
-from forwardauth.tokens.plugin import audit_fn, state
-from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
+from forwardauth.tokens.api.auth import TOKENS, Caller, caller
 from forwardauth.tokens.index import Principal
+from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
+from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.tokens.store import TokenMeta
+from forwardauth.web.api import ApiError, body, error_response, fail, json_response
+from forwardauth.web.context import CTX, AppContext, Route
 
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -54,12 +53,12 @@ def _guard(fn: Handler) -> Handler:
     return run
 
 
-def _ctx(request: web.Request) -> Context:
+def _ctx(request: web.Request) -> AppContext:
     return request.app[CTX]
 
 
-def _service(ctx: Context) -> TokenService:
-    return TokenService(ctx.runtime.config, ctx.runtime.keyring, ctx.store, audit_fn(ctx))
+def _service(ctx: AppContext) -> TokenService:
+    return TokenService(ctx.runtime.config, ctx.runtime.keyring, ctx.store, ctx.audit.emit)
 
 
 def _name(request: web.Request) -> str:
@@ -81,16 +80,16 @@ async def _actor(request: web.Request, svc: TokenService) -> rules.Actor:
     return (await _who(request, svc))[0]
 
 
-async def _sync(ctx: Context) -> None:
+async def _sync(ctx: AppContext) -> None:
     """After an epoch write: this process's revocation snapshot is reloaded
     before the answer, so it is in force here at once (other replicas: pub/sub
     or their next refresh)."""
     await ctx.revocations.refresh(ctx.store)
 
 
-def _remember(ctx: Context, a: Account) -> None:
+def _remember(request: web.Request, a: Account) -> None:
     """This process knows at once what it just wrote (others learn through the index refresh)."""
-    index = state(ctx).index
+    index = request.app[TOKENS].index
     index.accounts = {**index.accounts, a.username: Principal(a.username, a.kind, a.email, a.display_name,
                                                               tuple(a.groups), a.status == "active")}
 
@@ -154,8 +153,8 @@ async def create_account(request: web.Request) -> web.Response:
                    email=_str(d, "email"), groups=_roles(d), created=now, updated=now)
     if not await svc.accounts.add_account(acct):
         fail(409, "conflict", f"account {username} exists")
-    _remember(ctx, acct)
-    audit_fn(ctx)("account_created", user=username, reason=f"{kind} account by {actor.name}")
+    _remember(request, acct)
+    ctx.audit.emit("account_created", user=username, reason=f"{kind} account by {actor.name}")
     return json_response(account_view(acct), 201)
 
 
@@ -177,7 +176,7 @@ async def delete_account(request: web.Request) -> web.Response:
     actor = await _actor(request, svc)
     await svc.delete_account(actor, name)
     await _sync(ctx)
-    index = state(ctx).index
+    index = request.app[TOKENS].index
     index.accounts = {k: v for k, v in index.accounts.items() if k != name}
     index.tokens = {k: v for k, v in index.tokens.items() if v.account != name}
     return web.Response(status=204)
@@ -194,7 +193,7 @@ async def set_roles(request: web.Request) -> web.Response:
     d = await body(request, {"roles"}, {"roles"})
     acct = await svc.set_roles(actor, name, _roles(d))
     await _sync(ctx)
-    _remember(ctx, acct)
+    _remember(request, acct)
     return json_response(account_view(acct))
 
 
@@ -210,7 +209,7 @@ def _status_change(method: str):
         actor = await _actor(request, svc)
         acct = await getattr(svc, method)(actor, name)
         await _sync(ctx)
-        _remember(ctx, acct)
+        _remember(request, acct)
         return json_response(account_view(acct))
 
     return handler
@@ -274,8 +273,8 @@ async def issue_token(request: web.Request) -> web.Response:
             restrictions.append(f"{key}={v}")
     issued = await svc.issue(actor, name, name=_str(d, "name", None, 64) or "default", lifetime=lifetime,
                              level=_str(d, "level", None, 64), restrictions=tuple(restrictions))
-    state(ctx).index.tokens = {**state(ctx).index.tokens, issued.meta.id: issued.meta}
-    _remember(ctx, await svc.account(name))
+    request.app[TOKENS].index.tokens = {**request.app[TOKENS].index.tokens, issued.meta.id: issued.meta}
+    _remember(request, await svc.account(name))
     return json_response({"token": issued.token, **token_view(issued.meta)}, 201)
 
 
@@ -288,7 +287,7 @@ async def revoke_token(request: web.Request) -> web.Response:
         fail(400, "invalid_request", "token ids are lower-case UUIDs")
     actor = await _actor(request, svc)
     meta = await svc.revoke(actor, token_id)
-    index = state(ctx).index
+    index = request.app[TOKENS].index
     index.tokens = {k: v for k, v in index.tokens.items() if k != token_id}
     return json_response(token_view(meta))
 
@@ -337,7 +336,17 @@ async def exchange(request: web.Request) -> web.Response:
         groups, email, until = session.groups, session.email, session.exp
         event_reason = f"token {session.sid} exchanged for a JWT"
     else:
-        claims, groups, email, until, event_reason = await _password_exchange(request, ctx, now)
+        d = await body(request, {"username", "password", "totp"}, {"username", "password"})
+        username, password, code = d.get("username"), d.get("password"), d.get("totp")
+        if not isinstance(username, str) or not isinstance(password, str) or not 0 < len(password) <= 1024 \
+                or not 0 < len(username) <= 64 or (code is not None and not isinstance(code, str)):
+            fail(400, "invalid_request", "username and password must be strings (totp too, when given)")
+        if ctx.password_grant is None:
+            fail(400, "unsupported_grant_type", "password sign-in is off (local.enabled)")
+        grant = await ctx.password_grant(request, username, password, code)
+        claims = {"sub": grant.user, "level": grant.level, "src": "password"}
+        groups, email, until = grant.groups, grant.email, now + 86400
+        event_reason = "password exchanged for a JWT"
     if groups:
         claims["groups"] = list(groups)
     if email:
@@ -346,95 +355,41 @@ async def exchange(request: web.Request) -> web.Response:
     if life < 1:
         fail(401, "invalid_token", "the credential expires too soon to exchange")
     try:
-        jwt = state(ctx).signer(ctx.runtime).sign(claims, audience=s.jwt.audience, lifetime=life, now=now)
+        jwt = request.app[TOKENS].signer(ctx.runtime).sign(claims, audience=s.jwt.audience, lifetime=life, now=now)
     except JwtError as exc:
         fail(503, "unavailable", str(exc))
-    audit_fn(ctx)("token_exchanged", user=claims["sub"], level=claims["level"], reason=event_reason)
+    ctx.audit.emit("token_exchanged", user=claims["sub"], level=claims["level"], reason=event_reason)
     return json_response({"access_token": jwt, "token_type": "Bearer", "expires_in": int(life),
                           "issued_token_type": "urn:ietf:params:oauth:token-type:jwt"})
-
-
-async def _password_exchange(request: web.Request, ctx: Context, now: float) -> tuple:
-    from forwardauth.signin.routes import client_of
-    from forwardauth.signin.service import LocalAuth
-    from forwardauth.signin.settings import settings as local_settings
-
-    d = await body(request, {"username", "password", "totp"}, {"username", "password"})
-    username, password, code = d.get("username"), d.get("password"), d.get("totp")
-    if not isinstance(username, str) or not isinstance(password, str) or not 0 < len(password) <= 1024 \
-            or not 0 < len(username) <= 64 or (code is not None and not isinstance(code, str)):
-        fail(400, "invalid_request", "username and password must be strings (totp too, when given)")
-    if not local_settings(ctx.runtime.config).enabled:
-        fail(400, "unsupported_grant_type", "password sign-in is off (local.enabled)")
-    auth = LocalAuth(ctx.runtime, ctx.store)
-    # The real client, as the sign-in pages see it (X-Forwarded-For believed
-    # only from server.trusted_proxies), so one client's failures do not ban
-    # everyone behind the same proxy.
-    client = client_of(request, ctx)
-    emit = audit_fn(ctx)
-    attempt = await auth.check_password(username.strip().lower(), password, client, now)
-    if not attempt.ok or attempt.account is None:
-        # An unknown username is not written down: it may be a password typed in the wrong box.
-        known = attempt.account.username if attempt.account is not None else None
-        emit("signin_failed" if attempt.reason != "banned" else "signin_refused", user=known, client=client,
-             reason=f"token exchange: {attempt.reason}")
-        if attempt.reason == "banned":
-            fail(429, "slow_down", "too many failed attempts; try again later",
-                 **{"Retry-After": str(int(attempt.retry_after) + 1)})
-        fail(401, "invalid_grant", "wrong username or password")
-    acct = attempt.account
-    level = auth.password_level.name
-    if acct.has_totp:
-        if code is None:
-            fail(401, "invalid_grant", "this account needs a TOTP code (field totp)")
-        t = await auth.check_totp(acct.username, code, client, now)
-        if not t.ok:
-            emit("totp_failed", user=acct.username, client=client, reason=f"token exchange: {t.reason}")
-            fail(401, "invalid_grant", "wrong or reused TOTP code")
-        lv = auth.totp_level_for(cfg_top_level(ctx))
-        if lv is not None:
-            level = lv.name
-    emit("signin_ok", user=acct.username, client=client, level=level, reason="token exchange (password)")
-    claims = {"sub": acct.username, "level": level, "src": "password"}
-    return claims, acct.groups, acct.email, now + 86400, "password exchanged for a JWT"
-
-
-def cfg_top_level(ctx: Context) -> str:
-    return ctx.runtime.config.levels.items[-1].name
 
 
 async def jwks(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     try:
-        keys = state(ctx).signer(ctx.runtime).public_jwks
+        keys = request.app[TOKENS].signer(ctx.runtime).public_jwks
     except JwtError:
         keys = {"keys": []}
     return web.Response(text=json.dumps(keys), content_type="application/json",
                         headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
 
 
-async def openapi_json(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    return web.Response(text=json.dumps(openapi.document(ctx.runtime.config.server.public_url)),
-                        content_type="application/json")
-
-
-def install(app: web.Application, ctx: Context) -> None:
-    r = app.router
-    r.add_get("/.well-known/jwks.json", jwks)
-    r.add_get("/api/v1/openapi.json", openapi_json)
-    r.add_post("/api/v1/token", exchange)
-    r.add_get("/api/v1/accounts", list_accounts)
-    r.add_post("/api/v1/accounts", create_account)
-    r.add_get("/api/v1/accounts/{name}", get_account)
-    r.add_delete("/api/v1/accounts/{name}", delete_account)
-    r.add_put("/api/v1/accounts/{name}/roles", set_roles)
-    r.add_post("/api/v1/accounts/{name}/lock", lock_account)
-    r.add_post("/api/v1/accounts/{name}/unlock", unlock_account)
-    r.add_post("/api/v1/accounts/{name}/revoke-sessions", revoke_sessions)
-    r.add_get("/api/v1/accounts/{name}/tokens", list_tokens)
-    r.add_post("/api/v1/accounts/{name}/tokens", issue_token)
-    r.add_get("/api/v1/tokens", list_all_tokens)
-    r.add_delete("/api/v1/tokens/{token_id}", revoke_token)
-    r.add_put("/api/v1/accounts/{name}/dbcreds", put_dbcreds)
-    r.add_get("/api/v1/accounts/{name}/dbcreds", get_dbcreds)
+def routes() -> tuple[Route, ...]:
+    """The admin API, the token exchange and the JWKS."""
+    return (
+        Route("GET", "/.well-known/jwks.json", jwks),
+        Route("POST", "/api/v1/token", exchange),
+        Route("GET", "/api/v1/accounts", list_accounts),
+        Route("POST", "/api/v1/accounts", create_account),
+        Route("GET", "/api/v1/accounts/{name}", get_account),
+        Route("DELETE", "/api/v1/accounts/{name}", delete_account),
+        Route("PUT", "/api/v1/accounts/{name}/roles", set_roles),
+        Route("POST", "/api/v1/accounts/{name}/lock", lock_account),
+        Route("POST", "/api/v1/accounts/{name}/unlock", unlock_account),
+        Route("POST", "/api/v1/accounts/{name}/revoke-sessions", revoke_sessions),
+        Route("GET", "/api/v1/accounts/{name}/tokens", list_tokens),
+        Route("POST", "/api/v1/accounts/{name}/tokens", issue_token),
+        Route("GET", "/api/v1/tokens", list_all_tokens),
+        Route("DELETE", "/api/v1/tokens/{token_id}", revoke_token),
+        Route("PUT", "/api/v1/accounts/{name}/dbcreds", put_dbcreds),
+        Route("GET", "/api/v1/accounts/{name}/dbcreds", get_dbcreds),
+    )

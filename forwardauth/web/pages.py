@@ -1,8 +1,10 @@
-"""Rendering the sign-in pages: Jinja2 templates with autoescaping, strict headers.
+"""Every HTML page forwardauth serves, rendered one way, under one set of headers.
 
-Templates live in forwardauth/templates (package data) and use only the
-stylesheet under /oauth2/static: no JavaScript, no inline style, so the
-Content-Security-Policy can forbid both.
+Jinja2 templates (forwardauth/templates, package data) with autoescaping; they
+use only the stylesheet served here under /oauth2/static: no JavaScript and
+no inline style, so the one Content-Security-Policy below forbids both. The
+sign-in part's pages, the upstream sign-in's notices and /oauth2/start's
+"no way to sign in" all go through `render`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jinja2
 from aiohttp import web
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STYLESHEET_PATH = "/oauth2/static/forwardauth.css"
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("forwardauth", "templates"),
@@ -45,7 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "level": "",
     "username": "",
     "target_host": None,
-    "upstream_url": None,
+    "offers": (),  # other ways to sign in or step up (web.oauth2_start.Offer), from the parts
     "reason": "",
     "issuer": "",
     "text": "",
@@ -63,6 +66,18 @@ def render(template: str, status: int = 200, *, headers: dict[str, str] | None =
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
+
+
+def page(status: int, title: str, message: str, link: tuple[str, str] | None = None, *,
+         realm: str = "forwardauth") -> web.Response:
+    """A short notice (errors of the sign-in flow): a title, one paragraph, maybe a link."""
+    return render("notice.html", status, title=title, text=message, realm=realm,
+                  link_url=link[0] if link else None, link_text=link[1] if link else "")
+
+
+def continue_to(url: str) -> web.Response:
+    """A page that moves on to `url` by itself (meta refresh; no script)."""
+    return render("continue.html", 200, url=url)
 
 
 def group_secret(secret: str) -> str:
