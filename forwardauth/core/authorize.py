@@ -194,7 +194,7 @@ class Result:
     are; `wire` is the adapter's own cache of their headers (e.g. aiohttp's
     header object), so a remembered answer is converted once."""
 
-    __slots__ = ("answer", "tally", "decision", "request", "credential", "wire")
+    __slots__ = ("answer", "tally", "decision", "request", "credential", "denied", "wire")
 
     def __init__(self, answer: Answer, tally: Tally, decision: Decision | None = None,
                  request: OriginalRequest | None = None, credential: Credential | None = None):
@@ -203,6 +203,7 @@ class Result:
         self.decision = decision
         self.request = request
         self.credential = credential
+        self.denied = decision is not None and not decision.allowed  # a decision that said no (logged)
         self.wire: object | None = None
 
 
@@ -231,7 +232,8 @@ class Authorizer:
 
     def authorize(self, remote: str | None, headers: Mapping[str, str], now: float, health: Health) -> Result:
         """The answer to a proxy's question: `remote` is the peer's address as
-        the server saw it, `headers` the request's headers."""
+        the server saw it, `headers` the request's headers. The hot path: kept
+        to as few calls as the steps allow (HEALTHY is checked by identity)."""
         trusted = self.runtime.trusted
         peer = trusted.peer(remote)
         if peer is None:
@@ -250,31 +252,46 @@ class Authorizer:
             self._log_refusal(values, exc, ambiguous)
             return Result(responses.bad_request(str(exc), self.via_nginx),
                           Refusal.AMBIGUOUS_PATH if ambiguous else Refusal.BAD_REQUEST)
-        return self.judge(req, headers, now, health, key)
+        cred = None
+        if self.sources:
+            checkable = health is HEALTHY or self.policy.checkable(health)
+            for source in self.sources:
+                cred = source(headers, req, now, checkable)
+                if cred is not None:
+                    break
+        if cred is None:
+            value = cookie_value(headers.get("Cookie"), self.cookie_name)
+            cred = session_cookie(self.runtime.codec, value, self.revocations, now)
+        status = cred.status
+        if ((status is Status.VALID or status is Status.ABSENT) and not cred.refresh
+                and (health is HEALTHY or self.policy.memo_usable(health))):
+            hit = self.memo.answer(key, cred.session, now)
+            return hit if hit is not None else self._decide(req, cred, now, health, key)
+        return self._decide(req, cred, now, health, None)
 
     def credential(self, headers: Mapping[str, str], req: OriginalRequest, now: float, health: Health) -> Credential:
         """The parts' credential sources in order, the first that finds one of
-        its kind wins; else the session cookie."""
-        if self.sources:
-            checkable = self.policy.checkable(health)
-            for source in self.sources:
-                found = source(headers, req, now, checkable)
-                if found is not None:
-                    return found
+        its kind wins; else the session cookie (as `authorize` does it)."""
+        checkable = self.policy.checkable(health)
+        for source in self.sources:
+            found = source(headers, req, now, checkable)
+            if found is not None:
+                return found
         value = cookie_value(headers.get("Cookie"), self.cookie_name)
         return session_cookie(self.runtime.codec, value, self.revocations, now)
 
     def judge(self, req: OriginalRequest, headers: Mapping[str, str], now: float, health: Health,
-              key: Key | None = None, credential: Credential | None = None) -> Result:
-        """Everything after the parse: credential, memo (with `key`), decision,
-        answer. `credential` given (explain's --user) skips the credential step."""
+              credential: Credential | None = None) -> Result:
+        """Everything after the parse, without the memo: what `forwardauth
+        explain` runs. `credential` given (explain's --user) skips the credential step."""
         cred = credential if credential is not None else self.credential(headers, req, now, health)
+        return self._decide(req, cred, now, health, None)
+
+    def _decide(self, req: OriginalRequest, cred: Credential, now: float, health: Health,
+                key: Key | None) -> Result:
+        """Decide and answer; an allowed 200 is remembered under `key` (given
+        only when the memo may be used: see `authorize`)."""
         session = cred.session
-        usable = key is not None and cred.plain and not cred.refresh and self.policy.memo_usable(health)
-        if usable:
-            hit = self.memo.answer(key, session, now)  # type: ignore[arg-type]
-            if hit is not None:
-                return hit
         cfg = self.config
         decision = decide(req, session, cfg.policy, cfg.levels, now)
         ans = self.policy.refuse(cfg, decision, cred, health)
@@ -285,8 +302,8 @@ class Authorizer:
         if session is not None and cred.refresh:
             ans = replace(ans, headers=ans.headers + (("Set-Cookie", self._refreshed(session, now)),))
         result = Result(ans, decision.outcome, decision, req, cred)
-        if usable and decision.allowed and ans.status == 200:
-            self.memo.remember(key, session, result, ans.until)  # type: ignore[arg-type]
+        if key is not None and decision.allowed and ans.status == 200:
+            self.memo.remember(key, session, result, ans.until)
         return result
 
     def _allow_headers(self, ans: Answer, session: Session, req: OriginalRequest, now: float) -> Answer:

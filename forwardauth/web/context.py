@@ -151,9 +151,12 @@ class AppContext:
     def health(self, full: bool = False) -> Health:
         """The state store's health now (HEALTHY, without reading the clock, while every refresh succeeds)."""
         rev = self.revocations
-        if not full and rev.last_error is None and rev.last_ok is not None and all(
-                r.last_error is None and r.last_ok is not None for r in self.refreshed):
-            return HEALTHY
+        if not full and rev.last_error is None and rev.last_ok is not None:
+            for r in self.refreshed:
+                if r.last_error is not None or r.last_ok is None:
+                    break
+            else:
+                return HEALTHY
         return health_of(rev, self.refreshed, time.monotonic(), full)
 
     def hooks(self, runtime: Runtime) -> list[DecisionHooks]:

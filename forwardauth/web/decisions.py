@@ -18,13 +18,13 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from forwardauth.core.authorize import Authorizer, Refusal, Result, Tally, log_denial
+from forwardauth.core.authorize import HEALTHY, Authorizer, Refusal, Result, Tally, log_denial
 from forwardauth.core.decision import Outcome
 from forwardauth.core.request import FORWARDED, NGINX, Convention
 from forwardauth.core.runtime import Runtime
 from forwardauth.services.audit import request_id
 from forwardauth.web.context import AppContext
-from forwardauth.web.metrics import DECISIONS, Counter
+from forwardauth.web.metrics import DECISIONS
 
 log = logging.getLogger("forwardauth")
 
@@ -44,8 +44,7 @@ class DecisionEndpoint:
         self.ctx = ctx
         self.endpoint = endpoint
         self.convention, self.redirects = ENDPOINTS[endpoint]
-        # Counter children bound once: labels() per request is a dict lookup.
-        self.counters: dict[Tally, Counter] = {o: DECISIONS.labels(endpoint, o.value) for o in (*Outcome, *Refusal)}
+        self.counts: dict[Tally, int] = DECISIONS.table(endpoint, (*Outcome, *Refusal))  # type: ignore[assignment]
         self.authorizer: Authorizer | None = None
         self._audit_failed = False
 
@@ -61,16 +60,35 @@ class DecisionEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         ctx = self.ctx
+        a = self.authorizer
+        if a is None or a.runtime is not ctx.runtime:
+            a = self.pipeline(ctx.runtime)
+        # The store's health: HEALTHY while every refresh succeeds (checked here,
+        # without a call: this runs on every decision), else worked out in full.
+        health = HEALTHY
+        rev = ctx.revocations
+        if rev.last_error is not None or rev.last_ok is None:
+            health = ctx.health()
+        else:
+            for r in ctx.refreshed:
+                if r.last_error is not None or r.last_ok is None:
+                    health = ctx.health()
+                    break
         now = time.time()
-        result = self.pipeline(ctx.runtime).authorize(request.remote, request.headers, now, ctx.health())
-        self.counters[result.tally].inc()
-        resp = respond(result)
-        decision = result.decision
-        if decision is not None and not decision.allowed:
+        result = a.authorize(request.remote, request.headers, now, health)
+        self.counts[result.tally] += 1
+        if result.denied:
             log_denial(result)
-            if decision.outcome in _DENIED:
+            if result.tally in _DENIED:
                 self._audit_denial(request, result, now)
-        return resp
+        ans = result.answer
+        if not ans.body:  # no Content-Type (one header less on every allow); headers converted once per result
+            wire = result.wire
+            if wire is None:
+                wire = result.wire = CIMultiDict(ans.headers)
+            return web.Response(status=ans.status, headers=wire)  # type: ignore[arg-type]
+        return web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
+                            headers=ans.headers)
 
     def _audit_denial(self, request: web.Request, result: Result, now: float) -> None:
         """A 403 from the decision endpoints is an audit event (the 401s are just "please sign in").
@@ -90,20 +108,6 @@ class DecisionEndpoint:
             if not self._audit_failed:
                 self._audit_failed = True
                 log.exception("could not write the audit line of a denied decision")
-
-
-def respond(result: Result) -> web.Response:
-    """The pipeline's answer as an aiohttp response. Answers without a body
-    carry no Content-Type (one header less on every allow); their headers are
-    converted once per result (a remembered allow is converted once, then copied)."""
-    ans = result.answer
-    if not ans.body:
-        wire = result.wire
-        if wire is None:
-            wire = result.wire = CIMultiDict(ans.headers)
-        return web.Response(status=ans.status, headers=wire)  # type: ignore[arg-type]
-    return web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
-                        headers=ans.headers)
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

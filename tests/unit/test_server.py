@@ -285,7 +285,7 @@ async def test_ambiguous_paths_are_refused_on_every_endpoint(client, uri, messag
     log line and the ambiguous_path counter."""
     from forwardauth.web.metrics import DECISIONS
 
-    before = DECISIONS._counts[("traefik", "ambiguous_path")]
+    before = DECISIONS.count("traefik", "ambiguous_path")
     for h in ({}, cookie(client, level="mfa")):
         r = await client.get("/auth/traefik", headers={**traefik("app.test", uri), **h})
         assert (r.status, await r.text()) == (400, f"400 Bad Request: {message}\n")
@@ -294,7 +294,7 @@ async def test_ambiguous_paths_are_refused_on_every_endpoint(client, uri, messag
         r = await client.get("/auth/nginx", headers={**nginx("https://app.test" + uri), **h})
         assert (r.status, r.headers["X-Forwardauth-Status"], r.headers["X-Forwardauth-Error"]) == (403, "400", message)
         assert "X-Auth-Request-User" not in r.headers
-    assert DECISIONS._counts[("traefik", "ambiguous_path")] == before + 2
+    assert DECISIONS.count("traefik", "ambiguous_path") == before + 2
 
 
 async def test_a_refusal_is_logged_without_the_query(client, caplog):
