@@ -161,7 +161,7 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
     readings = [{"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
                 for m in req.methods for p in req.paths]
     proven_ago = args.proven_ago if args.user else (
-        max(0.0, time.time() - session.auth_time) if session is not None else None)
+        float(int(max(0.0, time.time() - session.auth_time))) if session is not None else None)
     out = {
         "request": {"method": req.method, "url": req.url, "host": req.host, "path": req.path,
                     "client": str(req.client) if req.client else None},
