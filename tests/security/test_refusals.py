@@ -25,11 +25,19 @@ BODY = re.compile(rb"400 Bad Request: [\x20-\x7e]+\n")
 APP = "aiohttp"
 # Paths no proxy cleans or refuses itself, so forwardauth is asked about them as sent.
 REFUSED_EVERYWHERE = ["/admin/..%2fpublic/x", "/admin/..;/public/x", "/admin/%2e%2e%2fpublic/x",
-                      "/public/x/..%5c..%5cadmin/x", "/app/..%2F..%2Fsecret/x"]
+                      "/public/x/..%5c..%5cadmin/x", "/app/x/..%2F..%2Fsecret/x"]
+# (nginx decodes %2F when it picks a location, so "/app/..%2F..%2Fsecret/x", above
+# the root once decoded, is nginx's own 400 page and never reaches forwardauth.)
 # Traefik resolves raw and %2e dot segments itself (sanitizePath) and answers a raw
 # "#" with its own 400: nginx and Caddy pass these to forwardauth as they are.
 REFUSED_BEHIND_NGINX_CADDY = ["/admin/../public/x", "/admin/%2e%2e/public/x", "/public/x#/../../admin/x",
                               "/public/./x", "/admin%09/x"]
+
+
+def as_forwarded(proxy: str, target: str) -> str:
+    """The target as `proxy` passes it on: Caddy (Go's URL parser) re-escapes a raw
+    "#" and "\\" (to forwardauth's X-Forwarded-Uri and to the app alike)."""
+    return target.replace("#", "%23").replace("\\", "%5C") if proxy == "caddy" else target
 
 
 def ask_forwardauth(stack, target: str) -> RawReply:
@@ -57,7 +65,7 @@ def cases() -> list[tuple[str, str]]:
 @pytest.mark.parametrize("proxy, target", cases())
 @pytest.mark.parametrize("cred", ["none", "mfa"])
 def test_a_refused_path_is_a_400_with_forwardauths_reason(stack, proxy, target, cred):
-    direct = ask_forwardauth(stack, target)
+    direct = ask_forwardauth(stack, as_forwarded(proxy, target))
     assert direct.status == 400 and BODY.fullmatch(direct.body), direct
     reply = through(stack, proxy, target, cred)
     assert reply.status == 400, reply
