@@ -68,7 +68,17 @@ def aiohttp_app():
             return web.Response(body=body, content_type="application/json")
         return handle
 
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        """A WebSocket that says who it is for, then closes (the proxies must still upgrade)."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(f"user={request.headers.get(IDENTITY, '')}")
+        await ws.close()
+        return ws
+
     app = web.Application()
+    app.router.add_get("/public/ws", websocket)
+    app.router.add_get("/app/ws", websocket)
     for route in ROUTES:
         app.router.add_route("*", f"/{route}", handler(route))
         app.router.add_route("*", f"/{route}/{{tail:.*}}", handler(route))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 
 import pytest
 
@@ -93,3 +94,24 @@ def test_connection_tokens_cannot_smuggle_a_forged_identity(stack, proxy):
                    [("Connection", "X-Auth-Request-User"), ("X-Auth-Request-User", "admin"),
                     ("X_Auth_Request_User", "admin")])
     assert seen_by_app(body).get("x-auth-request-user") == [USERS["password"]], body["headers"]
+
+
+@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+def test_websocket_upgrade_still_works_with_the_identity(stack, proxy):
+    """Dropping the client's Connection tokens keeps "Upgrade" (the nginx examples
+    do not proxy WebSockets: they send the app "Connection: " empty)."""
+    running = stack.proxy(proxy, APP)
+    head = [("Connection", "Upgrade, X-Auth-Request-User"), ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as conn:
+        lines = ["GET /app/ws HTTP/1.1", f"Host: {stack.host(running)}",
+                 *(f"{k}: {v}" for k, v in [*stack.creds["password"].items(), *head])]
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"user=" not in data or data.index(b"user=") + 5 + len(USERS["password"]) > len(data):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    assert f"user={USERS['password']}".encode() in data, data
