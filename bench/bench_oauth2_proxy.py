@@ -90,11 +90,12 @@ def mint_forwardauth_cookies(config: Path, users: int) -> list[str]:
     return out
 
 
-def start_forwardauth(workdir: Path, rules: int, cpu: str | None) -> ForwardAuth:
+def forwardauth_on(workdir: Path, rules: int, cpu: str | None) -> ForwardAuth:
+    """forwardauth (not started yet) with the benchmark's policy, pinned to `cpu`."""
     fa = ForwardAuth(workdir / "forwardauth", policy=policy_of(rules))
     if cpu is not None:
         fa.proc.argv = ["taskset", "-c", cpu, *fa.proc.argv]
-    return fa.start()
+    return fa
 
 
 def start_nginx(binary: str, workdir: Path, auth_port: int, auth_path: str, host: str) -> tuple[Proc, int]:
@@ -117,7 +118,11 @@ def start_nginx(binary: str, workdir: Path, auth_port: int, auth_path: str, host
     (workdir / "nginx.conf").write_text(conf)
     proc = Proc(f"nginx({workdir.name})", [binary, "-p", workdir, "-c", workdir / "nginx.conf", "-e",
                                            workdir / "error.log", "-g", "daemon off;"], workdir / "error.log").start()
-    proc.wait_until(lambda: http_status(port, "/healthz", host) in (200, 401, 403), what="answering")
+    try:
+        proc.wait_until(lambda: http_status(port, "/healthz", host) in (200, 401, 403), what="answering")
+    except BaseException:
+        proc.stop()
+        raise
     return proc, port
 
 
@@ -207,8 +212,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     procs: list = []
     try:
         t = time.monotonic()
-        fa = start_forwardauth(workdir, args.rules, args.cpu)
-        procs.append(fa.proc)
+        fa = forwardauth_on(workdir, args.rules, args.cpu)
+        procs.append(fa.proc)  # before start(): stopped even if it never gets ready
+        fa.start()
         fa_hot = f"{COOKIE}={fa.issue('bench', 'password', email='bench@example.test', groups=('dev',), name='Bench')}"
         fa_cookies = mint_forwardauth_cookies(fa.config, args.users)
         print(f"  forwardauth: started, {len(fa_cookies)} sessions sealed ({time.monotonic() - t:.1f} s)", flush=True)
@@ -217,8 +223,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         o2p_port = free_port()
         op = start_provider(workdir, f"http://127.0.0.1:{o2p_port}/oauth2/callback")
         procs.append(op)
-        o2p = OAuth2Proxy(workdir, op, o2p_port, cpu=args.cpu).start()
+        o2p = OAuth2Proxy(workdir, op, o2p_port, cpu=args.cpu)
         procs.append(o2p.proc)
+        o2p.start()
         o2p_cookies = sign_in_many(o2p, op, args.o2p_users)
         print(f"  oauth2-proxy: started, {len(o2p_cookies)} users signed in through it "
               f"({time.monotonic() - t:.1f} s)", flush=True)
