@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -174,18 +175,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (nginx's workers)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's waited-for children (each wrk run, once it has exited)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 @dataclass
 class Round:
-    """One wrk run, and the CPU time the backend spent meanwhile: CPU per request is
-    what a decision costs, much less disturbed by the machine's other load than req/s."""
+    """One wrk run, and the CPU time the backend, nginx's worker and wrk spent meanwhile:
+    the backend's CPU per request is what a decision costs, much less disturbed by the
+    machine's other load than req/s; the three together say what bounds req/s."""
 
     wrk: WrkResult
     cpu: float
     wall: float
+    nginx_cpu: float
+    wrk_cpu: float
+
+    def per_request(self, cpu: float) -> float:
+        return cpu / max(1, self.wrk.requests) * 1e6
 
     @property
     def us_per_request(self) -> float:
-        return self.cpu / max(1, self.wrk.requests) * 1e6
+        return self.per_request(self.cpu)
 
     @property
     def busy(self) -> float:
@@ -231,10 +257,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
               f"({time.monotonic() - t:.1f} s)", flush=True)
         op.stop()  # not needed any more: a cookie session is checked without the provider
 
-        ports, backends = {}, {"forwardauth": fa.port, "oauth2-proxy": o2p.port}
+        ports, nginx_procs, backends = {}, {}, {"forwardauth": fa.port, "oauth2-proxy": o2p.port}
         for name in TARGETS:
-            proc, ports[name] = start_nginx(nginx, workdir / f"nginx-{name}", backends[name], AUTH_PATHS[name], host)
-            procs.append(proc)
+            nginx_procs[name], ports[name] = start_nginx(nginx, workdir / f"nginx-{name}", backends[name],
+                                                         AUTH_PATHS[name], host)
+            procs.append(nginx_procs[name])
         cookies = {"forwardauth": fa_cookies, "oauth2-proxy": o2p_cookies}
         hot = {"forwardauth": fa_hot, "oauth2-proxy": o2p_cookies[0]}
         sanity(ports, host, {n: [hot[n], *cookies[n]] for n in TARGETS})
@@ -250,13 +277,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
         pids = {"forwardauth": fa.proc.popen.pid, "oauth2-proxy": o2p.proc.popen.pid}
 
+        workers = {name: child_pids(proc.popen.pid) for name, proc in nginx_procs.items()}
+
         def once(mode: str, name: str, seconds: float) -> Round:
-            cpu, wall = cpu_seconds(pids[name]), time.monotonic()
+            def clocks() -> tuple[float, ...]:
+                return (cpu_seconds(pids[name]), time.monotonic(), sum(map(cpu_seconds, workers[name])),
+                        children_cpu_seconds())
+
+            before = clocks()
             if mode == "hot":
                 w = wrk(wrk_bin, ports[name], host, args, seconds, cookie=hot[name])
             else:
                 w = wrk(wrk_bin, ports[name], host, args, seconds, script=scripts[name])
-            return Round(w, cpu_seconds(pids[name]) - cpu, time.monotonic() - wall)
+            return Round(w, *(x - y for x, y in zip(clocks(), before)))
 
         if args.warmup > 0:
             for mode in ("hot", "cold"):
@@ -294,11 +327,12 @@ def report(args: argparse.Namespace, res: dict) -> None:
         mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
         cost = sorted(y.us_per_request / x.us_per_request for x, y in zip(a, b))[len(a) // 2]
         print(f"\n{title}")
-        print(f"  {'':32}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}{'busy':>6}  errors")
+        print(f"  {'':32}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}{'busy':>6}"
+              f"{'nginx us':>10}{'wrk us':>8}  errors")
         for name, r in (("(a) forwardauth /auth/nginx", a[mid]), ("(b) oauth2-proxy /oauth2/auth", b[mid])):
             w = r.wrk
             print(f"  {name:32}{w.rps:>8.0f}{w.p50_ms:>8.2f}{w.p99_ms:>8.2f}{r.us_per_request:>12.0f}"
-                  f"{r.busy:>6.0%}  {w.errors or '-'}")
+                  f"{r.busy:>6.0%}{r.per_request(r.nginx_cpu):>10.0f}{r.per_request(r.wrk_cpu):>8.0f}  {w.errors or '-'}")
         ratio = ratios[mid]
         print(f"  {'ratio a/b, requests/s':32}{ratio:>8.2f}   target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
         print(f"  {'ratio b/a, backend CPU per req':32}{cost:>8.2f}   (median round; > 1: forwardauth spends less "
