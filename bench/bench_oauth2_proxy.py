@@ -325,7 +325,8 @@ def report(args: argparse.Namespace, res: dict) -> None:
         a, b = res[mode, "forwardauth"], res[mode, "oauth2-proxy"]
         ratios = [x.wrk.rps / y.wrk.rps for x, y in zip(a, b)]
         mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
-        cost = sorted(y.us_per_request / x.us_per_request for x, y in zip(a, b))[len(a) // 2]
+        costs = [y.us_per_request / x.us_per_request for x, y in zip(a, b)]
+        cost = sorted(costs)[len(costs) // 2]
         print(f"\n{title}")
         print(f"  {'':32}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}{'busy':>6}"
               f"{'nginx us':>10}{'wrk us':>8}  errors")
@@ -335,10 +336,11 @@ def report(args: argparse.Namespace, res: dict) -> None:
                   f"{r.busy:>6.0%}{r.per_request(r.nginx_cpu):>10.0f}{r.per_request(r.wrk_cpu):>8.0f}  {w.errors or '-'}")
         ratio = ratios[mid]
         print(f"  {'ratio a/b, requests/s':32}{ratio:>8.2f}   target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
-        print(f"  {'ratio b/a, backend CPU per req':32}{cost:>8.2f}   (median round; > 1: forwardauth spends less "
-              "CPU per decision)")
-        print(f"  (median of {len(ratios)} rounds, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
-              + "; p99 ms a/b " + ", ".join(f"{x.wrk.p99_ms:.1f}/{y.wrk.p99_ms:.1f}" for x, y in zip(a, b)) + ")")
+        print(f"  {'ratio b/a, backend CPU per req':32}{cost:>8.2f}   (median of the rounds' ratios; > 1: forwardauth "
+              "spends less CPU per decision)")
+        print(f"  every round, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
+              + "; CPU b/a " + ", ".join(f"{r:.2f}" for r in costs)
+              + "; p99 ms a/b " + ", ".join(f"{x.wrk.p99_ms:.0f}/{y.wrk.p99_ms:.0f}" for x, y in zip(a, b)))
         if any(r.wrk.errors for r in a + b):
             print("  WARNING: some rounds had errors (above): their figures are not comparable")
 
