@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
+from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.durations import parse_duration
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
+from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.service import OPERATOR, Conflict, Denied, Invalid, NotFound, TokenService
-from forwardauth.tokens.store import TokenMeta
 
 
 def _when(t: float | None) -> str:

@@ -26,7 +26,6 @@ from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, looks_like_ours, principal
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
 from forwardauth.tokens.jwt import JwtError, JwtSigner, load_hs512_secret
-from forwardauth.tokens.store import token_store
 
 log = logging.getLogger("forwardauth.tokens")
 
@@ -58,8 +57,7 @@ class BearerTokens:
 
     async def load(self, store: StateStore, full_every: float = 10.0) -> None:
         """Read the token index from the store once (explain; the server refreshes it in the background)."""
-        accounts = store if hasattr(store, "list_accounts") else None
-        await self.index.refresh(token_store(store), accounts, full_every, force=True)
+        await self.index.refresh(store, full_every, force=True)
 
     def verifier(self, ring: KeyRing) -> TokenVerifier:
         v = self._verifier

@@ -71,6 +71,8 @@ def _add(app: web.Application, ctx: AppContext, c: Contribution) -> None:
     if c.decisions is not None:
         ctx.decisions.append(c.decisions)
     ctx.refreshed.extend(c.refreshed)
+    for job in c.refresh:
+        ctx.refresher.add(job)
     if c.sign_out is not None:
         ctx.sign_out.append(c.sign_out)
     if c.api_auth is not None:
@@ -95,14 +97,14 @@ def _signal(fn: Callable[[], Awaitable[None]]) -> Callable[[web.Application], Aw
 
 
 async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """The state store is opened and the revocation snapshot read before the
-    parts start (cleanup contexts run first), and closed after they stopped."""
+    """The state store is opened and every snapshot of it read (the revocations,
+    then the parts': state.refresh.Refresher) before the parts start (cleanup
+    contexts run first); one loop keeps them fresh; the store closes after the
+    parts stopped."""
     ctx = app[CTX]
     await ctx.store.open()
-    await ctx.revocations.refresh(ctx.store)
-    task = asyncio.get_running_loop().create_task(
-        ctx.revocations.run(ctx.store, ctx.runtime.config.revocation_refresh)
-    )
+    await ctx.refresher.refresh()
+    task = asyncio.get_running_loop().create_task(ctx.refresher.run(ctx.store, ctx.runtime.config.revocation_refresh))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

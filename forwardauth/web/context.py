@@ -28,6 +28,7 @@ from forwardauth.core.session import Session
 from forwardauth.revocation import Revocations
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
+from forwardauth.state.refresh import Refresher
 from forwardauth.web.factors import Factor
 
 
@@ -94,6 +95,7 @@ class Contribution:
     routes: Sequence[Route] = ()
     factors: Sequence[Factor] = ()  # ways to prove a level: /oauth2/start and the sign-in/step-up pages
     decisions: DecisionPart | None = None  # a credential source, headers for an allow
+    refresh: Sequence[Callable[[], Awaitable[object]]] = ()  # jobs of the one refresh loop (state.refresh)
     refreshed: Sequence[Refreshed] = ()  # in-memory copies of the store, for the store's health
     startup: Sequence[Callable[[], Awaitable[None]]] = ()  # after the store is open and the revocations read
     shutdown: Sequence[Callable[[], Awaitable[None]]] = ()  # before the store closes
@@ -118,6 +120,7 @@ class AppContext:
     load_config: ConfigLoader  # with every part's config sections (composition.load_config)
     policy_of: PolicyOf  # the state store outage policy of a config (from the tokens part's settings)
     revocations: Revocations = field(default_factory=Revocations)
+    refresher: Refresher = field(default_factory=Refresher)  # every snapshot of the store, revocations first
     refreshed: list[Refreshed] = field(default_factory=list)
     decisions: list[DecisionPart] = field(default_factory=list)
     factors: list[Factor] = field(default_factory=list)
@@ -126,6 +129,9 @@ class AppContext:
     password_grant: PasswordGrant | None = None
     openapi: list[Mapping[str, Any]] = field(default_factory=list)
     _policy: tuple[Runtime, StorePolicy] | None = None
+
+    def __post_init__(self) -> None:
+        self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
         path = self.runtime.config.path

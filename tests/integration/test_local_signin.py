@@ -18,11 +18,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.accounts import Account
-from forwardauth.composition import parse_config
-from forwardauth.services.passwords import ScryptParams, hash_password
+from forwardauth.composition import build_app, parse_config
 from forwardauth.core.runtime import Runtime
-from forwardauth.composition import build_app
+from forwardauth.services.passwords import ScryptParams, hash_password
+from forwardauth.state.records import Account
 from forwardauth.web.context import CTX
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import SecretBox, code_at, current_step

@@ -10,12 +10,11 @@ import time
 from aiohttp.test_utils import TestClient, TestServer
 
 from forwardauth import composition
-from forwardauth.accounts import Account
 from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account
 from forwardauth.tokens.api.auth import TOKENS
 from forwardauth.tokens.service import OPERATOR, TokenService
-from forwardauth.tokens.store import token_store
 from forwardauth.web.context import CTX
 
 from .conftest import make_config
@@ -54,7 +53,7 @@ async def test_two_apps_in_one_process_share_nothing():
     headers = {"X-Original-URL": "https://app.test/x", "X-Original-Method": "GET", "Authorization": f"Bearer {token}"}
     async with TestClient(TestServer(a, host="127.0.0.1")) as ta, TestClient(TestServer(b, host="127.0.0.1")) as tb:
         for app in (a, b):
-            await app[TOKENS].index.refresh(token_store(app[CTX].store), app[CTX].store, 10.0, force=True)
+            await app[TOKENS].index.refresh(app[CTX].store, 10.0, force=True)
         ra = await ta.get("/auth/nginx", headers=headers)
         rb = await tb.get("/auth/nginx", headers=headers)
         assert (ra.status, ra.headers["X-Auth-Request-User"]) == (200, "bob")

@@ -16,15 +16,14 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.accounts import Account
 from forwardauth.cli import main
 from forwardauth.composition import build_app, load_config
 from forwardauth.core.runtime import Runtime
+from forwardauth.state.records import Account
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.api.auth import TOKENS
 from forwardauth.tokens.service import OPERATOR, TokenService
-from forwardauth.tokens.store import token_store
 from forwardauth.web.context import CTX
 
 CONFIG = """
@@ -88,7 +87,7 @@ async def world(tmp_path):
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         ctx = app[CTX]
         await ctx.revocations.refresh(ctx.store)
-        await app[TOKENS].index.refresh(token_store(ctx.store), ctx.store, 10.0, force=True)
+        await app[TOKENS].index.refresh(ctx.store, 10.0, force=True)
         yield client, cfg_path, c
 
 

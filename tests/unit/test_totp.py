@@ -6,9 +6,9 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 
-from forwardauth.accounts import Account
 from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.core.sealing import SealError
+from forwardauth.state.records import Account
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import (

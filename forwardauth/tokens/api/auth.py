@@ -30,7 +30,6 @@ from forwardauth.tokens import caveats as cv
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, principal
 from forwardauth.tokens.decisions import BearerTokens
 from forwardauth.tokens.index import Principal
-from forwardauth.tokens.store import token_store
 from forwardauth.web.api import fail
 from forwardauth.web.context import CTX, AppContext
 
@@ -115,10 +114,10 @@ async def _learn(ctx: AppContext, st: BearerTokens, verifier: TokenVerifier, tok
         v = verifier.verify(token)
     except ValueError:
         return
-    meta = await token_store(ctx.store).get_token(v.token_id)
+    meta = await ctx.store.get_token(v.token_id)
     if meta is None or meta.revoked is not None:
         return
-    acct = await ctx.store.get_account(meta.account)  # type: ignore[attr-defined]
+    acct = await ctx.store.get_account(meta.account)
     if acct is None:
         return
     st.index.tokens = {**st.index.tokens, meta.id: meta}

@@ -14,16 +14,16 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
+from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.durations import parse_duration
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import rules
 from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.api.auth import TOKENS, Caller, caller
 from forwardauth.tokens.index import Principal
 from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
-from forwardauth.tokens.store import TokenMeta
 from forwardauth.web.api import ApiError, body, error_response, fail, json_response
 from forwardauth.web.context import CTX, AppContext, Route
 
