@@ -109,6 +109,21 @@ def test_a_backend_without_accounts_is_refused():
         account_store(Bare())  # type: ignore[arg-type]
 
 
+def test_names_of_existing_accounts():
+    """Typed usernames, or an upstream identity's account exactly as listed ("oidc:<sub>", sub kept as is)."""
+    from forwardauth.accounts import check_account_name, upstream_sub
+
+    assert check_account_name("alice") == "alice"
+    assert check_account_name("oidc:AbC-123/x@y") == "oidc:AbC-123/x@y"
+    assert (upstream_sub("oidc:AbC-123"), upstream_sub("alice")) == ("AbC-123", None)
+    for bad in ("oidc:", ":abc", "OIDC:abc", "oidc:a b", "oidc:a\x7f", "oidc:" + "x" * 300):
+        with pytest.raises(AccountError, match="^an upstream identity's account is <source>:<sub>, as "
+                                               "`forwardauth users list` shows it$"):
+            check_account_name(bad)
+    with pytest.raises(AccountError, match="^username must be"):
+        check_account_name("Alice")
+
+
 # --- lock, unlock, groups: the one implementation both CLIs and the API use ----------
 
 
