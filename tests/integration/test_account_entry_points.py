@@ -18,13 +18,13 @@ import time
 from urllib.parse import quote
 
 import pytest
+from harness.tokens import TokenServer
 
 from forwardauth.config import load_config
 from forwardauth.runtime import Runtime
 from forwardauth.state.records import Account
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.totp import SecretBox
-from harness.tokens import TokenServer
 
 ENTRY_POINTS = ("users", "accounts", "api")
 PASSWORD = "right-password-1"
@@ -213,7 +213,7 @@ def test_delete_leaves_no_session_token_dbcreds_or_upstream_session(fa, admin, e
     assert fa.api("PUT", f"/api/v1/accounts/{system}/dbcreds", admin, creds).status == 204
     cookies = {who: session_cookie(fa, who) for who in (human, system, sub)}
     for tok in (human_token, system_token):
-        assert eventually(lambda: fa.decide("/api/x", tok).status == 200), tok[:12]
+        assert eventually(lambda tok=tok: fa.decide("/api/x", tok).status == 200), tok[:12]
     for who, cookie in cookies.items():
         assert fa.decide("/api/x", cookie=cookie).status == 200, who
     assert json.loads(fa.cli("dbcreds", "get", system)) == creds
@@ -223,9 +223,9 @@ def test_delete_leaves_no_session_token_dbcreds_or_upstream_session(fa, admin, e
         entry.delete(account)  # on main, `accounts` and the API refused the name "oidc:<sub>"
 
     for tok in (human_token, system_token):
-        assert eventually(lambda: fa.decide("/api/x", tok).status == 401), tok[:12]
+        assert eventually(lambda tok=tok: fa.decide("/api/x", tok).status == 401), tok[:12]
     for who, cookie in cookies.items():
-        assert eventually(lambda: fa.decide("/api/x", cookie=cookie).status == 401), who
+        assert eventually(lambda cookie=cookie: fa.decide("/api/x", cookie=cookie).status == 401), who
     for account in (human, system, upstream):
         acct, dbcreds, tokens = stored(fa, account)
         assert acct is None and dbcreds is None and all(t.revoked is not None for t in tokens), account
@@ -280,8 +280,8 @@ def test_accounts_cli_names_upstream_accounts_or_says_why(fa):
     for bad in ("oidc:a b", "OIDC:x", "Bad Name"):
         p = run("delete", bad)
         assert p.returncode == 2 and p.stdout == ""
-        assert p.stderr.endswith(f"argument name: account names are 1-64 of a-z 0-9 . _ @ + - (starting with "
-                                 f"a-z 0-9), or <source>:<sub> for an upstream identity's account as listed\n"), bad
+        assert p.stderr.endswith("argument name: account names are 1-64 of a-z 0-9 . _ @ + - (starting with "
+                                 "a-z 0-9), or <source>:<sub> for an upstream identity's account as listed\n"), bad
     p = run("create", "oidc:new")  # upstream identities' accounts are made by their TOTP set-up, never by hand
     assert p.returncode == 2 and p.stderr.endswith(
         "argument name: account names are 1-64 of a-z 0-9 . _ @ + - (starting with a-z 0-9)\n")

@@ -107,8 +107,8 @@ async def test_password_change_ends_sessions_and_tokens(svc, lines, clock):
     a = await svc.set_password(OPERATOR, "alice", "scrypt$new")
     assert a.password_hash == "scrypt$new" and (await svc.get("alice")).password_hash == "scrypt$new"
     assert (await epochs(svc))["alice"] == NOW + 10
-    assert lines[-1] == ("account_updated", {"user": "alice",
-                                             "reason": "password changed by operator (cli); sessions and tokens revoked"})
+    assert lines[-1] == ("account_updated", {
+        "user": "alice", "reason": "password changed by operator (cli); sessions and tokens revoked"})
 
 
 async def test_who_cannot_have_a_password(svc, store):
@@ -144,7 +144,8 @@ async def test_groups_follow_one_rule(svc, store, lines, clock):
     _, changed = await svc.set_groups("root", "alice", [], now=600.0)
     assert changed and (await epochs(svc))["alice"] >= 600.0
     assert [x for x in lines if x[0] == "account_updated"] == [
-        ("account_updated", {"user": "alice", "reason": "groups set to staff,ops by root; sessions and tokens revoked"}),
+        ("account_updated", {"user": "alice",
+                             "reason": "groups set to staff,ops by root; sessions and tokens revoked"}),
         ("account_updated", {"user": "alice", "reason": "groups set to - by root; sessions and tokens revoked"})]
 
 
