@@ -18,13 +18,13 @@ import time
 from urllib.parse import quote
 
 import pytest
-from harness.tokens import TokenServer
 
 from forwardauth.config import load_config
 from forwardauth.runtime import Runtime
 from forwardauth.state.records import Account
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.totp import SecretBox
+from harness.tokens import TokenServer
 
 ENTRY_POINTS = ("users", "accounts", "api")
 PASSWORD = "right-password-1"
