@@ -17,40 +17,30 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from forwardauth import cli as core_cli
-from forwardauth.accounts import USERNAME_RE
-from forwardauth.config import Config
-from forwardauth.durations import parse_duration
-from forwardauth.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.accounts import USERNAME_RE, check_account_name
+from forwardauth.core.durations import parse_duration
+from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.service import OPERATOR, Conflict, Denied, Invalid, NotFound, TokenService
 
-CliError = core_cli.CliError
-
 
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
 
 
-def _audit_for(cfg: Config) -> Callable[..., None]:
-    """The configured audit log (a file), or stderr: stdout is for the CLI's own output."""
-    from forwardauth.audit import for_cli
-
-    return for_cli(cfg).emit
-
-
-def _run(args: argparse.Namespace, fn: Callable[[TokenService, StateStore], Awaitable[int]]) -> int:
-    cfg = core_cli._config(args)
+def _run(args: argparse.Namespace, env: CliEnv, fn: Callable[[TokenService, StateStore], Awaitable[int]]) -> int:
+    cfg = env.config(args)
     rt = Runtime.build(cfg)
 
     async def go() -> int:
         store = open_store(resolve_state_url(cfg))
         await store.open()
         try:
-            return await fn(TokenService(cfg, rt.keyring, store, _audit_for(cfg)), store)
+            return await fn(TokenService(cfg, rt.keyring, store, env.audit(cfg).emit), store)
         finally:
             await store.close()
 
@@ -70,6 +60,16 @@ def _account_name(text: str) -> str:
     return text
 
 
+def _existing_name(text: str) -> str:
+    """An existing account: as for `_account_name`, or an upstream identity's
+    account exactly as `accounts list` shows it ("oidc:<sub>")."""
+    try:
+        return check_account_name(text)
+    except AccountError:
+        raise argparse.ArgumentTypeError("account names are 1-64 of a-z 0-9 . _ @ + - (starting with a-z 0-9), or "
+                                         "<source>:<sub> for an upstream identity's account as listed") from None
+
+
 def _dur(text: str) -> float:
     try:
         return parse_duration(text)
@@ -80,7 +80,7 @@ def _dur(text: str) -> float:
 # --- accounts ----------------------------------------------------------------
 
 
-def _register_accounts(sub: argparse._SubParsersAction) -> None:
+def _register_accounts(sub: SubCommands) -> None:
     p = sub.add_parser("accounts", help="human and service accounts, roles, locking")
     s = p.add_subparsers(dest="accounts_cmd", required=True)
     c = s.add_parser("create", help="create an account")
@@ -93,22 +93,23 @@ def _register_accounts(sub: argparse._SubParsersAction) -> None:
     ls = s.add_parser("list", help="list accounts")
     ls.set_defaults(func=_cmd_list_accounts)
     sh = s.add_parser("show", help="show one account (never its secrets)")
-    sh.add_argument("name", type=_account_name)
+    sh.add_argument("name", type=_existing_name)
     sh.set_defaults(func=_cmd_show)
     r = s.add_parser("roles", help="set an account's roles (a change ends its sessions and tokens, "
                                    "as `users groups` does)")
-    r.add_argument("name", type=_account_name)
+    r.add_argument("name", type=_existing_name)
     r.add_argument("--set", required=True, dest="roles", help="comma-separated roles ('' for none)")
     r.set_defaults(func=_cmd_roles)
     lk = s.add_parser("lock", help="lock: every session and token of the account dies at once (epoch to the far future)")
-    lk.add_argument("name", type=_account_name)
+    lk.add_argument("name", type=_existing_name)
     lk.set_defaults(func=_cmd_lock)
-    ul = s.add_parser("unlock", help="set the status back to active; what was issued before stays revoked")
-    ul.add_argument("name", type=_account_name)
+    ul = s.add_parser("unlock", help="set the status back to active and lift any ban for failed attempts; what "
+                                     "was issued before stays revoked")
+    ul.add_argument("name", type=_existing_name)
     ul.set_defaults(func=_cmd_unlock)
-    d = s.add_parser("delete", help="delete an account: its tokens are revoked, its sessions end and its "
-                                    "database credentials are deleted")
-    d.add_argument("name", type=_account_name)
+    d = s.add_parser("delete", help="delete an account: its tokens are revoked, its sessions end (an upstream "
+                                    "identity's too) and its database credentials are deleted")
+    d.add_argument("name", type=_existing_name)
     d.set_defaults(func=_cmd_delete)
     for sp in (c, ls, sh, r, lk, ul, d):
         sp.add_argument("-c", "--config", required=True)
@@ -120,38 +121,34 @@ def _show_account(a: Account) -> str:
             f"totp={'yes' if a.totp_secret_enc else 'no'}")
 
 
-def _cmd_create(args: argparse.Namespace) -> int:
+def _cmd_create(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        now = time.time()
-        a = Account(username=args.name, kind=args.kind, email=args.email, display_name=args.display_name,
-                    groups=check_groups(args.roles), created=now, updated=now)
-        if not await svc.accounts.add_account(a):
-            raise CliError(f"account {args.name} exists")
-        svc.audit("account_created", user=a.username, reason=f"{a.kind} account by {OPERATOR.name}")
+        a = await svc.create_account(OPERATOR, args.name, kind=args.kind, email=args.email,
+                                     display_name=args.display_name, roles=args.roles)
         print(_show_account(a))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_list_accounts(args: argparse.Namespace) -> int:
+def _cmd_list_accounts(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         for a in await svc.accounts.list_accounts():
             print(_show_account(a))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+def _cmd_show(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         print(_show_account(await svc.account(args.name)))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_roles(args: argparse.Namespace) -> int:
+def _cmd_roles(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         before = await svc.account(args.name)
         a = await svc.set_roles(OPERATOR, args.name, check_groups(args.roles))
@@ -160,40 +157,40 @@ def _cmd_roles(args: argparse.Namespace) -> int:
             print(f"{a.username}: roles changed: sessions and tokens issued until now are revoked", file=sys.stderr)
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_lock(args: argparse.Namespace) -> int:
+def _cmd_lock(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         a = await svc.lock(OPERATOR, args.name)
         print(f"{a.username}: locked; every session and token is revoked")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_unlock(args: argparse.Namespace) -> int:
+def _cmd_unlock(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         a = await svc.unlock(OPERATOR, args.name)
         print(f"{a.username}: active again; sessions and tokens from before the unlock stay revoked")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_delete(args: argparse.Namespace) -> int:
+def _cmd_delete(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         await svc.delete_account(OPERATOR, args.name)
         print(f"{args.name}: deleted; its tokens and sessions are revoked, its database credentials removed")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
 # --- tokens ------------------------------------------------------------------
 
 
-def _register_tokens(sub: argparse._SubParsersAction) -> None:
+def _register_tokens(sub: SubCommands) -> None:
     p = sub.add_parser("tokens", aliases=["token"], help="API tokens: issue, list, revoke, attenuate, inspect")
     s = p.add_subparsers(dest="tokens_cmd", required=True)
     i = s.add_parser("issue", help="issue a token (printed once, alone on stdout)")
@@ -253,7 +250,7 @@ def _token_line(t: TokenMeta) -> str:
             f"last used {_when(t.last_used)}\t{status}")
 
 
-def _cmd_issue(args: argparse.Namespace) -> int:
+def _cmd_issue(args: argparse.Namespace, env: CliEnv) -> int:
     restrictions = tuple(_restriction_caveats(args))
 
     async def fn(svc: TokenService, store: StateStore) -> int:
@@ -265,25 +262,25 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         print(issued.token)
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_list_tokens(args: argparse.Namespace) -> int:
+def _cmd_list_tokens(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         for t in await svc.list(OPERATOR, args.account):
             print(_token_line(t))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_revoke(args: argparse.Namespace) -> int:
+def _cmd_revoke(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         t = await svc.revoke(OPERATOR, args.token_id)
         print(_token_line(t))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
 def _read_token(text: str) -> mac.Macaroon:
@@ -295,7 +292,7 @@ def _read_token(text: str) -> mac.Macaroon:
         raise CliError(f"not a valid token: {exc}") from None
 
 
-def _cmd_attenuate(args: argparse.Namespace) -> int:
+def _cmd_attenuate(args: argparse.Namespace, env: CliEnv) -> int:
     m = _read_token(args.token)
     added = []
     if args.expires is not None:
@@ -313,7 +310,7 @@ def _cmd_attenuate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
+def _cmd_inspect(args: argparse.Namespace, env: CliEnv) -> int:
     m = _read_token(args.token)
     key_id, token_id = mac.parse_identifier(m.identifier)
     out: dict[str, Any] = {"token_id": token_id, "key_id": key_id, "caveats": list(m.caveats)}
@@ -337,12 +334,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 out["last_used"] = _when(meta.last_used)
             return 0
 
-        _run(args, fn)
+        _run(args, env, fn)
     print(json.dumps(out, indent=2))
     return 0
 
 
-def _cmd_jwt_secret(args: argparse.Namespace) -> int:
+def _cmd_jwt_secret(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.tokens.jwt import new_hs512_secret
 
     p = Path(args.output)
@@ -358,7 +355,7 @@ def _cmd_jwt_secret(args: argparse.Namespace) -> int:
 # --- dbcreds -------------------------------------------------------------------
 
 
-def _register_dbcreds(sub: argparse._SubParsersAction) -> None:
+def _register_dbcreds(sub: SubCommands) -> None:
     p = sub.add_parser("dbcreds", help="database credentials of service accounts (encrypted at rest)")
     s = p.add_subparsers(dest="dbcreds_cmd", required=True)
     st = s.add_parser("set", help="set them (the password is read from stdin or prompted, never an argument)")
@@ -380,7 +377,7 @@ def _register_dbcreds(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_cmd_dbcreds_get)
 
 
-def _cmd_dbcreds_set(args: argparse.Namespace) -> int:
+def _cmd_dbcreds_set(args: argparse.Namespace, env: CliEnv) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("database password: ")
     creds: dict[str, Any] = {"host": args.host, "port": args.port, "database": args.database,
                              "username": args.username, "password": password}
@@ -392,17 +389,20 @@ def _cmd_dbcreds_set(args: argparse.Namespace) -> int:
         print(f"{args.account}: database credentials set")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_dbcreds_get(args: argparse.Namespace) -> int:
+def _cmd_dbcreds_get(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         # The operator holds the key ring: reading is theirs to do (audited as "operator (cli)").
         actor = OPERATOR if args.actor is None else await svc.actor(args.actor)
         print(json.dumps(await svc.get_dbcreds(actor, args.account), indent=2))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-core_cli.COMMANDS.extend([_register_accounts, _register_tokens, _register_dbcreds])
+
+def commands() -> tuple[Register, ...]:
+    """The command groups this part adds: accounts, tokens (alias token), dbcreds."""
+    return (_register_accounts, _register_tokens, _register_dbcreds)
