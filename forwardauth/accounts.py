@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from forwardauth.core.session import Session
 from forwardauth.state.base import AccountStore, StateStore, StoreUnavailable
 from forwardauth.state.records import MAX_KEY, AccountError
 
@@ -40,7 +41,7 @@ def check_username(name: str) -> str:
 
 
 # Accounts made when someone signed in through an upstream provider sets up
-# TOTP are named "<source>:<sub>" (signin.service.account_key): the sub is the
+# TOTP are named "<source>:<sub>" (`account_key`): the sub is the
 # provider's, kept exactly (case included). They can be acted on, never made.
 UPSTREAM_ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}:[^\s\x00-\x1f\x7f]{1,255}$")
 
@@ -55,6 +56,17 @@ def upstream_sub(name: str) -> str | None:
     """The upstream identity's <sub> of a "<source>:<sub>" account, else None.
     That identity's sessions carry the bare <sub> (and so does its epoch)."""
     return name.split(":", 1)[1] if is_upstream_account(name) else None
+
+
+def account_key(session: Session) -> str:
+    """The account that holds a session's local factors (TOTP, passkeys).
+
+    Local sessions use the username itself; sessions from elsewhere (an
+    upstream provider, the CLI) get "<source>:<sub>", so an upstream identity
+    can never pick up, or overwrite, the factors of a local account that
+    happens to share its name.
+    """
+    return session.sub if session.source == "local" else f"{session.source}:{session.sub}"
 
 
 def check_account_name(name: str) -> str:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from forwardauth.accounts import USERNAME_RE, account_store
+from forwardauth.accounts import USERNAME_RE, account_key, account_store
 from forwardauth.core.levels import Level
 from forwardauth.services.passwords import (
     dummy_verify,
@@ -63,17 +63,6 @@ class Attempt:
     def refused(self) -> bool:
         """Answered with "too many attempts": banned before, or by this very failure."""
         return self.reason == "banned" or self.ban_started
-
-
-def account_key(session: Session) -> str:
-    """The account that holds a session's local factors.
-
-    Local sessions use the username itself; sessions from elsewhere (an
-    upstream provider, the CLI) get "<source>:<sub>", so an upstream identity
-    can never pick up, or overwrite, the factors of a local account that
-    happens to share its name.
-    """
-    return session.sub if session.source == "local" else f"{session.source}:{session.sub}"
 
 
 @dataclass(frozen=True)

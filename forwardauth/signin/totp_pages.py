@@ -15,7 +15,7 @@ from forwardauth.signin.common import (MSG_CODE_FORMAT, MSG_CODE_REPLAYED, MSG_C
                                        MSG_SESSION_ENDED, Facts, audit, banned_message, facts, level_of,
                                        local_auth, may_step_up, message, minutes, need_session, next_url,
                                        password_level, reason_of, safe_rd)
-from forwardauth.signin.service import account_key
+from forwardauth.accounts import account_key
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
 from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect

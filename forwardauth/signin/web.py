@@ -18,7 +18,7 @@ from aiohttp import web
 from forwardauth.signin import password, totp_pages
 from forwardauth.signin.common import SIGNIN, SigninState, local_auth
 from forwardauth.signin.flow import Step, next_step
-from forwardauth.signin.service import account_key
+from forwardauth.accounts import account_key
 from forwardauth.web.api import fail
 from forwardauth.web.context import CTX, AppContext, Contribution, Grant, Route
 from forwardauth.web.factors import Factor, Need

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError

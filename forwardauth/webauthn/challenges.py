@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from fido2.cose import ES256, RS256, EdDSA
 from fido2.webauthn import (
@@ -36,8 +37,8 @@ from fido2.webauthn import (
     UserVerificationRequirement,
 )
 
-from forwardauth.keyring import b64d, b64e
-from forwardauth.sealing import Sealer, SealError
+from forwardauth.core.keyring import b64d, b64e
+from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.state.records import WebAuthnCredential as Credential
 from forwardauth.webauthn.settings import WebAuthnSettings
 
@@ -78,7 +79,7 @@ class Challenge:
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Challenge":
+    def from_json(cls, raw: bytes) -> Challenge:
         """Strict: anything unexpected raises ValueError."""
         d = json.loads(raw)
         if not isinstance(d, dict) or not set(d) <= {"c", "v", "t", "uv", "u", "s", "lv", "h"}:

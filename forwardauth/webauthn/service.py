@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
-from forwardauth.levels import Level, Levels
-from forwardauth.webauthn import challenges
-from forwardauth.webauthn.challenges import CLAIM_MARGIN, Ceremony, Challenge
+from forwardauth.core.levels import Level, Levels
 from forwardauth.state.base import ClaimStore, WebAuthnStore
 from forwardauth.state.records import Advance, DuplicateCredential, TooManyCredentials
 from forwardauth.state.records import WebAuthnCredential as Credential
+from forwardauth.webauthn import challenges
+from forwardauth.webauthn.challenges import CLAIM_MARGIN, Ceremony, Challenge
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import (
     Reason,

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from forwardauth.config import Reader, ServerConfig, _show
-from forwardauth.levels import Level, Levels
+from forwardauth.core.config import Reader, ServerConfig, show
+from forwardauth.core.levels import Level, Levels
 
 REQUIREMENTS = ("preferred", "required", "discouraged")
 CONVEYANCES = ("none", "direct")
@@ -100,7 +100,7 @@ def _is_localhost(host: str) -> bool:
 def _int(r: Reader, d: dict, key: str, default: int, lo: int, hi: int) -> int:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"webauthn.{key}", f"must be an integer from {lo} to {hi}, got {_show(v)}")
+        r.error(f"webauthn.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
         return default
     return v
 
@@ -108,7 +108,7 @@ def _int(r: Reader, d: dict, key: str, default: int, lo: int, hi: int) -> int:
 def _choice(r: Reader, d: dict, key: str, choices: tuple[str, ...], default: str) -> str:
     v = d.get(key, default)
     if v not in choices:
-        r.error(f"webauthn.{key}", f"must be one of {', '.join(choices)}, got {_show(v)}")
+        r.error(f"webauthn.{key}", f"must be one of {', '.join(choices)}, got {show(v)}")
         return default
     return str(v)
 
@@ -120,7 +120,7 @@ def _level(r: Reader, d: dict, key: str, levels: Levels, required: bool) -> str 
         return None
     v = d[key]
     if v not in levels:
-        r.error(f"webauthn.{key}", f"unknown level {_show(v)} (levels: {', '.join(levels.names)})")
+        r.error(f"webauthn.{key}", f"unknown level {show(v)} (levels: {', '.join(levels.names)})")
         return None
     return str(v)
 
@@ -136,10 +136,10 @@ def _rp_id(r: Reader, d: dict, server: ServerConfig) -> str | None:
         return host
     v = d["rp_id"]
     if not isinstance(v, str) or _is_ip(v):
-        r.error("webauthn.rp_id", f"must be a host name (browsers refuse IP addresses), got {_show(v)}")
+        r.error("webauthn.rp_id", f"must be a host name (browsers refuse IP addresses), got {show(v)}")
         return None
     if not _HOST_RE.match(v):
-        r.error("webauthn.rp_id", f"must be a lower-case host name with no port or scheme, got {_show(v)}")
+        r.error("webauthn.rp_id", f"must be a lower-case host name with no port or scheme, got {show(v)}")
         return None
     return v
 
@@ -154,7 +154,7 @@ def _origins(r: Reader, d: dict, server: ServerConfig, rp_id: str | None) -> tup
         w = f"{where}[{i}]" if given is not None else f"{where} (default: server.public_url)"
         origin = origin_of(item)
         if origin is None:
-            r.error(w, f"must be an origin like https://auth.example.com (no path), got {_show(item)}")
+            r.error(w, f"must be an origin like https://auth.example.com (no path), got {show(item)}")
             continue
         host = (urlsplit(origin).hostname or "").lower()
         if origin.startswith("http:") and not _is_localhost(host) and not _is_ip(host):
@@ -176,7 +176,7 @@ def _aaguids(r: Reader, d: dict) -> frozenset[str]:
             out.add(str(uuid.UUID(item)))
         except ValueError:
             r.error(f"webauthn.aaguids[{i}]", f"not an AAGUID (a UUID like cb69481e-8ff7-4039-93ec-0a2729a154a8), "
-                                              f"got {_show(item)}")
+                                              f"got {show(item)}")
     return frozenset(out)
 
 
@@ -226,7 +226,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> WebAuthnSettings | Non
     if timeout is None:
         timeout = DEFAULT_TIMEOUT
     elif not 10 <= timeout <= 600:
-        r.error("webauthn.timeout", f"must be from 10s to 10m, got {_show(d.get('timeout'))}")
+        r.error("webauthn.timeout", f"must be from 10s to 10m, got {show(d.get('timeout'))}")
         timeout = DEFAULT_TIMEOUT
     passwordless = r.boolean(d, "passwordless", "webauthn", True)
     lv_uv = _level(r, d, "level_user_verified", levels, required=True)

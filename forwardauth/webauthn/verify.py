@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 from fido2 import cbor
@@ -42,10 +43,10 @@ from fido2.webauthn import (
     UserVerificationRequirement,
 )
 
-from forwardauth.webauthn.challenges import ALGORITHMS, Challenge
 from forwardauth.state.records import WEBAUTHN_TRANSPORTS as TRANSPORTS
 from forwardauth.state.records import WebAuthnCredential as Credential
 from forwardauth.state.records import WebAuthnError, check_credential_name
+from forwardauth.webauthn.challenges import ALGORITHMS, Challenge
 from forwardauth.webauthn.settings import WebAuthnSettings
 
 

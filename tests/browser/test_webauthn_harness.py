@@ -20,16 +20,15 @@ import pytest
 import yaml
 from aiohttp import web
 
-from forwardauth.config import Reader, parse_config
-from forwardauth.keyring import Key, KeyRing
-from forwardauth.sealing import Sealer
+from forwardauth.core.config import Reader, parse_config
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.core.sealing import Sealer
 from forwardauth.state.memory import MemoryStore
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, ChallengeError
 from forwardauth.webauthn.service import AMR_PRESENCE, AMR_VERIFIED, WebAuthnService
 from forwardauth.webauthn.settings import parse
 from forwardauth.webauthn.verify import Refused
-
 from harness.browser import chromium
 from harness.webauthn import PASSKEY, SECURITY_KEY, SYNCED_PASSKEY, ceremony, virtual_authenticators
 
@@ -188,7 +187,7 @@ def test_passkey_registers_steps_up_and_signs_in_alone(server, page):
 
 
 def auth_id(reg: dict) -> bytes:
-    from forwardauth.keyring import b64d
+    from forwardauth.core.keyring import b64d
 
     return b64d(reg["body"]["id"])
 

@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
-from fido2.cose import EdDSA, ES256
+from fido2.cose import ES256, EdDSA
 from fido2.utils import websafe_decode, websafe_encode
 from fido2.webauthn import (
     Aaguid,
@@ -58,7 +58,7 @@ class Attestation:
 
 def make_attestation(aaguid: bytes, *, org: str = "Test Keys Inc") -> Attestation:
     """A fresh root CA and an attestation certificate as the packed format requires."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{org} Root CA")])
     root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)

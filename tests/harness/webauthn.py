@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # A platform passkey: discoverable, verifies its user (biometric/PIN).
 PASSKEY: dict[str, Any] = {

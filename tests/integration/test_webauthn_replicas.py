@@ -10,16 +10,15 @@ import time
 
 import pytest
 
-from forwardauth.config import parse_config
-from forwardauth.keyring import Key, KeyRing
-from forwardauth.sealing import Sealer
+from forwardauth.core.config import parse_config
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.core.sealing import Sealer
 from forwardauth.state.redis import RedisStore
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony
 from forwardauth.webauthn.service import WebAuthnService
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
-
 from harness.softkey import SoftAuthenticator
 
 pytestmark = pytest.mark.redis

@@ -7,17 +7,16 @@ import time
 
 import pytest
 
-from forwardauth.config import parse_config
-from forwardauth.keyring import Key, KeyRing
-from forwardauth.sealing import Sealer
+from forwardauth.core.config import parse_config
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.core.sealing import Sealer
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import WebAuthnCredential, counter_advances
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, Challenge, ChallengeError, issue, open_sealed, seal
-from forwardauth.state.records import WebAuthnCredential, counter_advances
 from forwardauth.webauthn.service import WebAuthnService, fingerprint
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
-
 from harness.softkey import SoftAuthenticator
 
 from .conftest import BASE

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from forwardauth.config import Reader, parse_config
+from forwardauth.core.config import Reader, parse_config
 from forwardauth.webauthn.settings import WebAuthnSettings, origin_of, parse
-
 from harness.softkey import make_attestation
 
 from .conftest import BASE

@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import pytest
 from fido2.utils import websafe_decode, websafe_encode
-from harness.softkey import SoftAuthenticator, make_attestation
 
-from forwardauth.config import parse_config
+from forwardauth.core.config import parse_config
 from forwardauth.state.memory import MemoryStore
 from forwardauth.webauthn.service import AMR_PRESENCE, AMR_VERIFIED, WebAuthnService
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
+from harness.softkey import SoftAuthenticator, make_attestation
 
 from .conftest import BASE
 
