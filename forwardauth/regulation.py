@@ -125,6 +125,29 @@ class Regulator:
                 worst = max(worst, min(latest + self.config.ban_time - now, self.config.ban_time))
         return Verdict(True, worst) if worst > 0 else ALLOWED
 
+    async def check_client(self, client: str | None, now: float) -> Verdict:
+        """Is the client banned? For attempts that name no user yet (a passkey
+        sign-in, before its credential is looked up)."""
+        ck = client_key(client)
+        if ck is None:
+            return ALLOWED
+        count, latest = await self.store.failures("ban:" + ck, now + _AHEAD, self.config.ban_time + _AHEAD)
+        if count and latest is not None and (left := min(latest + self.config.ban_time - now,
+                                                         self.config.ban_time)) > 0:
+            return Verdict(True, left)
+        return ALLOWED
+
+    async def client_failed(self, client: str | None, now: float) -> Verdict:
+        """A failure that names no user (a passkey nobody here registered):
+        counted for the client only, as one of its attempts."""
+        ck = client_key(client)
+        if ck is None:
+            return ALLOWED
+        await self.store.record_failure("try:" + ck, now, self.config.window)
+        n = max(1, await self._count("try:" + ck, now, self.config.window)
+                - await self._count("ok:" + ck, now, self.config.window))
+        return await self._settle_failure("", client, now, 0, n)
+
     async def _ban(self, key: str, now: float, *counters: str) -> None:
         await self.store.record_failure("ban:" + key, now, self.config.ban_time)
         for c in counters:

@@ -178,3 +178,20 @@ def test_client_keys(client, key):
 
 def test_user_key_is_bounded():
     assert user_key("a" * 1000) == "user:" + "a" * 256
+
+
+async def test_failures_that_name_no_user_count_for_the_client_only(store):
+    """A passkey nobody registered here (passwordless sign-in): the client's count, no user's."""
+    reg = Regulator(failure_store(store), CFG)
+    assert (await reg.check_client("192.0.2.9", T)).banned is False
+    for i in range(4):
+        assert (await reg.client_failed("192.0.2.9", T + i)).banned is False
+    fifth = await reg.client_failed("192.0.2.9", T + 4)
+    assert fifth.banned is True and fifth.retry_after == 300
+    v = await reg.check_client("192.0.2.9", T + 10)
+    assert v.banned is True and v.retry_after == 294
+    assert (await reg.check("anyone", "192.0.2.9", T + 10)).banned is True  # the same client ban as passwords'
+    assert (await reg.check("anyone", "198.51.100.7", T + 10)).banned is False  # no user was counted
+    assert await failure_store(store).failures(user_key(""), T + 10, 60) == (0, None)
+    assert (await reg.check_client("192.0.2.9", T + 305)).banned is False
+    assert (await reg.check_client(None, T)).banned is False and (await reg.client_failed(None, T)).banned is False
