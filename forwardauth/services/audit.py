@@ -54,6 +54,11 @@ EVENTS = frozenset(
         "token_exchanged",  # a token or a password exchanged for a short-lived JWT
         "dbcreds_set",  # service-account database credentials written (never their value)
         "dbcreds_read",
+        "webauthn_registered",  # a passkey or security key added (reason: its name, model, flags)
+        "webauthn_renamed",
+        "webauthn_removed",  # by the user, an administrator, or with the account
+        "webauthn_failed",  # an answer refused (reason: which rule), or a ceremony refused before it
+        "webauthn_locked",  # its signature counter went backwards: a possible clone, locked
     }
 )
 

@@ -292,3 +292,22 @@ def test_the_service_loads_no_web_stack():
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_delete_removes_the_passkeys_and_security_keys(svc, store, lines):
+    from forwardauth.state.records import WebAuthnCredential
+
+    await svc.create(OPERATOR, "alice")
+    for i in (1, 2):
+        await store.add_webauthn_credential(WebAuthnCredential(bytes([i]) * 16, "alice", b"h" * 32, b"k", 1, f"key {i}",
+                                                               NOW), 10)
+    await store.add_webauthn_credential(WebAuthnCredential(b"\x09" * 16, "bob", b"h" * 32, b"k", 1, "bob's", NOW), 10)
+    await svc.delete("root", "alice", now=NOW + 1)
+    assert await store.webauthn_credentials("alice") == []
+    assert [c.name for c in await store.webauthn_credentials("bob")] == ["bob's"]
+    assert lines[-1] == ("account_deleted", {"user": "alice", "reason": "by root; tokens, sessions and database "
+                                                                       "credentials removed; 2 security key(s) and "
+                                                                       "passkey(s) removed"})
+    # A namesake inherits none of them.
+    await svc.create(OPERATOR, "alice")
+    assert await store.webauthn_credentials("alice") == []
