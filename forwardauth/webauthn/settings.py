@@ -31,7 +31,9 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _RP_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 _KEYS = {"rp_id", "rp_name", "origins", "user_verification", "resident_keys", "attestation", "aaguids",
-         "attestation_roots", "max_credentials", "level_user_verified", "level_presence", "timeout", "passwordless"}
+         "attestation_roots", "max_credentials", "level_user_verified", "level_presence", "timeout", "passwordless",
+         "register_level", "register_max_age"}
+DEFAULT_REGISTER_MAX_AGE = 600.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class WebAuthnSettings:
     max_credentials: int = 10
     timeout: float = DEFAULT_TIMEOUT  # how long a challenge may be answered
     passwordless: bool = True  # "Sign in with a passkey" on the sign-in page
+    register_level: str | None = None  # None: the lowest level (any signed-in session may add a first key)
+    register_max_age: float = DEFAULT_REGISTER_MAX_AGE  # how recently that level must have been proven
 
     def level_of(self, levels: Levels, user_verified: bool) -> Level | None:
         """The level a verified proof gives: the UV level, else the presence level (None: none)."""
@@ -61,6 +65,21 @@ class WebAuthnSettings:
             return True
         presence = self.level_of(levels, False)
         return presence is None or not levels.at_least(presence.name, target)
+
+    def register_requirement(self, levels: Levels, has_credentials: bool) -> str:
+        """The level a session must have proven (within register_max_age) to add or remove keys.
+
+        The first key: `register_level` (like setting up TOTP, on top of the
+        sign-in). Once the user has one, adding or removing needs at least what
+        a key proves (level_presence, else level_user_verified), so a stolen
+        password alone cannot add the thief's key or take the owner's away.
+        """
+        base = levels.get(self.register_level) if self.register_level else levels.items[0]
+        assert base is not None
+        if not has_credentials:
+            return base.name
+        proof = levels[self.level_presence or self.level_user_verified]
+        return proof.name if proof.rank > base.rank else base.name
 
     def reaches(self, levels: Levels, target: str) -> bool:
         """Whether any WebAuthn proof reaches `target` (so the step-up page offers it)."""
@@ -229,6 +248,13 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> WebAuthnSettings | Non
         r.error("webauthn.timeout", f"must be from 10s to 10m, got {show(d.get('timeout'))}")
         timeout = DEFAULT_TIMEOUT
     passwordless = r.boolean(d, "passwordless", "webauthn", True)
+    register_level = _level(r, d, "register_level", levels, required=False)
+    reg_age = r.duration(d, "register_max_age", "webauthn", DEFAULT_REGISTER_MAX_AGE)
+    if reg_age is None:
+        reg_age = DEFAULT_REGISTER_MAX_AGE
+    elif not 60 <= reg_age <= 86400:
+        r.error("webauthn.register_max_age", f"must be from 1m to 24h, got {show(d.get('register_max_age'))}")
+        reg_age = DEFAULT_REGISTER_MAX_AGE
     lv_uv = _level(r, d, "level_user_verified", levels, required=True)
     lv_up = _level(r, d, "level_presence", levels, required=False)
     if lv_uv is not None and lv_up is not None and levels[lv_up].rank > levels[lv_uv].rank:
@@ -242,4 +268,4 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> WebAuthnSettings | Non
     if len(r.problems) > before or rp_id is None or lv_uv is None:
         return None
     return WebAuthnSettings(rp_id, origins, lv_uv, lv_up, rp_name, uv, rk, attestation, aaguids, roots, max_creds,
-                            timeout, passwordless)
+                            timeout, passwordless, register_level, reg_age)

@@ -36,8 +36,8 @@ def test_defaults_follow_public_url():
     assert s == WebAuthnSettings(rp_id="auth.example.com", origins=("https://auth.example.com",),
                                  level_user_verified="hardware")
     assert (s.rp_name, s.user_verification, s.resident_keys, s.attestation, s.max_credentials, s.timeout,
-            s.passwordless, s.level_presence) == (
-        "forwardauth", "preferred", "preferred", "none", 10, 120.0, True, None)
+            s.passwordless, s.level_presence, s.register_level, s.register_max_age) == (
+        "forwardauth", "preferred", "preferred", "none", 10, 120.0, True, None, None, 600.0)
 
 
 def test_every_option():
@@ -52,12 +52,14 @@ def test_every_option():
         level_presence: mfa
         timeout: 90s
         passwordless: false
+        register_level: mfa
+        register_max_age: 5m
     """)
     assert problems == []
     assert s.origins == ("https://auth.example.com", "https://login.example.com:8443", "https://example.com")
     assert (s.rp_id, s.rp_name, s.user_verification, s.resident_keys, s.max_credentials, s.level_user_verified,
-            s.level_presence, s.timeout, s.passwordless) == (
-        "example.com", "Example Corp", "discouraged", "required", 3, "hardware", "mfa", 90.0, False)
+            s.level_presence, s.timeout, s.passwordless, s.register_level, s.register_max_age) == (
+        "example.com", "Example Corp", "discouraged", "required", 3, "hardware", "mfa", 90.0, False, "mfa", 300.0)
 
 
 def test_localhost_over_http_is_allowed():
@@ -111,8 +113,12 @@ def test_localhost_over_http_is_allowed():
      "test.yaml: webauthn.passwordless: must be true or false, got 'yes please'"),
     ("{level_user_verified: hardware, colour: blue}", "https://auth.example.com",
      "test.yaml: webauthn.colour: unknown key (allowed: aaguids, attestation, attestation_roots, level_presence, "
-     "level_user_verified, max_credentials, origins, passwordless, resident_keys, rp_id, rp_name, timeout, "
-     "user_verification)"),
+     "level_user_verified, max_credentials, origins, passwordless, register_level, register_max_age, "
+     "resident_keys, rp_id, rp_name, timeout, user_verification)"),
+    ("{level_user_verified: hardware, register_level: gold}", "https://auth.example.com",
+     "test.yaml: webauthn.register_level: unknown level 'gold' (levels: password, mfa, hardware)"),
+    ("{level_user_verified: hardware, register_max_age: 30s}", "https://auth.example.com",
+     "test.yaml: webauthn.register_max_age: must be from 1m to 24h, got '30s'"),
     ("{level_user_verified: hardware, aaguids: [cb69481e-8ff7-4039-93ec-0a2729a154a8]}", "https://auth.example.com",
      "test.yaml: webauthn.aaguids: only applies with attestation: direct"),
     ("{level_user_verified: hardware, attestation: direct, attestation_roots: [/nonexistent/roots.pem]}",
@@ -171,6 +177,11 @@ def test_levels_a_proof_gives():
     assert s.level_of(LEVELS, True).acr == ("urn:acr:hwk",)  # the levels section's acr/amr come with it
     assert [s.needs_user_verification(LEVELS, t) for t in ("password", "mfa", "hardware")] == [False, False, True]
     assert [s.reaches(LEVELS, t) for t in ("password", "mfa", "hardware")] == [True, True, True]
+    assert (s.register_requirement(LEVELS, False), s.register_requirement(LEVELS, True)) == ("password", "mfa")
+    s, _, _ = read("{level_user_verified: mfa}")
+    assert (s.register_requirement(LEVELS, False), s.register_requirement(LEVELS, True)) == ("password", "mfa")
+    s, _, _ = read("{level_user_verified: hardware, register_level: mfa}")
+    assert (s.register_requirement(LEVELS, False), s.register_requirement(LEVELS, True)) == ("mfa", "hardware")
     s, _, _ = read("{level_user_verified: mfa}")
     assert s.level_of(LEVELS, False) is None
     assert [s.needs_user_verification(LEVELS, t) for t in ("password", "mfa")] == [True, True]
