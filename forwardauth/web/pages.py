@@ -5,6 +5,12 @@ use only the stylesheet served here under /oauth2/static: no JavaScript and
 no inline style, so the one Content-Security-Policy below forbids both. The
 sign-in part's pages, the upstream sign-in's notices and /oauth2/start's
 "no way to sign in" all go through `render`.
+
+One exception, on purpose: passkeys and security keys (WebAuthn) exist only
+as a browser API, so their pages run forwardauth's own script from
+/oauth2/static/ and post back to this origin. They get `SCRIPT_HEADERS`: the
+same policy plus `script-src 'self'; connect-src 'self'` (still no inline
+script, no other origin).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+SCRIPT_CSP = SECURITY_HEADERS["Content-Security-Policy"] + "; script-src 'self'; connect-src 'self'"
+SCRIPT_HEADERS = {"Content-Security-Policy": SCRIPT_CSP}
+
 # Every variable a template may use, with its default, so a page never fails
 # on a missing one (StrictUndefined catches typos in templates instead).
 _DEFAULTS: dict[str, Any] = {
@@ -55,6 +64,7 @@ _DEFAULTS: dict[str, Any] = {
     "link_url": None,
     "link_text": "",
     "source": "local",  # where the session came from: "local" (a password) or an upstream provider
+    "scripts": (),  # forwardauth's own scripts under /oauth2/static/ (only with SCRIPT_HEADERS)
 }
 
 
