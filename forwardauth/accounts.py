@@ -19,6 +19,9 @@ from forwardauth.state.records import MAX_KEY, AccountError
 
 # Usernames people type: lower case, no spaces, no ':' (reserved for accounts
 # that only hold a second factor for an upstream identity, "oidc:<sub>").
+# The role (group) whose members manage accounts: the admin API of every part asks it.
+ADMIN_ROLE = "admin"
+
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,63}$")
 
 

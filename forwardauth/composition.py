@@ -35,6 +35,7 @@ from forwardauth.oidc import settings as oidc_settings
 from forwardauth.services.commands import CliEnv, Register
 from forwardauth.signin import settings as signin_settings
 from forwardauth.tokens import settings as tokens_settings
+from forwardauth.webauthn import settings as webauthn_settings
 
 if TYPE_CHECKING:  # the web layer imports aiohttp: only `serve` loads it
     from aiohttp import web
@@ -81,6 +82,18 @@ def _oidc_web() -> "WebBuild":
     return web.build
 
 
+def _webauthn_commands() -> Sequence[Register]:
+    from forwardauth.webauthn import cli
+
+    return cli.commands()
+
+
+def _webauthn_web() -> "WebBuild":
+    from forwardauth.webauthn import web
+
+    return web.build
+
+
 def _tokens_commands() -> Sequence[Register]:
     from forwardauth.tokens import cli
 
@@ -112,6 +125,9 @@ def _tokens_store_policy(cfg: Config) -> StorePolicy:
 PARTS: tuple[Part, ...] = (
     Part("signin", sections={"local": signin_settings.parse}, commands=_signin_commands, web=_signin_web,
          audit_target=lambda cfg: signin_settings.settings(cfg).audit),
+    # Before the upstream provider: a user with a usable key for the level uses it (webauthn.web.start).
+    Part("webauthn", sections={"webauthn": webauthn_settings.parse}, commands=_webauthn_commands,
+         web=_webauthn_web),
     Part("oidc", sections={"oidc": oidc_settings.parse}, web=_oidc_web),
     Part("tokens", sections={"tokens": tokens_settings.parse}, commands=_tokens_commands, web=_tokens_web,
          decisions=_tokens_decisions, store_policy=_tokens_store_policy),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import json
 import re
 import time
@@ -278,6 +279,11 @@ def _b64d(text: str) -> bytes:
     if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def webauthn_fingerprint(credential_id: bytes) -> str:
+    """A short, stable label of a credential for logs and audit lines (not the id itself)."""
+    return hashlib.sha256(b"webauthn-credential:" + credential_id).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ADMIN_ROLE = "admin"
+from forwardauth.accounts import ADMIN_ROLE
 
 
 @dataclass(frozen=True)

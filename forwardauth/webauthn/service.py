@@ -10,13 +10,13 @@ in the same atomic store step), and the level the proof gives. Failures are
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from forwardauth.core.levels import Level, Levels
+from forwardauth.core.session import Session, new_session_id
 from forwardauth.state.base import ClaimStore, WebAuthnStore
 from forwardauth.state.records import Advance, DuplicateCredential, TooManyCredentials
 from forwardauth.state.records import WebAuthnCredential as Credential
@@ -41,11 +41,6 @@ class Store(WebAuthnStore, ClaimStore, Protocol):
 # verification (PIN or biometric: WebAuthn does not say which) it is two factors.
 AMR_PRESENCE = ("hwk", "user")
 AMR_VERIFIED = ("hwk", "user", "mfa")
-
-
-def fingerprint(credential_id: bytes) -> str:
-    """A short, stable label of a credential for logs and audit (not the id itself)."""
-    return hashlib.sha256(b"webauthn-credential:" + credential_id).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -113,6 +108,11 @@ class WebAuthnService:
         challenge = challenges.issue(Ceremony.SIGN_IN, now, "required")
         return challenge, challenges.request_options(self.settings, challenge, None)
 
+    async def credential_of(self, data: Any) -> Credential | None:
+        """The registered credential an answer names (None: unknown), without verifying anything:
+        a passkey sign-in learns whose attempt it is (for the regulation) before checking it."""
+        return await self.store.webauthn_credential(parse_assertion(data).raw_id)
+
     async def finish_assertion(self, challenge: Challenge, data: Mapping[str, Any], now: float) -> Proof:
         await self._claim(challenge, now)
         response = parse_assertion(data)
@@ -148,6 +148,13 @@ class WebAuthnService:
             raise Refused(Reason.NO_LEVEL, f"user verified: {assertion.user_verified}", credential)
         return Proof(credential.user, level, AMR_VERIFIED if assertion.user_verified else AMR_PRESENCE,
                      assertion.user_verified, credential, assertion.backed_up)
+
+    def raised(self, session: Session, proof: Proof, now: float) -> Session:
+        """`session` with `proof` added, under a new id: its level is the higher of the
+        two, and the proven level's time is now (so `max_age` rules see it)."""
+        level = proof.level.name if not self.levels.at_least(session.level, proof.level.name) else session.level
+        return replace(session, sid=new_session_id(), level=level, proofs={**session.proofs, proof.level.name: now},
+                       seen=now)
 
     async def _claim(self, challenge: Challenge, now: float) -> None:
         if not await self.store.claim_once(challenge.claim_key(), self.settings.timeout + CLAIM_MARGIN, now):

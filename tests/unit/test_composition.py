@@ -28,7 +28,7 @@ def test_every_part_has_its_own_name_and_sections():
     assert len(set(names)) == len(names)
     sections = [s for p in composition.PARTS for s in p.sections]
     assert len(set(sections)) == len(sections) == len(composition.SECTIONS)
-    assert set(composition.SECTIONS) == {"local", "oidc", "tokens"}
+    assert set(composition.SECTIONS) == {"local", "oidc", "tokens", "webauthn"}
 
 
 async def test_two_apps_in_one_process_share_nothing():
@@ -39,7 +39,7 @@ async def test_two_apps_in_one_process_share_nothing():
     a = composition.build_app(Runtime.build(make_config(POLICY + OIDC)), a_store)
     b = composition.build_app(Runtime.build(make_config(POLICY)), b_store)
     ca, cb = a[CTX], b[CTX]
-    assert [f.name for f in ca.factors] == [f.name for f in cb.factors] == ["local", "upstream"]
+    assert [f.name for f in ca.factors] == [f.name for f in cb.factors] == ["local", "webauthn", "upstream"]
     assert ca.factors is not cb.factors and ca.decisions[0] is not cb.decisions[0]
     assert a[TOKENS] is not b[TOKENS] and ca.refreshed[0] is not cb.refreshed[0]
     assert ca.sign_out and not cb.sign_out  # only the app with an `oidc:` section signs out upstream
@@ -60,12 +60,17 @@ async def test_two_apps_in_one_process_share_nothing():
         assert rb.status == 401 and 'error_description="unknown or revoked"' in rb.headers["WWW-Authenticate"]
 
 
+def _has(modules: str, name: str) -> bool:
+    """Whether `name` or one of its submodules was imported (forwardauth.webauthn is not forwardauth.web)."""
+    return f" {name} " in modules or f" {name}." in modules
+
+
 def _imported(*argv: str) -> tuple[int, str]:
     """Run `forwardauth ARGV` with -X importtime; (exit status, the modules it imported)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "forwardauth", *argv], capture_output=True,
                           text=True, timeout=60)
     modules = " ".join(line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line)
-    return proc.returncode, modules
+    return proc.returncode, " " + modules + " "
 
 
 def test_check_and_explain_import_no_aiohttp(tmp_path):
@@ -77,11 +82,12 @@ def test_check_and_explain_import_no_aiohttp(tmp_path):
                    + POLICY + "local: {enabled: true}\ntokens: {stale_grace: 10s}\n")
     code, modules = _imported("check", "-c", str(cfg))
     assert code == 0 and "forwardauth.core.config" in modules
-    assert "aiohttp" not in modules and "jinja2" not in modules and "forwardauth.web" not in modules
+    assert not _has(modules, "fido2")  # the WebAuthn part's config and CLI need no WebAuthn library
+    assert not _has(modules, "aiohttp") and not _has(modules, "jinja2") and not _has(modules, "forwardauth.web")
     code, modules = _imported("explain", "-c", str(cfg), "--url", "https://app.test/x")
     assert code == 0 and "forwardauth.core.authorize" in modules
-    assert "aiohttp" not in modules and "forwardauth.web" not in modules
+    assert not _has(modules, "aiohttp") and not _has(modules, "forwardauth.web")
     cookie = Runtime.build(composition.load_config(cfg)).codec
     value = cookie.seal(cookie.new("alice", "password", time.time()))
     code, modules = _imported("explain", "-c", str(cfg), "--url", "https://app.test/x", "--cookie", value)
-    assert code == 0 and "forwardauth.tokens.decisions" in modules and "aiohttp" not in modules
+    assert code == 0 and "forwardauth.tokens.decisions" in modules and not _has(modules, "aiohttp")

@@ -12,9 +12,10 @@ from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.core.sealing import Sealer
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import WebAuthnCredential, counter_advances
+from forwardauth.state.records import webauthn_fingerprint as fingerprint
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, Challenge, ChallengeError, issue, open_sealed, seal
-from forwardauth.webauthn.service import WebAuthnService, fingerprint
+from forwardauth.webauthn.service import WebAuthnService
 from forwardauth.webauthn.settings import WebAuthnSettings
 from forwardauth.webauthn.verify import Reason, Refused
 from harness.softkey import SoftAuthenticator
