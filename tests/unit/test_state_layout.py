@@ -45,13 +45,13 @@ def test_a_sqlite_store_opened_alone_creates_every_table(tmp_path):
             await store.close()
 
         asyncio.run(main())
-        assert not [m for m in sys.modules if m.startswith("forwardauth.tokens")]
+        assert not [m for m in sys.modules if m.startswith(("forwardauth.tokens", "forwardauth.webauthn"))]
     """)
     with sqlite3.connect(path) as c:
         tables = {name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
     assert tables == {"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
-                      "dbcreds"}
+                      "dbcreds", "webauthn_credentials"}
     assert meta == {"revocation_version": 0, "tokens_version": 0}
     # An account write in a process that never imported the tokens part moves the token version.
     _run(f"""
