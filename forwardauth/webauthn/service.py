@@ -132,7 +132,10 @@ class WebAuthnService:
             raise Refused(Reason.LOCKED, credential=credential)
         target = challenge.target if challenge.ceremony is Ceremony.STEP_UP else None
         need_uv = target is None or self.settings.needs_user_verification(self.levels, target)
-        assertion = verify_assertion(self.settings, challenge, response, credential, need_uv)
+        try:
+            assertion = verify_assertion(self.settings, challenge, response, credential, need_uv)
+        except Refused as exc:  # name the key in the refusal (its owner is this user: checked above)
+            raise Refused(exc.reason, exc.detail, exc.credential or credential) from None
         reason = (f"signature counter went from {credential.sign_count} to {assertion.sign_count}: "
                   "possible cloned authenticator")
         done = await self.store.advance_webauthn_credential(credential.id, assertion.sign_count, assertion.backed_up,

@@ -69,8 +69,8 @@ WEBAUTHN = "webauthn: {level_user_verified: hardware, level_presence: mfa}"
 
 def human(name: str = "alice", **kw: Any) -> Account:
     now = time.time()
-    return Account(name, display_name=name.title(), email=f"{name}@example.com", groups=("staff",),
-                   password_hash=hash_password(PASSWORD, FAST), created=now, updated=now, **kw)
+    return Account(name, **{"display_name": name.title(), "email": f"{name}@example.com", "groups": ("staff",),
+                            "password_hash": hash_password(PASSWORD, FAST), "created": now, "updated": now, **kw})
 
 
 def data_attrs(page: str, kind: str) -> dict[str, str]:
@@ -161,9 +161,10 @@ class Site:
         await self.client.close()  # the app closes its store
 
 
-async def make_site(tmp_path: Path, webauthn: str = WEBAUTHN, accounts: tuple[Account, ...] = ()) -> Site:
+async def make_site(tmp_path: Path, webauthn: str = WEBAUTHN, accounts: tuple[Account, ...] = (),
+                    config: str = CONFIG) -> Site:
     audit = tmp_path / "audit.log"
-    cfg = parse_config(CONFIG.format(db=tmp_path / "state.db", audit=audit, webauthn=webauthn), "test.yaml")
+    cfg = parse_config(config.format(db=tmp_path / "state.db", audit=audit, webauthn=webauthn), "test.yaml")
     rt = Runtime.build(cfg)
     store = SQLiteStore(str(tmp_path / "state.db"))
     await store.open()
