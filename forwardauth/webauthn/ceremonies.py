@@ -23,10 +23,11 @@ from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import WebAuthnCredential
 from forwardauth.state.records import webauthn_fingerprint as fingerprint
 from forwardauth.web.context import CTX, AppContext
-from forwardauth.web.forms import csrf_ok
+from forwardauth.web.forms import csrf_ok, query
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, ChallengeError
 from forwardauth.webauthn.common import (
+    MANAGE_PATH,
     MESSAGES,
     MSG_CSRF,
     MSG_EXPIRED,
@@ -45,7 +46,6 @@ from forwardauth.webauthn.common import (
     facts,
     json_answer,
     json_error,
-    manage_url,
     may_change,
     next_url,
     read_json,
@@ -170,7 +170,7 @@ async def register(request: web.Request) -> web.Response:
     except Refused as exc:
         return _refused(ctx, f, exc, f.user, "", None, "register")
     audit(ctx, f, "webauthn_registered", user=f.user, reason=describe(cred))
-    return json_answer({"redirect": manage_url(rd, level)},
+    return json_answer({"redirect": query(MANAGE_PATH, rd=rd, level=level, done="added")},
                        headers={"Set-Cookie": clear_challenge_cookie(ctx, Ceremony.REGISTER)})
 
 

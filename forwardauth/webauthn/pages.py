@@ -194,11 +194,13 @@ async def step_up_get(request: web.Request) -> web.Response:
     except StoreUnavailable:
         return page(503, "Security key", MSG_STORE, realm=ctx.runtime.config.server.realm)
     host = urlsplit(rd).hostname or ""
+    # Keys that only sense a touch cannot reach a level that needs user verification: say so up front.
+    no_uv_key = part.settings.needs_user_verification(levels, level) and not any(c.user_verifying for c in creds)
     return form_page(request, ctx, "webauthn_step_up.html", 200, form="webauthn-step-up", binding=f.session.sid,
                      headers=SCRIPT_HEADERS, scripts=(SCRIPT_PATH,),
                      title="Use your security key" if creds else "This page needs a security key",
                      reason=f"{host}{urlsplit(rd).path} needs level {level}.", user=f.session.sub,
-                     held_level=f.session.level, level=level, rd=rd, has_keys=bool(creds),
+                     held_level=f.session.level, level=level, rd=rd, has_keys=bool(creds), no_uv_key=no_uv_key,
                      options_path=STEP_UP_PATH + "/options", answer_path=STEP_UP_PATH,
                      manage_url=manage_url(rd, level), back_url=ctx.runtime.config.server.public_url + "/")
 

@@ -15,6 +15,8 @@ out of the way; a reload can add or remove the section.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from forwardauth.accounts import account_key
@@ -84,6 +86,9 @@ async def script(request: web.Request) -> web.Response:
 
 
 def build(app: web.Application, ctx: AppContext) -> Contribution:
+    # fido2 logs every credential it verifies at INFO ("New credential registered: <id>"): the
+    # audit log says what happened, with a fingerprint instead of the id.
+    logging.getLogger("fido2").setLevel(logging.WARNING)
     app[WEBAUTHN] = PartState()
     return Contribution(
         routes=(

@@ -71,7 +71,7 @@ async def test_add_a_key_then_it_is_listed_and_audited(site):
     await site.sign_in()
     key = SoftAuthenticator(backup_eligible=True, backed_up=True)
     mark = site.mark()
-    assert await site.register(key, name="Laptop passkey") == (200, {"redirect": "/oauth2/webauthn"})
+    assert await site.register(key, name="Laptop passkey") == (200, {"redirect": "/oauth2/webauthn?done=added"})
     [cred] = await site.store.webauthn_credentials("alice")
     assert site.since(mark) == [("webauthn_registered", "alice",
                                  f"'Laptop passkey' (passkey; model {cred.aaguid}, user verification, synced); "
@@ -230,7 +230,7 @@ async def test_start_sends_a_password_session_with_a_key_to_the_step_up_page(sit
         + '">Add a security key or passkey</a>' in page
     key = SoftAuthenticator()
     assert (await site.register(key, page="/oauth2/webauthn?" + urlencode({"rd": HW_RD, "level": "hardware"})))[1] \
-        == {"redirect": "/oauth2/webauthn?" + urlencode({"rd": HW_RD, "level": "hardware"})}
+        == {"redirect": "/oauth2/webauthn?" + urlencode({"rd": HW_RD, "level": "hardware", "done": "added"})}
     page = await site.page(step_up)
     assert "Use your security key or passkey</button>" in page
     mark = site.mark()
@@ -289,3 +289,20 @@ async def test_failed_keys_count_like_failed_passwords(site):
                                                                   "password": "correct-horse-battery"}),
                                headers={"Content-Type": "application/x-www-form-urlencoded"}, allow_redirects=False)
     assert r.status == 429
+
+
+async def test_an_upstream_session_steps_up_with_a_key(site):
+    """A session from the upstream provider (source oidc): its keys belong to "oidc:<sub>"."""
+    now = time.time()
+    s = site.rt.codec.new("3f9a-Upstream", "password", now, email="u@example.com", groups=("staff",), source="oidc")
+    site.client.session.cookie_jar.update_cookies({"fa": site.rt.codec.seal(s)}, site.client.make_url("/"))
+    key = SoftAuthenticator()
+    assert (await site.register(key))[0] == 200
+    assert [c.user for c in await site.store.webauthn_credentials("oidc:3f9a-Upstream")] == ["oidc:3f9a-Upstream"]
+    assert await site.step_up(key) == (200, {"redirect": HW_RD})
+    info = await site.userinfo()
+    assert (info["user"], info["level"], info["source"]) == ("3f9a-Upstream", "hardware", "oidc")
+    # Its key does not sign in on its own: the account is the provider's.
+    site.client.session.cookie_jar.clear()
+    assert await site.passkey_sign_in(key) == (403, {"error": "This passkey cannot sign in here on its own: sign in "
+                                                              "another way, then use it."})
