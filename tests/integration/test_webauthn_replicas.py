@@ -82,3 +82,90 @@ async def test_a_regression_seen_by_one_replica_locks_the_credential_for_both(re
     assert (info.value.reason, info.value.detail) == (Reason.COUNTER, "10 -> 4")
     assert (await a.store.webauthn_credential(cred.id)).locked == ("signature counter went from 10 to 4: possible "
                                                                    "cloned authenticator")
+
+
+# --- two real `forwardauth serve` processes on one Redis ------------------------------------
+
+WEB_ORIGIN = "http://auth.fa.localhost"  # what the browser would be on (both replicas behind one name)
+HW = "http://app.test/hw/x"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, shared_redis):
+    import subprocess
+    import sys
+
+    from harness.tokens import TokenServer
+
+    work = tmp_path_factory.mktemp("webauthn-replicas")
+    extra = {
+        "levels": [{"name": "password", "acr": ["urn:fa:password"]}, {"name": "mfa", "acr": ["urn:fa:mfa"]},
+                   {"name": "hardware", "acr": ["urn:fa:hwk"]}],
+        "webauthn": {"rp_id": "fa.localhost", "origins": [WEB_ORIGIN], "level_user_verified": "hardware"},
+        "policy": {"default": "deny", "rules": [{"hosts": ["app.test"], "paths": ["/hw/"], "level": "hardware"},
+                                                {"hosts": ["app.test"], "level": "password"}]},
+    }
+    a = TokenServer(work, state=shared_redis.url, extra=extra)
+    b = TokenServer(work, state=shared_redis.url, extra=extra)
+    proc = subprocess.run([sys.executable, "-m", "forwardauth", "users", "add", "alice", "-c", str(a.config),
+                           "--password-stdin"], input="alice-long-password-1\n", capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with a, b:
+        yield a, b
+
+
+async def test_two_processes_share_challenges_once(served):
+    import re
+
+    import aiohttp
+
+    a, b = served
+    key = SoftAuthenticator()
+    url_a, url_b = f"http://127.0.0.1:{a.port}", f"http://127.0.0.1:{b.port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # cookies for both ports
+        page = await (await s.get(f"{url_a}/oauth2/sign_in")).text()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        r = await s.post(f"{url_a}/oauth2/sign_in", data={"csrf": csrf, "username": "alice",
+                                                           "password": "alice-long-password-1"}, allow_redirects=False)
+        assert r.status == 303, await r.text()
+        r = await s.get(f"{url_a}/oauth2/webauthn", allow_redirects=False)
+        page = await r.text()
+        assert r.status == 200, (r.status, r.headers.get("Location"), [c.key for c in s.cookie_jar])
+        csrf = re.search(r'data-csrf="([^"]+)"', page).group(1)
+
+        async def post(url: str, body: dict) -> tuple[int, dict]:
+            r = await s.post(url, json=body, allow_redirects=False)
+            return r.status, await r.json()
+
+        # Registration: options from A, the answer on B; the same answer again on A is refused.
+        st, options = await post(f"{url_a}/oauth2/webauthn/register/options", {"csrf": csrf, "name": "k"})
+        assert st == 200
+        sealed = {c.key: c.value for c in s.cookie_jar if "webauthn" in c.key}
+        body = {"csrf": csrf, "name": "k", "credential": key.create(options, WEB_ORIGIN)}
+        assert (await post(f"{url_b}/oauth2/webauthn/register", body))[0] == 200
+        # Replayed on A with a copy of the challenge cookie (B cleared it), after an administrator removed
+        # the key (else the replay would stop earlier: a second key needs a recent mfa).
+        assert a.cli("webauthn", "remove", "alice", "--all") == "alice: 1 security key(s) and passkey(s) removed\n"
+        s.cookie_jar.update_cookies(sealed)
+        assert await post(f"{url_a}/oauth2/webauthn/register", body) == (
+            400, {"error": "This request has expired or was already used. Please try again."})
+
+        options = (await post(f"{url_a}/oauth2/webauthn/register/options", {"csrf": csrf, "name": "k"}))[1]
+        assert (await post(f"{url_b}/oauth2/webauthn/register", {**body, "credential": key.create(
+            options, WEB_ORIGIN)}))[0] == 200
+
+        # Step-up: options from B, the answer on A (once); the session it sets is good on both.
+        page = await (await s.get(f"{url_b}/oauth2/webauthn/step_up", params={"rd": HW})).text()
+        csrf = re.search(r'data-csrf="([^"]+)"', page).group(1)
+        st, options = await post(f"{url_b}/oauth2/webauthn/step_up/options", {"csrf": csrf, "rd": HW})
+        assert st == 200 and options["userVerification"] == "required"
+        body = {"csrf": csrf, "rd": HW, "credential": key.get(options, WEB_ORIGIN)}
+        results = await asyncio.gather(post(f"{url_a}/oauth2/webauthn/step_up", body),
+                                       post(f"{url_b}/oauth2/webauthn/step_up", body))
+        assert sorted(st for st, _ in results) == [200, 400]  # at the same moment on both: once
+        assert (200, {"redirect": HW}) in results
+        session = next(c.value for c in s.cookie_jar if c.key == "forwardauth")
+        for server in (a, b):
+            reply = server.decide("/hw/x", cookie=session)
+            assert (reply.status, reply.header("X-Auth-Request-Level")) == (200, "hardware")
