@@ -97,7 +97,7 @@ def served(tmp_path_factory, shared_redis):
 
     from harness.tokens import TokenServer
 
-    work = tmp_path_factory.mktemp("webauthn-replicas")
+    work = tmp_path_factory.mktemp("webauthn-replicas")  # (a user of its own: the shared Redis holds others')
     extra = {
         "levels": [{"name": "password", "acr": ["urn:fa:password"]}, {"name": "mfa", "acr": ["urn:fa:mfa"]},
                    {"name": "hardware", "acr": ["urn:fa:hwk"]}],
@@ -107,7 +107,7 @@ def served(tmp_path_factory, shared_redis):
     }
     a = TokenServer(work, state=shared_redis.url, extra=extra)
     b = TokenServer(work, state=shared_redis.url, extra=extra)
-    proc = subprocess.run([sys.executable, "-m", "forwardauth", "users", "add", "alice", "-c", str(a.config),
+    proc = subprocess.run([sys.executable, "-m", "forwardauth", "users", "add", "carol", "-c", str(a.config),
                            "--password-stdin"], input="alice-long-password-1\n", capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -126,7 +126,7 @@ async def test_two_processes_share_challenges_once(served):
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # cookies for both ports
         page = await (await s.get(f"{url_a}/oauth2/sign_in")).text()
         csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-        r = await s.post(f"{url_a}/oauth2/sign_in", data={"csrf": csrf, "username": "alice",
+        r = await s.post(f"{url_a}/oauth2/sign_in", data={"csrf": csrf, "username": "carol",
                                                            "password": "alice-long-password-1"}, allow_redirects=False)
         assert r.status == 303, await r.text()
         r = await s.get(f"{url_a}/oauth2/webauthn", allow_redirects=False)
@@ -146,7 +146,7 @@ async def test_two_processes_share_challenges_once(served):
         assert (await post(f"{url_b}/oauth2/webauthn/register", body))[0] == 200
         # Replayed on A with a copy of the challenge cookie (B cleared it), after an administrator removed
         # the key (else the replay would stop earlier: a second key needs a recent mfa).
-        assert a.cli("webauthn", "remove", "alice", "--all") == "alice: 1 security key(s) and passkey(s) removed\n"
+        assert a.cli("webauthn", "remove", "carol", "--all") == "carol: 1 security key(s) and passkey(s) removed\n"
         s.cookie_jar.update_cookies(sealed)
         assert await post(f"{url_a}/oauth2/webauthn/register", body) == (
             400, {"error": "This request has expired or was already used. Please try again."})
