@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from typing import Any
 
@@ -202,3 +203,27 @@ def test_levels_a_proof_gives():
 ])
 def test_origin_of(url, origin):
     assert origin_of(url) == origin
+
+
+def test_the_example_section_is_valid_when_uncommented(tmp_path):
+    from pathlib import Path
+
+    from forwardauth.composition import parse_config as parse_with_parts
+
+    text = (Path(__file__).parents[2] / "config.example.yaml").read_text()
+    block = text[text.index("# webauthn:"):].split("\n\n")[0]
+    lines = [re.sub(r"^# ?", "", line) for line in block.splitlines()]
+    # The attestation lines are examples for `attestation: direct` (refused with the default none).
+    yaml_block = "\n".join(line for line in lines if not line.lstrip().startswith(("aaguids:", "attestation_roots:")))
+    cfg = parse_with_parts(BASE + "policy: {rules: []}\n" + yaml_block + "\n", str(tmp_path / "c.yaml"))
+    s = cfg.sections["webauthn"]
+    assert s == WebAuthnSettings(rp_id="example.com", origins=("https://auth.example.com",),
+                                 level_user_verified="hardware", level_presence="mfa", register_level="password")
+    assert (s.rp_name, s.user_verification, s.resident_keys, s.passwordless, s.attestation, s.max_credentials,
+            s.timeout, s.register_max_age) == ("forwardauth", "preferred", "preferred", True, "none", 10, 120.0, 600.0)
+    att = make_attestation(bytes(16))
+    (tmp_path / "webauthn-roots.pem").write_bytes(att.root_pem)
+    direct = "\n".join(line.replace("attestation: none", "attestation: direct") for line in lines)
+    s = parse_with_parts(BASE + "policy: {rules: []}\n" + direct + "\n", str(tmp_path / "c.yaml")).sections["webauthn"]
+    assert (s.attestation, s.aaguids, len(s.attestation_roots)) == (
+        "direct", frozenset({"cb69481e-8ff7-4039-93ec-0a2729a154a8"}), 1)
