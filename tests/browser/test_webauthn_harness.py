@@ -1,11 +1,14 @@
 """Chromium's virtual authenticators against forwardauth's WebAuthn verification.
 
 Headless Debian Chromium (harness.browser) with CDP virtual authenticators
-(harness.webauthn) registers and uses credentials on a throwaway aiohttp
-server that calls forwardauth.webauthn's service exactly as the real routes
-will: sealed challenge in a cookie, bound to the test session, claimed once
-in a MemoryStore. Page on http://auth.fa.localhost:PORT, RP ID fa.localhost
-(as the tests behind nginx will use; an IP address cannot be an RP ID).
+(harness.webauthn) registers and uses credentials on a small aiohttp server
+of its own that calls forwardauth.webauthn's service the way the part's
+routes do (sealed challenge in a cookie, bound to the test session, claimed
+once in a MemoryStore), without the rest of the app: what each virtual
+authenticator reports (flags, counters, backup state) is checked here, close
+to the verification. The full journeys through nginx are in
+tests/e2e/test_webauthn_browser.py. Page on http://auth.fa.localhost:PORT,
+RP ID fa.localhost (an IP address cannot be an RP ID).
 """
 
 from __future__ import annotations
