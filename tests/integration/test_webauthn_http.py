@@ -306,3 +306,24 @@ async def test_an_upstream_session_steps_up_with_a_key(site):
     site.client.session.cookie_jar.clear()
     assert await site.passkey_sign_in(key) == (403, {"error": "This passkey cannot sign in here on its own: sign in "
                                                               "another way, then use it."})
+
+
+async def test_a_state_store_outage_is_a_503_never_a_500(site, monkeypatch):
+    from forwardauth.state.base import StoreUnavailable
+
+    await site.sign_in()
+    csrf = _csrf(await site.page("/oauth2/webauthn"))
+
+    async def down(*args, **kw):
+        raise StoreUnavailable("redis unreachable (ConnectionError)")
+
+    monkeypatch.setattr(site.store, "webauthn_credentials", down)
+    mark = site.mark()
+    r = await site.client.post("/oauth2/webauthn/register/options", json={"csrf": csrf}, allow_redirects=False)
+    assert (r.status, r.headers["Retry-After"], await r.json()) == (503, "5", {
+        "error": "Your security key cannot be checked right now (forwardauth's state store cannot be reached). "
+                 "Please try again in a minute."})
+    assert site.since(mark) == [("webauthn_failed", "alice", "state store unavailable")]
+    assert "forwardauth&#39;s state store cannot be reached" in await site.page("/oauth2/webauthn", 503)
+    assert "forwardauth&#39;s state store cannot be reached" in await site.page(
+        "/oauth2/webauthn/step_up?" + urlencode({"rd": HW_RD}), 503)
