@@ -1,5 +1,5 @@
 """The `forwardauth` command: the core's commands (serve, check, explain, keys,
-session), then each part's command groups (composition.commands()), in part
+session, state), then each part's command groups (composition.commands()), in part
 order. Every command runs as `func(args, env)` with the composition's
 `CliEnv` (services.commands). `check` and `explain` import no aiohttp."""
 
@@ -181,10 +181,60 @@ def _cmd_session_revoke(args: argparse.Namespace, env: CliEnv) -> int:
 
 
 
+# --- state -------------------------------------------------------------------
+
+
+def _register_state(sub: SubCommands) -> None:
+    p = sub.add_parser("state", help="the state store's continuity (see README: When things break)")
+    ss = p.add_subparsers(dest="state_cmd", required=True)
+    st = ss.add_parser("status", help="is the store known good? (exit 0 when it is, 1 with the reason)")
+    st.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    st.set_defaults(func=_cmd_state_status)
+    ack = ss.add_parser("ack", help="the store as it is now is the truth: clear a recorded loss of its data, "
+                                    "or end a new Redis store's wait")
+    ack.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    ack.set_defaults(func=_cmd_state_ack)
+
+
+def _cmd_state_status(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> str | None:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            await store.revocation_version()  # reads the marker / the recorded loss
+            return store.problem()
+        finally:
+            await store.close()
+
+    problem = asyncio.run(with_store(cfg, go()))
+    if problem is not None:
+        print(problem)
+        return 1
+    print("ok")
+    return 0
+
+
+def _cmd_state_ack(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> str:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            return await store.acknowledge()
+        finally:
+            await store.close()
+
+    print(asyncio.run(with_store(cfg, go())))
+    return 0
+
+
 # --- main --------------------------------------------------------------------
 
 COMMANDS: tuple[Register, ...] = (_register_serve, _register_check, explain.register, _register_keys,
-                                  _register_session)
+                                  _register_session, _register_state)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -305,8 +305,12 @@ def _keys(r: Reader, raw: Any) -> KeysConfig:
 
 
 def _state(r: Reader, raw: Any) -> str:
-    if not isinstance(raw, str) or not re.match(r"^(sqlite://.+|memory://|redis(s)?://.+)$", raw):
-        r.error("state", f"must be sqlite:///path, memory:// or redis://..., got {show(raw)}")
+    if not isinstance(raw, str) or not re.match(r"^(sqlite://.+|memory://|redis(s)?://.+|redis\+sentinel://.+)$", raw):
+        r.error("state", f"must be sqlite:///path, memory://, redis://... or redis+sentinel://..., got {show(raw)}")
+        return "memory://"
+    if raw.startswith("redis+sentinel://") and not re.match(
+            r"^redis\+sentinel://([^@/]*@)?[^@/,:]+:\d+(,[^@/,:]+:\d+)*/[^/]+(/\d+)?/?$", raw):
+        r.error("state", "a sentinel URL is redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
         return "memory://"
     return raw
 

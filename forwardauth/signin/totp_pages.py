@@ -21,6 +21,7 @@ from forwardauth.web.factors import Need
 from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, need_for, offers
 from forwardauth.web.pages import group_secret
+from forwardauth.web.unavailable import attempting
 
 
 def _post_target(request: web.Request, ctx: AppContext, f: Facts, rd: str, level: str,
@@ -112,6 +113,7 @@ async def totp_post(request: web.Request) -> web.Response:
     if lv is None:
         return refused  # type: ignore[return-value]
     key = account_key(f.session)
+    attempting(request, lambda why: audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=why))
     attempt = await auth.check_totp(key, form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)
@@ -238,6 +240,7 @@ async def enroll_post(request: web.Request) -> web.Response:
     lv, refused = _post_target(request, ctx, f, rd, level, "Set up two-step sign-in")
     if lv is None:
         return refused  # type: ignore[return-value]
+    attempting(request, lambda why: audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=why))
     attempt = await auth.finish_enrolment(key, f.session, form["pending"], form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)

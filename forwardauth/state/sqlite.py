@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -20,10 +22,11 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
+from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable, lost_message
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 
 T = TypeVar("T")
+log = logging.getLogger("forwardauth.state.sqlite")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -141,11 +144,34 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _has_schema(c: sqlite3.Connection) -> bool:
+    """The file already holds every table (so a read-only file can still be read)."""
+    names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return {"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
+            "dbcreds"} <= names
+
+
 class SQLiteStore(StateStore):
+    """The file is watched: each call first checks that the path still names the
+    file this process opened (device and inode). Deleted: every call fails
+    (StoreUnavailable, and `problem()` for /readyz) until it is back; writing
+    to a deleted file would be a split brain with the CLI, which would make a
+    new one. Replaced (a new file at the path, e.g. made by a command while
+    the old one was gone, or a backup put back): the new file is opened, and
+    `losses` tells the snapshots to write back what they remember into it."""
+
     def __init__(self, path: str):
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._problem: str | None = None  # the file is gone (set and cleared on the store's thread)
+        self._lost_at: float | None = None  # the loss recorded in the file (meta 'lost_at'), as last read
+        self.losses = 0
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -160,20 +186,54 @@ class SQLiteStore(StateStore):
                                            f"{exc.strerror or exc.__class__.__name__}") from None
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=5000")
-                conn.executescript(SCHEMA)
-                _upgrade(conn)
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.executescript(SCHEMA)
+                    _upgrade(conn)
+                except sqlite3.OperationalError:
+                    # A read-only (or full) file that already holds everything is still
+                    # read: decisions keep their snapshot fresh, writes fail one by one.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if not _has_schema(conn):
+                        raise
             except BaseException:
                 conn.close()
                 raise
+            if self.path != ":memory:":
+                self._identity = _identity(os.stat(self.path))
             self._conn = conn
         return self._conn
+
+    def _watch(self) -> None:
+        """Is the path still the file this process opened? See the class."""
+        if self._conn is None or self._identity is None:
+            return
+        try:
+            now = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            if self._problem is None:
+                self._problem = (f"sqlite state {self.path}: the file was deleted while forwardauth ran; nothing "
+                                 "is read or written until it is back (or a new one is made there)")
+                log.error(self._problem)
+            raise StoreUnavailable(self._problem) from None
+        if self._problem is not None:
+            log.warning("sqlite state %s: the file is back", self.path)
+            self._problem = None
+        if now != self._identity:
+            log.error("sqlite state %s: the file was replaced while forwardauth ran; opening the new one "
+                      "(what this process remembers is written back into it)", self.path)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+            self.losses += 1
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """On the store's thread: every failure of the file is StoreUnavailable, naming the path."""
         try:
+            self._watch()
             return fn(self._connect())
         except sqlite3.Error as exc:
             self._drop_if_stuck()
@@ -222,9 +282,31 @@ class SQLiteStore(StateStore):
     # --- revocations ----------------------------------------------------------------
 
     async def revocation_version(self) -> int:
-        return await self.run(
-            lambda c: c.execute("SELECT value FROM meta WHERE key='revocation_version'").fetchone()[0]
-        )
+        rows = dict(await self.run(lambda c: c.execute(
+            "SELECT key, value FROM meta WHERE key IN ('revocation_version', 'lost_at')").fetchall()))
+        self._lost_at = rows.get("lost_at")
+        return int(rows["revocation_version"])
+
+    # --- continuity (see StateStore and the class) -------------------------------------
+
+    def problem(self) -> str | None:
+        if self._problem is not None:
+            return self._problem
+        if self._lost_at is not None:
+            return lost_message(f"sqlite state {self.path}", float(self._lost_at))
+        return None
+
+    async def restored(self) -> None:
+        at = time.time()
+        await self.write(lambda c: c.execute(
+            "INSERT INTO meta (key, value) VALUES ('lost_at', ?) ON CONFLICT(key) DO NOTHING", (at,)))
+        self._lost_at = self._lost_at or at
+
+    async def acknowledge(self) -> str:
+        """`forwardauth state ack`: the file as it is now is the truth."""
+        n = await self.write(lambda c: c.execute("DELETE FROM meta WHERE key='lost_at'").rowcount)
+        self._lost_at = None
+        return "the recorded loss is acknowledged" if n else "nothing to acknowledge"
 
     async def revocations(self, now: float) -> RevocationSnapshot:
         def q(c: sqlite3.Connection) -> RevocationSnapshot:

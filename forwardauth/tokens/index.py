@@ -56,6 +56,10 @@ class TokenIndex(Snapshot):
         self.accounts: dict[str, Principal] = {}
         self.version = -1
         self.loaded_at = 0.0  # monotonic time of the last full load
+        # Token ids seen revoked (-> when, expires): never let in again while this
+        # process runs, and written back if the store comes back without them.
+        self.revoked: dict[str, tuple[float, float]] = {}
+        self.losses_seen = 0
 
     def token(self, token_id: str) -> TokenMeta | None:
         return self.tokens.get(token_id)
@@ -70,9 +74,20 @@ class TokenIndex(Snapshot):
         async def load() -> None:
             version = await store.tokens_version()
             due = time.monotonic() - self.loaded_at >= full_every
-            if force or due or version != self.version:
+            losses = getattr(store, "losses", 0)
+            lost = losses != self.losses_seen or version < self.version
+            if force or due or lost or version != self.version:
                 metas = await store.list_tokens()
-                self.tokens = _keep_unchanged(self.tokens, {m.id: m for m in metas if m.revoked is None})
+                now = time.time()
+                if lost:
+                    await self._write_back(store, metas)
+                    self.losses_seen = losses
+                for m in metas:
+                    if m.revoked is not None:
+                        self.revoked[m.id] = (m.revoked, m.expires)
+                self.revoked = {i: r for i, r in self.revoked.items() if r[1] > now}
+                self.tokens = _keep_unchanged(self.tokens, {m.id: m for m in metas
+                                                            if m.revoked is None and m.id not in self.revoked})
                 listed = await store.list_accounts()
                 self.accounts = _keep_unchanged(self.accounts, {
                     a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
@@ -82,6 +97,16 @@ class TokenIndex(Snapshot):
                 self.loaded_at = time.monotonic()
 
         return await self._guarded(load)
+
+    async def _write_back(self, store: _IndexStore, metas: list[TokenMeta]) -> None:
+        """The store holds less than this process saw: revoke again the tokens seen
+        revoked that it lists as active (a token it no longer lists is refused anyway)."""
+        again = [m for m in metas if m.revoked is None and m.id in self.revoked]
+        for m in again:
+            await store.revoke_token(m.id, self.revoked[m.id][0])
+        if again:
+            log.error("the state store lost the revocation of %d tokens this process had seen revoked: "
+                      "revoked them again", len(again))
 
 
 class UsageRecorder:

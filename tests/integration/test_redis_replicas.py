@@ -33,6 +33,7 @@ def replicas(tmp_path_factory, redis_server):
     a.account("root", roles="admin")
     a.account("svc", kind="system")
     a.account("alice")
+    a.cli("state", "ack")  # a new store: the operator says so, and no replica waits (README)
     with a, b:
         yield a, b
 
@@ -148,12 +149,19 @@ def test_redis_outage_grace_then_fail_closed_then_back(replicas, redis_server):
     assert b.decide("/public/x").status == 200
     ready = request(b.port, "/readyz", host="auth.test")
     assert ready.status == 503 and "state store unreachable" in ready.text
-    # Redis back on the same port: normal again. (This Redis keeps nothing on
-    # disk, so it comes back empty: accounts and tokens are made anew, while
-    # cookie sessions, which live in the cookie, simply work again.)
+    # Redis back on the same port. This Redis keeps nothing on disk, so it comes
+    # back empty: both replicas notice (its marker is gone), write back the
+    # revocations they remember, and stay not ready until an operator says the
+    # store is good (`forwardauth state ack`). Decisions answer meanwhile; cookie
+    # sessions live in the cookie and work again; accounts and tokens are made anew.
     redis_server.start()
-    assert within(10.0, lambda: request(b.port, "/readyz", host="auth.test").status == 200)
     assert within(10.0, lambda: b.decide("/mfa/x", cookie=cookie).status == 200)
+    ready = request(b.port, "/readyz", host="auth.test")
+    assert ready.status == 503 and "redis state lost its data at " in ready.text, ready.text
+    assert "`forwardauth state ack`" in ready.text
+    assert a.cli("state", "ack").strip() == "the recorded loss is acknowledged"
+    assert within(10.0, lambda: request(b.port, "/readyz", host="auth.test").status == 200)
+    assert within(10.0, lambda: request(a.port, "/readyz", host="auth.test").status == 200)
     a.account("svc", kind="system")
     fresh = a.token("svc", "--name", "after-outage")
     assert within(1.0, lambda: a.decide("/api/x", fresh).status == 200 and b.decide("/api/x", fresh).status == 200)

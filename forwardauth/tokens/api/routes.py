@@ -26,6 +26,7 @@ from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.web.api import ApiError, body, error_response, fail, json_response
 from forwardauth.web.context import CTX, AppContext, Route
+from forwardauth.web.unavailable import report
 
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -47,7 +48,8 @@ def _guard(fn: Handler) -> Handler:
             return error_response(ApiError(409, "conflict", str(exc)))
         except (Invalid, AccountError) as exc:
             return error_response(ApiError(400, "invalid_request", str(exc)))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            report(request, exc)  # the log line, and the attempt's audit line (a token exchange)
             return error_response(ApiError(503, "unavailable", "the state store is unavailable", {"Retry-After": "5"}))
 
     return run
