@@ -134,6 +134,9 @@ class AppContext:
         self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
+        """SIGHUP: the config and key ring again (a bad one is refused), and the audit
+        log's file opened again (logrotate renamed it), whatever the config says."""
+        self.audit.reopen()
         path = self.runtime.config.path
         try:
             rt = Runtime.build(self.load_config(path))

@@ -48,5 +48,23 @@ DECISIONS = DecisionCounter()
 REGISTRY.register(DECISIONS)
 
 
+class AuditLost:
+    """forwardauth_audit_lines_lost_total: audit lines this process could not
+    write, by reason (services.audit.LOST): auth events may be dropped when the
+    audit sink fails, never silently."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from forwardauth.services.audit import LOST
+
+        family = CounterMetricFamily("forwardauth_audit_lines_lost", "Audit lines lost (not written), by reason.",
+                                     labels=["reason"])
+        for reason in ("write_failed", "short_write", "queue_full"):
+            family.add_metric([reason], LOST[reason])
+        yield family
+
+
+REGISTRY.register(AuditLost())
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
