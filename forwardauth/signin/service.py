@@ -157,8 +157,9 @@ class LocalAuth:
         try:
             secret = self.box.open(key, account.totp_secret_enc)
         except (SealError, ValueError):
-            log.error("a TOTP secret does not open with the key ring (was its key removed?)",
-                      extra={"fields": {"user": key}})
+            log.error("a TOTP secret does not open with the key ring (its key was removed before `forwardauth "
+                      "keys reseal`): the account needs `forwardauth users totp reset`",
+                      extra={"fields": {"user": key, "key": account.totp_secret_enc.partition(".")[0]}})
             return Attempt(False, "secret_unreadable", account)
         verdict, ticket = await self.regulator.reserve(key, client, now)  # counted before the code is looked at
         if ticket is None:

@@ -24,6 +24,7 @@ import pyotp
 import segno
 
 from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.services.keys import totp_sealer
 
 DIGITS = 6
 INTERVAL = 30
@@ -92,7 +93,7 @@ class SecretBox:
     """Seals TOTP seeds for storage, and enrolment-in-progress values for forms."""
 
     def __init__(self, ring) -> None:  # noqa: ANN001 - KeyRing
-        self._stored = Sealer(ring, "totp-secret")
+        self._stored = totp_sealer(ring)  # at rest ("data" role): opens until re-sealed (keys reseal)
         self._pending = Sealer(ring, "totp-enroll")
         self._ring = ring
 

@@ -12,7 +12,7 @@ from forwardauth.core.levels import Level
 from forwardauth.core.session import Session
 from forwardauth.signin.common import (MSG_CODE_FORMAT, MSG_CODE_REPLAYED, MSG_CODE_WRONG, MSG_CSRF,
                                        MSG_ENROL_BUSY, MSG_LEVEL_FIRST, MSG_LOCKED, MSG_NO_TOTP_LEVEL,
-                                       MSG_SESSION_ENDED, Facts, audit, banned_message, facts, level_of,
+                                       MSG_SECRET_UNREADABLE, MSG_SESSION_ENDED, Facts, audit, banned_message, facts, level_of,
                                        local_auth, may_step_up, message, minutes, need_session, next_url,
                                        password_level, reason_of, safe_rd)
 from forwardauth.signin.service import account_key
@@ -130,9 +130,8 @@ async def totp_post(request: web.Request) -> web.Response:
                           headers={"Retry-After": str(int(attempt.retry_after) + 1)})
     if attempt.reason == "locked":
         return message(request, ctx, 403, "Account locked", error=MSG_LOCKED)
-    if attempt.reason == "secret_unreadable":
-        return message(request, ctx, 500, "Two-step sign-in",
-                        error="Your second factor cannot be checked right now. Please ask an administrator.")
+    if attempt.reason == "secret_unreadable":  # sealed under a key no longer in the ring for data (logged)
+        return message(request, ctx, 403, "Two-step sign-in", error=MSG_SECRET_UNREADABLE)
     if attempt.reason == "malformed_code":
         return _totp_page(request, ctx, 400, f, rd, level, error=MSG_CODE_FORMAT)
     if attempt.reason == "replayed":

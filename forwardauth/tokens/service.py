@@ -20,6 +20,7 @@ from forwardauth.core.keyring import KeyRing
 from forwardauth.core.sealing import SealError, Sealer
 from forwardauth.services.accounts import OPERATOR as OPERATOR_NAME
 from forwardauth.services.accounts import AccountExists, AccountService, NotFound, revoke_token
+from forwardauth.services.keys import dbcreds_sealer
 from forwardauth.state.base import AccountStore, StateStore, TokenStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv
@@ -240,7 +241,7 @@ class TokenService:
     # --- database credentials --------------------------------------------
 
     def _sealer(self) -> Sealer:
-        return Sealer(self.ring, "dbcreds", max_length=16384)
+        return dbcreds_sealer(self.ring)  # at rest ("data" role): opens until re-sealed (keys reseal)
 
     async def set_dbcreds(self, actor: rules.Actor, account: str, creds: dict[str, Any],
                           now: float | None = None) -> None:
