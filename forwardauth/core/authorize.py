@@ -295,6 +295,8 @@ class Authorizer:
         cfg = self.config
         decision = decide(req, session, cfg.policy, cfg.levels, now)
         ans = self.policy.refuse(cfg, decision, cred, health)
+        if ans is not None and self.via_nginx:
+            ans = responses.unavailable_via_nginx(ans)
         if ans is None:
             ans = responses.answer(cfg, decision, req, self.redirects, cred)
             if decision.outcome is Outcome.ALLOW and self.allow_headers:
