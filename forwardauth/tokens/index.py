@@ -119,6 +119,7 @@ class UsageRecorder:
 
     def __init__(self) -> None:
         self.pending: dict[str, float] = {}
+        self._failing: str | None = None  # the last failure logged (a store down for an hour is one line)
 
     def used(self, token_id: str, now: float) -> None:
         self.pending[token_id] = now
@@ -133,10 +134,15 @@ class UsageRecorder:
             await tokens.touch_tokens(batch)
         except Exception as exc:  # StoreUnavailable or a bug: keep the batch, keep the loop
             why = str(exc) if isinstance(exc, StoreUnavailable) else failure(exc)
-            log.warning("last-used write failed, kept for the next flush: %s", why)
+            if why != self._failing:  # once per distinct failure, not at every flush
+                log.warning("last-used write failed, kept for the next flush: %s", why)
+                self._failing = why
             for k, v in batch.items():
                 self.pending[k] = max(v, self.pending.get(k, 0.0))
             return
+        if self._failing is not None:
+            log.warning("last-used write works again")
+            self._failing = None
         if report is not None:
             report(batch)
 

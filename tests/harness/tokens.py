@@ -64,9 +64,13 @@ class TokenServer:
         self.proc = Proc(f"forwardauth:{self.port}", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / f"forwardauth-{self.port}.log")
 
-    def start(self) -> "TokenServer":
+    def start(self, ready: bool = True) -> "TokenServer":
+        """Start and wait until /readyz says ready (`ready`), or only until it answers (/healthz)."""
         self.proc.start()
-        self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
+        if ready:
+            self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
+        else:
+            self.proc.wait_until(lambda: http_status(self.port, "/healthz") == 200, what="answering /healthz")
         return self
 
     def stop(self) -> None:
