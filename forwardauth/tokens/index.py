@@ -148,9 +148,14 @@ class UsageRecorder:
 
     async def run(self, tokens: TokenStore, interval: float,
                   report: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Flush every `interval`; while writes fail, less and less often (up to
+        every 30 s), so a store that holds each write for its busy timeout (a
+        database locked by another process) is not kept busy with these."""
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             try:
                 await self.flush(tokens, report)
             except Exception as exc:  # e.g. the audit report: log it, keep flushing
                 log.error("last-used flush failed: %s", failure(exc))
+            delay = interval if self._failing is None else min(max(delay * 2, 1.0), 30.0)

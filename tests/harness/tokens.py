@@ -108,7 +108,7 @@ class TokenServer:
         return request(self.port, "/auth/nginx", host=AUTH, headers=h)
 
     def api(self, method: str, path: str, token: str | None = None, body: Any = None,
-            headers: dict | None = None) -> Reply:
+            headers: dict | None = None, timeout: float = 10.0) -> Reply:
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
@@ -116,7 +116,7 @@ class TokenServer:
         if body is not None:
             data = json.dumps(body)
             h.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=data, headers={"Host": f"{AUTH}:{self.port}", **h})
             resp = conn.getresponse()
