@@ -34,8 +34,7 @@ import pytest
 from forwardauth.composition import load_config
 from forwardauth.core.runtime import Runtime
 from forwardauth.signin.totp import code_at, current_step
-from harness.ci import missing_tool
-from harness.faults import decided
+from harness.faults import decided, fill, loop_disk
 from harness.flow import Flow
 from harness.forms import Browser
 from harness.tokens import TokenServer
@@ -52,24 +51,8 @@ def sh(*argv: str) -> None:
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
-    """A small ext4 filesystem (a loop-mounted image): it fills up for real, and
-    its files can be made immutable (chattr +i) under a process holding them open."""
-    d = tmp_path_factory.mktemp("disk")
-    image = d.parent / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(8 * 1024 * 1024)
-    p = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
-    if p.returncode == 0:
-        p = subprocess.run(["mount", "-o", "loop", str(image), str(d)], capture_output=True, text=True)
-    if p.returncode != 0:
-        missing_tool(f"a loop-mounted ext4 for the disk faults needs root and mkfs.ext4: {p.stderr.strip()}")
-    try:
+    with loop_disk(tmp_path_factory.mktemp("disk")) as d:
         yield d
-    finally:
-        for f in d.glob("state.db*"):
-            subprocess.run(["chattr", "-i", str(f)], capture_output=True)
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-        image.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +90,12 @@ def browser(fa) -> Browser:
     return Browser(fa.port, f"auth.test:{fa.port}")
 
 
-def fill(disk) -> None:
+def fill_up(disk) -> None:
     """The disk full: the WAL checkpointed to nothing first (else SQLite reuses its pages), then a filler."""
     c = sqlite3.connect(str(disk / "state.db"))
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
-    with open(disk / "filler", "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+    fill(disk)
 
 
 @contextlib.contextmanager
@@ -138,7 +117,7 @@ def fault(kind: str, disk):
             "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "locked"
     elif kind == "full":
-        fill(disk)
+        fill_up(disk)
     try:
         yield
     finally:
