@@ -11,6 +11,7 @@ agent, its readiness check) goes through the proxy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import aiohttp
@@ -52,14 +53,17 @@ class ChaosProxy:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers.get("Host", f"127.0.0.1:{self.port}")
-        async with self._http.request(request.method, f"http://127.0.0.1:{self.upstream_port}{request.path_qs}",
-                                      headers=headers, data=body or None, allow_redirects=False) as up:
-            data = await up.read()
-            out = web.Response(status=up.status, body=data)
-            for k, v in up.headers.items():
-                if k.lower() not in _HOP:
-                    out.headers.add(k, v)
-            return out
+        try:
+            async with self._http.request(request.method, f"http://127.0.0.1:{self.upstream_port}{request.path_qs}",
+                                          headers=headers, data=body or None, allow_redirects=False) as up:
+                data = await up.read()
+                out = web.Response(status=up.status, body=data)
+                for k, v in up.headers.items():
+                    if k.lower() not in _HOP:
+                        out.headers.add(k, v)
+                return out
+        except aiohttp.ClientError:  # the provider itself is gone (teardown)
+            return web.Response(status=502, text="upstream gone")
 
     async def _start(self) -> None:
         self._http = aiohttp.ClientSession(auto_decompress=False)
@@ -98,8 +102,12 @@ class ChaosProxy:
 
     def stop(self) -> None:
         async def close() -> None:
+            for task in asyncio.all_tasks():  # a slow answer still sleeping: cut short
+                if task is not asyncio.current_task():
+                    task.cancel()
             if self._runner is not None:
-                await self._runner.cleanup()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._runner.cleanup(), 5)
             if self._http is not None:
                 await self._http.close()
 
