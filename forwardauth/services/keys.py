@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from forwardauth.core.keyring import KeyRing
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.state.base import StateStore
 from forwardauth.state.records import SealedCreds
 

@@ -187,7 +187,7 @@ class RedisStore(StateStore):
 
     # --- continuity (see the module's docstring) -------------------------------------
 
-    def _seen(self, raw: str | None) -> None:
+    def _seen(self, raw: str | bytes | None) -> None:
         """The marker as just read: a missing or different one is a loss."""
         try:
             m = json.loads(raw) if raw else None

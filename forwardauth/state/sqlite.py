@@ -48,17 +48,6 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-def _has_schema(c: sqlite3.Connection) -> bool:
-    """The file already holds every table (so a read-only file can still be read)."""
-    names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    return {"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
-            "dbcreds"} <= names
-
-
 class SQLiteStore(SQLiteFile, StateStore):
     """The records, on the file (its threads, its watch: forwardauth.state.sqlite_file)."""
 

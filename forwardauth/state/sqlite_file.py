@@ -26,9 +26,10 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from forwardauth.state.base import StoreUnavailable
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -31,11 +31,10 @@ MESSAGE = ("This service cannot reach its data store right now, so it could not 
            "Nothing was changed. Please try again in a few seconds.")
 API_MESSAGE = "the state store is unavailable; nothing was changed; try again in a few seconds"
 
-_ATTEMPT = web.RequestKey("forwardauth.attempt", Callable[[str], None])  # what to audit if the store fails
+Audit = Callable[[str], object]
+_ATTEMPT: web.RequestKey[Audit] = web.RequestKey("forwardauth.attempt")  # what to audit if the store fails
 _LOG_EVERY = 10.0  # seconds between two warnings of a store that keeps failing
 _last_logged = [0.0]
-
-Audit = Callable[[str], None]
 
 
 def attempting(request: web.Request, audit: Audit) -> None:

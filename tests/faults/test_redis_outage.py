@@ -43,7 +43,7 @@ def ready(fa) -> tuple[int, str]:
 @pytest.mark.parametrize("persist", [True, False], ids=["persistent", "empty"])
 def test_redis_killed_past_the_grace_then_back(tmp_path, echo_app, persist):
     redis = RedisServer(tmp_path / "redis", persist=persist).start()
-    opts = dict(state=redis.url, refresh="0.5s", tokens={"stale_grace": f"{GRACE:.0f}s", "index_refresh": "30s"})
+    opts = {"state": redis.url, "refresh": "0.5s", "tokens": {"stale_grace": f"{GRACE:.0f}s", "index_refresh": "30s"}}
     a, b = TokenServer(tmp_path, **opts), TokenServer(tmp_path, **opts)
     nginx = None
     try:

@@ -31,7 +31,7 @@ def sentinel(tmp_path_factory):
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory, sentinel):
     work = tmp_path_factory.mktemp("sentinel-replicas")
-    opts = dict(state=sentinel.url, refresh="1s", tokens={"stale_grace": f"{GRACE:.0f}s", "index_refresh": "30s"})
+    opts = {"state": sentinel.url, "refresh": "1s", "tokens": {"stale_grace": f"{GRACE:.0f}s", "index_refresh": "30s"}}
     a, b = TokenServer(work, **opts), TokenServer(work, **opts)
     a.account("root", roles="admin")
     a.account("svc", kind="system")

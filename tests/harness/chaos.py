@@ -86,7 +86,7 @@ class ChaosProxy:
     def _run(self, coro) -> None:  # noqa: ANN001 - a coroutine
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-    def start(self) -> "ChaosProxy":
+    def start(self) -> ChaosProxy:
         self._thread.start()
         self._run(self._start())
         return self

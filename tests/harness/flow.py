@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Flow:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def start(self) -> "Flow":
+    def start(self) -> Flow:
         self.t0 = time.monotonic()
         self._thread.start()
         return self
@@ -52,7 +52,7 @@ class Flow:
         self._stop.set()
         self._thread.join(30)
 
-    def __enter__(self) -> "Flow":
+    def __enter__(self) -> Flow:
         return self.start()
 
     def __exit__(self, *exc) -> None:

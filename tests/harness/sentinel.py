@@ -62,7 +62,7 @@ class SentinelSetup:
         p.wait_until(lambda: _pong(self.ports[name]), what="answering PING")
         return p
 
-    def start(self) -> "SentinelSetup":
+    def start(self) -> SentinelSetup:
         self.nodes["a"] = self._node("a", None)
         self.nodes["b"] = self._node("b", self.ports["a"])
         deadline = time.monotonic() + 10
@@ -109,7 +109,7 @@ class SentinelSetup:
         for p in [*self.sentinels, *self.nodes.values()]:
             p.stop()
 
-    def __enter__(self) -> "SentinelSetup":
+    def __enter__(self) -> SentinelSetup:
         try:
             return self.start()
         except BaseException:

@@ -19,6 +19,7 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from test_local_signin import ADMIN_RD, SECRET, error_of, human, make_site
 
 from forwardauth.composition import load_config
 from forwardauth.core import keyring
@@ -28,8 +29,6 @@ from forwardauth.signin.totp import SecretBox, code_at, current_step
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.tokens import macaroon as mac
 from harness.tokens import write_config
-
-from test_local_signin import ADMIN_RD, SECRET, error_of, human, make_site
 
 
 def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:

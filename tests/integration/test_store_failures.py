@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from test_local_signin import ADMIN_RD, CONFIG, PASSWORD, RD, SECRET, Site, hidden_fields, human
 
 from forwardauth.composition import build_app, parse_config
 from forwardauth.core.runtime import Runtime
@@ -25,8 +26,6 @@ from forwardauth.signin.totp import SecretBox, code_at, current_step
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.web.context import CTX
-
-from test_local_signin import ADMIN_RD, CONFIG, PASSWORD, RD, SECRET, Site, hidden_fields, human
 
 TITLE = "Please try again in a moment"
 MESSAGE = ("This service cannot reach its data store right now, so it could not do what you asked. "
