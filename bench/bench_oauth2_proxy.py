@@ -338,7 +338,7 @@ def report(args: argparse.Namespace, res: dict) -> None:
         print(f"  {'ratio a/b, requests/s':32}{ratio:>8.2f}   target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
         print(f"  {'ratio b/a, backend CPU per req':32}{cost:>8.2f}   (median of the rounds' ratios; > 1: forwardauth "
               "spends less CPU per decision)")
-        print(f"  every round, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
+        print("  every round, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
               + "; CPU b/a " + ", ".join(f"{r:.2f}" for r in costs)
               + "; p99 ms a/b " + ", ".join(f"{x.wrk.p99_ms:.0f}/{y.wrk.p99_ms:.0f}" for x, y in zip(a, b)))
         if any(r.wrk.errors for r in a + b):

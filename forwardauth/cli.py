@@ -23,7 +23,6 @@ from forwardauth.core.session import MAX_GROUPS as MAX_SESSION_GROUPS
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
 from forwardauth.state import open_store
 
-
 # --- serve -------------------------------------------------------------------
 
 

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Mapping, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from forwardauth.core import responses
 from forwardauth.core.config import Config
 from forwardauth.core.cookies import cookie_value, set_cookie
-from forwardauth.core.credentials import (Credential, CredentialSource, RevocationView, Source, Status,
-                                          session_cookie)
+from forwardauth.core.credentials import Credential, CredentialSource, RevocationView, Source, Status, session_cookie
 from forwardauth.core.decision import Decision, Outcome, decide
 from forwardauth.core.durations import format_duration
 from forwardauth.core.logs import Throttle

@@ -113,7 +113,7 @@ class KeyRing:
         return self.signing[0] if self.signing else None
 
     @classmethod
-    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> "KeyRing":
+    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> KeyRing:
         if not isinstance(entries, list) or not entries:
             raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
         keys = []
@@ -128,7 +128,7 @@ class KeyRing:
         return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
-    def load(cls, path: str | Path) -> "KeyRing":
+    def load(cls, path: str | Path) -> KeyRing:
         p = Path(path)
         try:
             data = json.loads(p.read_text())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from forwardauth.core.paths import AmbiguousPath, BadRequest, normalise_path, path_readings
@@ -149,7 +149,7 @@ def parse_uri(value: str | None) -> str:
 
 
 @lru_cache(maxsize=8192)
-def parse_ip(text: str) -> "IPAddress":
+def parse_ip(text: str) -> IPAddress:
     """ipaddress.ip_address, memoised: the same few proxy and client addresses recur."""
     return ipaddress.ip_address(text)
 
@@ -167,7 +167,7 @@ class TrustedNetworks:
         self._seen: dict = {}
         self._peers: dict[str | None, IPAddress | None] = {}
 
-    def peer(self, remote: str | None) -> "IPAddress | None":
+    def peer(self, remote: str | None) -> IPAddress | None:
         """The peer's address when it is a trusted proxy, else None; memoised by
         the address text the server gives (hashing a str is cheaper than an
         ipaddress object)."""
@@ -195,7 +195,7 @@ class TrustedNetworks:
         return found
 
 
-def is_trusted(addr: "IPAddress", trusted: "TrustedNetworks | tuple") -> bool:
+def is_trusted(addr: IPAddress, trusted: TrustedNetworks | tuple) -> bool:
     if isinstance(trusted, TrustedNetworks):
         return addr in trusted
     return any(addr in net for net in trusted)
@@ -225,7 +225,7 @@ def client_address(
 
 
 def client_of(remote: str | None, forwarded_for: str | None,
-              trusted: "TrustedNetworks | tuple[IPNetwork, ...]") -> IPAddress | None:
+              trusted: TrustedNetworks | tuple[IPNetwork, ...]) -> IPAddress | None:
     """The client of a request made to forwardauth itself (its pages, its API):
     the peer, or, when the peer is a trusted proxy, the client it names in
     X-Forwarded-For (a malformed header: the peer)."""
@@ -365,7 +365,7 @@ class Convention:
     """How one kind of proxy describes the original request."""
 
     fields: tuple[str, ...]
-    parse: Callable[[tuple, "IPAddress | None", tuple], OriginalRequest]
+    parse: Callable[[tuple, IPAddress | None, tuple], OriginalRequest]
 
     def values(self, headers: Mapping[str, str]) -> tuple:
         return tuple(map(headers.get, self.fields))

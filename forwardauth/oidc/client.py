@@ -15,8 +15,9 @@ import asyncio
 import base64
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from joserfc import jws, jwt
@@ -97,7 +98,7 @@ class ProviderClient:
                 if r.status != 200:  # it is up: this request was refused (e.g. userinfo's 401)
                     raise ProviderDown(f"provider answered {r.status} for {url}")
                 body = await r.content.read(MAX_DOCUMENT + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
         try:
             d = _json_object(body, url)
@@ -203,7 +204,7 @@ class ProviderClient:
                                          headers={"Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
                 body = await r.content.read(MAX_DOCUMENT + 1)
                 status = r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
         d = _json_object(body, "token endpoint")
         self._answered()

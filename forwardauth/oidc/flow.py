@@ -14,8 +14,9 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from forwardauth.core.levels import Levels
@@ -51,7 +52,7 @@ class LoginState:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "LoginState":
+    def from_json(cls, raw: bytes) -> LoginState:
         d = json.loads(raw)
         if not isinstance(d, dict):
             raise ValueError("bad login state")

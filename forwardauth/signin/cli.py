@@ -27,18 +27,19 @@ import json
 import re
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from forwardauth.accounts import account_store, check_username, normalise_username
 from forwardauth.core.config import Config
+from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.regulation import Regulator, failure_store
 from forwardauth.services.audit import AuditLog
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
 from forwardauth.services.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
-from forwardauth.regulation import Regulator, failure_store
-from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
-from forwardauth.state import StateStore, open_store
 from forwardauth.signin.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
+from forwardauth.state import StateStore, open_store
 from forwardauth.state.records import MAX_KEY, Account, AccountError, check_groups
 
 

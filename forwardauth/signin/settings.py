@@ -15,8 +15,8 @@ from typing import Any
 from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.config import Config, Reader, show
 from forwardauth.core.levels import Level, Levels
-from forwardauth.services.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
+from forwardauth.services.passwords import ScryptParams
 from forwardauth.state.records import AccountError, check_groups
 
 LOCAL_FACTORS = ("totp",)

@@ -23,7 +23,7 @@ import time
 import pyotp
 import segno
 
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
 
 DIGITS = 6
 INTERVAL = 30

@@ -11,7 +11,8 @@ tests/integration/test_store_contract.py asks the same questions of each.
 from __future__ import annotations
 
 import abc
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 

@@ -33,8 +33,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
@@ -92,7 +93,7 @@ class RedisStore(StateStore):
     async def _guard(self) -> AsyncIterator[None]:
         try:
             yield
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unreachable ({exc.__class__.__name__})") from None
 
     async def open(self) -> None:
@@ -141,7 +142,7 @@ class RedisStore(StateStore):
                         self._notify()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis pub/sub connection lost: %s", exc.__class__.__name__)
             finally:
                 with contextlib.suppress(Exception):

@@ -20,8 +20,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable, ClassVar
+from typing import ClassVar
 
 from forwardauth.state.base import StateStore, StoreUnavailable
 

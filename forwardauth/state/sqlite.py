@@ -15,10 +15,11 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta

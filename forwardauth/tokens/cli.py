@@ -14,8 +14,9 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.durations import parse_duration

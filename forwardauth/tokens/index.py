@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from forwardauth.state.base import AccountStore, StoreUnavailable, TokenStore
 from forwardauth.state.records import TokenMeta

@@ -55,7 +55,7 @@ class JwtSigner:
     candidates: tuple[tuple[float, ECKey | OctKey], ...] = ()
 
     @classmethod
-    def es256(cls, ring: KeyRing, issuer: str) -> "JwtSigner":
+    def es256(cls, ring: KeyRing, issuer: str) -> JwtSigner:
         keys = [ECKey.import_key(k.private, {"kid": k.id, "alg": "ES256", "use": "sig"}) for k in ring.signing]
         public = {"keys": [dict(k.as_dict(private=False), kid=k.kid, alg="ES256", use="sig") for k in keys]}
         ordered = sorted(zip((k.created for k in ring.signing), keys), key=lambda ck: -ck[0])
@@ -72,7 +72,7 @@ class JwtSigner:
         return self.candidates[-1][1]
 
     @classmethod
-    def hs512(cls, secret: bytes, issuer: str) -> "JwtSigner":
+    def hs512(cls, secret: bytes, issuer: str) -> JwtSigner:
         if len(secret) < HS512_SECRET_BYTES:
             raise JwtError(f"the HS512 secret must be at least {HS512_SECRET_BYTES} bytes")
         key = OctKey.import_key(secret)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from forwardauth.accounts import account_store, lock_account, set_account_groups, unlock_account
 from forwardauth.core.config import Config
 from forwardauth.core.keyring import KeyRing
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.state.base import AccountStore, StateStore, TokenStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv

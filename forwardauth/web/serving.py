@@ -16,12 +16,11 @@ import os
 import signal
 import ssl
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from forwardauth.core import logs
-
 from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.state.base import StoreUnavailable

@@ -37,7 +37,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
                 "--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "yes"]
         self.proc = Proc("redis-server", argv, self.workdir / "redis.log").start()
@@ -49,7 +49,7 @@ class RedisServer:
             self.proc.stop()
             self.proc = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -64,7 +64,7 @@ class TokenServer:
         self.proc = Proc(f"forwardauth:{self.port}", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / f"forwardauth-{self.port}.log")
 
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         self.proc.start()
         self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
         return self
@@ -72,7 +72,7 @@ class TokenServer:
     def stop(self) -> None:
         self.proc.stop()
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

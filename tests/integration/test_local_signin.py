@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from forwardauth.composition import build_app, parse_config
 from forwardauth.core.runtime import Runtime
 from forwardauth.services.passwords import ScryptParams, hash_password
-from forwardauth.state.records import Account
-from forwardauth.web.context import CTX
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import SecretBox, code_at, current_step
+from forwardauth.state.records import Account
+from forwardauth.state.sqlite import SQLiteStore
+from forwardauth.web.context import CTX
 
 FAST = ScryptParams(log_n=10)
 PASSWORD = "correct-horse-battery"

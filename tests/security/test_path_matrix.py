@@ -24,7 +24,6 @@ from harness.apps import KINDS
 from harness.corpus import PAIRS_FOR, spellings
 from harness.proxies import PROXIES
 from harness.rawhttp import RawClient, RawReply
-
 from harness.stack import USERS
 
 pytestmark = pytest.mark.proxy

@@ -147,8 +147,8 @@ def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
 
 
 def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
-    from forwardauth.services.audit import open_target
     from forwardauth.core.errors import ConfigError
+    from forwardauth.services.audit import open_target
 
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):

@@ -6,8 +6,8 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.core.runtime import Runtime
 from forwardauth.composition import build_app
+from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
 
 from .conftest import BASE, make_config

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
