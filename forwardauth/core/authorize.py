@@ -329,7 +329,7 @@ class Authorizer:
             return
         fields: dict[str, object] = {"endpoint": self.endpoint, "reason": str(exc)}
         if ambiguous:
-            target = dict(zip(self.convention.fields, values))
+            target = dict(zip(self.convention.fields, values, strict=True))
             uri = target.get("X-Original-URL") or target.get("X-Original-URI") or target.get("X-Forwarded-Uri") or ""
             fields["path"] = uri.split("?", 1)[0][:200].encode("ascii", "backslashreplace").decode()
         if skipped:

@@ -201,7 +201,8 @@ class ProviderClient:
         basic = base64.b64encode(f"{_form(self.cfg.client_id)}:{_form(self.cfg.client_secret)}".encode()).decode()
         try:
             async with self._http().post(meta.token_endpoint, data=data,
-                                         headers={"Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
+                                         headers={"Accept": "application/json",
+                                                  "Authorization": f"Basic {basic}"}) as r:
                 body = await r.content.read(MAX_DOCUMENT + 1)
                 status = r.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -62,7 +62,7 @@ class Snapshot:
                 self.log.warning("%s failed: %s", self.what, exc)
             self.last_error = str(exc)
             return False
-        except Exception as exc:  # a bug or bad data: fail closed, keep trying
+        except Exception as exc:  # noqa: BLE001 - a bug or bad data: fail closed, keep trying
             self.last_error = failure(exc)
             self.log.error("%s failed: %s", self.what, self.last_error)
             return False
@@ -96,7 +96,7 @@ class Refresher:
         for job in list(self._jobs):
             try:
                 await job()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failing job never stops the others
                 log.error("refresh failed: %s", failure(exc))
 
     async def run(self, store: StateStore, interval: float) -> None:

@@ -91,7 +91,8 @@ def _register_accounts(sub: SubCommands) -> None:
     r.add_argument("name", type=_account_name)
     r.add_argument("--set", required=True, dest="roles", help="comma-separated roles ('' for none)")
     r.set_defaults(func=_cmd_roles)
-    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once (epoch to the far future)")
+    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once "
+                                   "(epoch to the far future)")
     lk.add_argument("name", type=_account_name)
     lk.set_defaults(func=_cmd_lock)
     ul = s.add_parser("unlock", help="set the status back to active; what was issued before stays revoked")

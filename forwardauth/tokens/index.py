@@ -107,7 +107,7 @@ class UsageRecorder:
         batch, self.pending = self.pending, {}
         try:
             await tokens.touch_tokens(batch)
-        except Exception as exc:  # StoreUnavailable or a bug: keep the batch, keep the loop
+        except Exception as exc:  # noqa: BLE001 - StoreUnavailable or a bug: keep the batch, keep the loop
             why = str(exc) if isinstance(exc, StoreUnavailable) else failure(exc)
             log.warning("last-used write failed, kept for the next flush: %s", why)
             for k, v in batch.items():
@@ -122,5 +122,5 @@ class UsageRecorder:
             await asyncio.sleep(interval)
             try:
                 await self.flush(tokens, report)
-            except Exception as exc:  # e.g. the audit report: log it, keep flushing
+            except Exception as exc:  # noqa: BLE001 - e.g. the audit report: log it, keep flushing
                 log.error("last-used flush failed: %s", failure(exc))

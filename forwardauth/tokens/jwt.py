@@ -58,7 +58,7 @@ class JwtSigner:
     def es256(cls, ring: KeyRing, issuer: str) -> JwtSigner:
         keys = [ECKey.import_key(k.private, {"kid": k.id, "alg": "ES256", "use": "sig"}) for k in ring.signing]
         public = {"keys": [dict(k.as_dict(private=False), kid=k.kid, alg="ES256", use="sig") for k in keys]}
-        ordered = sorted(zip((k.created for k in ring.signing), keys), key=lambda ck: -ck[0])
+        ordered = sorted(zip((k.created for k in ring.signing), keys, strict=True), key=lambda ck: -ck[0])
         return cls("ES256", issuer, keys[0] if keys else None, KeySet(keys) if keys else None, public,
                    tuple(ordered))
 

@@ -111,7 +111,8 @@ class TokenService:
             self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
             raise Denied(f"{actor.name} may not issue tokens for {account}")
         if not TOKEN_NAME_RE.match(name):
-            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - (starting with a letter or digit)")
+            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - "
+                          "(starting with a letter or digit)")
         levels = self.config.levels
         allowed = self.settings.level_for(account, self.config)
         level = level or allowed

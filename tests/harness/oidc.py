@@ -270,7 +270,7 @@ class OidcProvider:
         try:
             if getattr(self, "_proc", None) is not None:
                 self.stop(timeout=1)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a finaliser: the provider may be half started or gone
             pass
 
     # ------------------------------------------------------------ HTTP

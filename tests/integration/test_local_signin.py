@@ -754,7 +754,7 @@ async def test_two_enrolments_at_once_only_one_wins(site):
                                 for f, sec in tabs))
     statuses = sorted(r.status for r in rs)
     assert statuses == [303, 409], statuses
-    winner = next(sec for (f, sec), r in zip(tabs, rs) if r.status == 303)
+    winner = next(sec for (f, sec), r in zip(tabs, rs, strict=True) if r.status == 303)
     loser = next(r for r in rs if r.status == 409)
     assert error_of(await loser.text()) in (MSG_ENROL_BUSY, None)
     if error_of(await loser.text()) is None:

@@ -10,8 +10,8 @@ from forwardauth.state.sqlite import SQLiteStore
 
 
 def acct(name="alice", **kw) -> Account:
-    base = dict(display_name="Alice", email="alice@example.com", groups=("staff",), created=10, updated=10,
-                password_hash="scrypt$n=2^10,r=8,p=1$salt$hash")
+    base = {"display_name": "Alice", "email": "alice@example.com", "groups": ("staff",), "created": 10, "updated": 10,
+                "password_hash": "scrypt$n=2^10,r=8,p=1$salt$hash"}
     return Account(name, **{**base, **kw})
 
 

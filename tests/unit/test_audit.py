@@ -20,7 +20,7 @@ def test_every_event_line_has_the_fields_in_order(tmp_path):
     log.close()
     lines = (tmp_path / "audit.log").read_text().splitlines()
     assert len(lines) == len(EVENTS)
-    for ev, line in zip(sorted(EVENTS), lines):
+    for ev, line in zip(sorted(EVENTS), lines, strict=True):
         d = json.loads(line)
         assert tuple(d) == FIELDS
         assert d["event"] == ev and d["time"] == "2023-11-14T22:13:20.500Z"
