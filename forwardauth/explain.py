@@ -158,11 +158,13 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
     policy = cfg.policy
     session = decision.session or (result.credential.session if result.credential else None)
     rule, skipped = policy.explain(req.host, req.path, req.method, req.client)
-    readings = [{"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
-                for m in req.methods for p in req.paths]
+    readings: list[dict[str, Any]] = [
+        {"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
+        for m in req.methods for p in req.paths]
     proven_ago = args.proven_ago if args.user else (
         float(int(max(0.0, time.time() - session.auth_time))) if session is not None else None)
-    out = {
+    answer = _answer(result)
+    out: dict[str, Any] = {
         "request": {"method": req.method, "url": req.url, "host": req.host, "path": req.path,
                     "client": str(req.client) if req.client else None},
         "identity": None if session is None else {"user": session.sub, "groups": list(session.groups),
@@ -178,7 +180,7 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
         "reason": decision.reason,
         "required_level": decision.required_level,
         "max_age": decision.max_age,
-        "answer": _answer(result),
+        "answer": answer,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -205,7 +207,6 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
             label = policy.rules[ref["rule"]].label if ref else "no rule"
             print(f"  {reading['method']} {reading['path']}: {label}")
     print(f"outcome:  {decision.outcome.value}: {decision.reason}")
-    answer = out["answer"]
     print(f"answer:   {answer['status']} from /auth/{args.proxy}")
     for k, v in answer["headers"]:
         print(f"  {k}: {v}")

@@ -438,7 +438,8 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
         r.error(w, "must say exactly one of `allow: anonymous`, `deny: true`, `level: NAME`, `methods_levels`"
                 + (f" (has {', '.join(has)})" if has else ""))
         return None
-    action, level, mlevels = Action.LEVEL, None, ()
+    action, level = Action.LEVEL, None
+    mlevels: tuple[tuple[str, str], ...] = ()
     if "allow" in d:
         if d["allow"] != "anonymous":
             r.error(f"{w}.allow", f"the only allowed value is anonymous, got {show(d['allow'])}")

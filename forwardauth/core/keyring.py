@@ -75,7 +75,8 @@ class KeyRing:
         sids = [k.id for k in self.signing]
         if len(set(sids)) != len(sids):
             raise KeyRingError("signing key ids must be unique")
-        for k in self.keys + self.signing:  # type: ignore[operator]
+        every: tuple[Key | SigningKey, ...] = (*self.keys, *self.signing)
+        for k in every:
             if not KEY_ID_RE.match(k.id):
                 raise KeyRingError(f"key id {k.id!r} must be 1-32 of A-Z a-z 0-9 _ -")
             if isinstance(k, Key) and len(k.secret) < SECRET_BYTES:
@@ -113,7 +114,7 @@ class KeyRing:
         return self.signing[0] if self.signing else None
 
     @classmethod
-    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> KeyRing:
+    def from_entries(cls, entries: object, where: str, signing: object = None) -> KeyRing:
         if not isinstance(entries, list) or not entries:
             raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
         keys = []

@@ -210,7 +210,8 @@ class ProviderClient:
         d = _json_object(body, "token endpoint")
         self._answered()
         if status != 200:
-            err = d.get("error") if isinstance(d.get("error"), str) else "error"
+            given = d.get("error")
+            err = given if isinstance(given, str) else "error"
             raise LoginError(400, f"the provider refused the authorization code ({err[:64]})")
         if not isinstance(d.get("id_token"), str):
             raise LoginError(502, "the provider sent no ID token")

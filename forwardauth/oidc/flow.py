@@ -16,7 +16,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from forwardauth.core.levels import Levels
@@ -225,7 +225,7 @@ def proof_time(proven: Proven, login: LoginState, now: float) -> float | None:
     return min(now, proven.auth_time)
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

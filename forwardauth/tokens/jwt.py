@@ -16,11 +16,11 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OctKey
+from joserfc.jwk import ECKey, Key, KeySet, KeySetSerialization, OctKey
 
 from forwardauth.core.keyring import KeyRing, b64d, b64e
 
@@ -59,7 +59,8 @@ class JwtSigner:
         keys = [ECKey.import_key(k.private, {"kid": k.id, "alg": "ES256", "use": "sig"}) for k in ring.signing]
         public = {"keys": [dict(k.as_dict(private=False), kid=k.kid, alg="ES256", use="sig") for k in keys]}
         ordered = sorted(zip((k.created for k in ring.signing), keys, strict=True), key=lambda ck: -ck[0])
-        return cls("ES256", issuer, keys[0] if keys else None, KeySet(keys) if keys else None, public,
+        every: list[Key] = list(keys)
+        return cls("ES256", issuer, keys[0] if keys else None, KeySet(every) if keys else None, public,
                    tuple(ordered))
 
     def key_for(self, now: float) -> ECKey | OctKey | None:
@@ -142,7 +143,7 @@ def verify(token: str, keys: KeySet | OctKey | ECKey, *, algorithm: str, issuer:
 
 def keyset_from_jwks(jwks: dict[str, Any]) -> KeySet:
     """What an app does with GET /.well-known/jwks.json."""
-    return KeySet.import_key_set(jwks)
+    return KeySet.import_key_set(cast(KeySetSerialization, jwks))
 
 
 def load_hs512_secret(path: Path) -> bytes:
