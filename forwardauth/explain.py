@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, env: CliEnv) -> int:
         headers["Authorization"] = f"Bearer {args.token}"
     given = valid(session, Source.NONE) if session is not None else None
     result = authorizer.judge(req, headers, now, HEALTHY, credential=given)
-    return _show(args, cfg, req, result, checked)
+    return _print(args, cfg, req, result, checked)
 
 
 def _runtime_for_policy(cfg: Config) -> Runtime:
@@ -152,7 +152,7 @@ def _answer(result: Result) -> dict[str, Any]:
     return {"status": ans.status, "headers": headers, "body": ans.body}
 
 
-def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: Result, checked: bool) -> int:
+def _print(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: Result, checked: bool) -> int:
     decision = result.decision
     assert decision is not None
     policy = cfg.policy

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from forwardauth.core.durations import format_duration, parse_duration
-from forwardauth.core.errors import ConfigError
+from forwardauth.core.errors import ConfigError, show
 from forwardauth.core.levels import Level, Levels
 from forwardauth.core.policy import Action, PathPattern, Policy, Rule
 
@@ -160,11 +160,6 @@ class Reader:
             except ValueError:
                 self.error(f"{where}.{key}[{i}]", f"not an IP network (CIDR): {show(item)}")
         return tuple(out)
-
-
-def show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:

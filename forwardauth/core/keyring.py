@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from forwardauth.core.errors import show
+
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SECRET_BYTES = 32
 
@@ -226,12 +228,9 @@ def _created(entry: dict, where: str) -> float:
         try:
             v = float(v)
         except ValueError:
-            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}") from None
+            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}")
+        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}")
     return float(v)
 
 
-def _show(v: object) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."

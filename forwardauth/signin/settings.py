@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forwardauth.accounts import USERNAME_RE
-from forwardauth.core.config import Config, Reader, show
+from forwardauth.core.config import Config, Reader
+from forwardauth.core.errors import show
 from forwardauth.core.levels import Level, Levels
 from forwardauth.regulation import RegulationConfig
 from forwardauth.services.passwords import ScryptParams

@@ -3,8 +3,8 @@
 Signing and parsing are joserfc's (never a hand-written JWT parser). The
 algorithm is pinned by configuration, not taken from the token: ES256 with
 the key ring's P-256 signing keys (public halves served as a JWKS, so apps
-verify locally), or HS512 with a shared secret for apps that want that
-(seed 003). Verification passes exactly one algorithm to joserfc and checks
+verify locally), or HS512 with a shared secret for apps that verify with one
+(`tokens.jwt.algorithm: HS512`). Verification passes exactly one algorithm to joserfc and checks
 the header's `alg` and `kid` before that, so `alg: none`, another algorithm,
 or HS256 "signed" with the public key (key confusion) are refused.
 """

@@ -201,7 +201,8 @@ class TokenService:
 
     async def lock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
         """Status locked and the epoch set to the far future: every session and
-        token dies (seed 001). Shared with `users lock` (accounts.lock_account)."""
+        token dies, and any minted while locked is dead too. Shared with `users
+        lock` (accounts.lock_account)."""
         await self._admin_target(actor, name, "lock accounts")
         a = await lock_account(self.store, name, now)
         if a is None:
