@@ -30,10 +30,10 @@ from forwardauth.core.policy import Rule
 from forwardauth.core.request import FORWARDED, NGINX, AmbiguousPath, BadRequest, OriginalRequest, build, from_url
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.services.commands import CliEnv, CliError, SubCommands, csv, duration
 from forwardauth.state import open_store
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.state.revocations import Revocations
 
 PROXIES = {"nginx": (NGINX, False), "traefik": (FORWARDED, True), "caddy": (FORWARDED, True)}
 # Answer headers whose values are credentials: shown by name only.

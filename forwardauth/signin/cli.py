@@ -31,9 +31,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from forwardauth.accounts import check_account_name, check_username, normalise_username
 from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.services.account_names import check_account_name, check_username, normalise_username
 from forwardauth.services.accounts import OPERATOR, AccountExists, AccountService, NotFound, check_can_have_password
 from forwardauth.services.audit import AuditLog
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.accounts import normalise_username
+from forwardauth.services.account_names import normalise_username
 from forwardauth.signin.common import (
     MAX_PASSWORD,
     MAX_USERNAME,

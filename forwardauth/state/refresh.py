@@ -1,7 +1,7 @@
 """In-memory snapshots of the store, and the one loop that keeps them fresh.
 
 Decisions never wait on the store: each process reads snapshots held in
-memory (revocations: `forwardauth.revocation.Revocations`; tokens and
+memory (revocations: `forwardauth.state.revocations.Revocations`; tokens and
 accounts: `forwardauth.tokens.index.TokenIndex`), and one background task,
 `Refresher.run`, refreshes them all: every `revocation_refresh`, and at once
 when the store announces a change (Redis pub/sub).

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from forwardauth.accounts import USERNAME_RE, check_account_name
 from forwardauth.core.durations import parse_duration
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from forwardauth.accounts import account_store
 from forwardauth.core.config import Config
 from forwardauth.core.keyring import KeyRing
 from forwardauth.core.sealing import Sealer, SealError
+from forwardauth.services.account_names import account_store
 from forwardauth.services.accounts import OPERATOR as OPERATOR_NAME
 from forwardauth.services.accounts import AccountExists, AccountService, NotFound, revoke_token
 from forwardauth.state.base import AccountStore, StateStore, TokenStore

@@ -26,10 +26,10 @@ from forwardauth.core.errors import ConfigError
 from forwardauth.core.request import client_of
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
+from forwardauth.state.revocations import Revocations
 from forwardauth.web.factors import Factor
 
 log = logging.getLogger("forwardauth")

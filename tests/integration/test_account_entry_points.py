@@ -175,7 +175,7 @@ def test_unlock_lifts_the_ban_everywhere(fa, entry):
 
 def test_unlock_lifts_an_upstream_identitys_totp_ban(fa, entry):
     """The TOTP of an upstream identity is regulated under its account's name ("oidc:<sub>")."""
-    from forwardauth.regulation import Regulator
+    from forwardauth.services.regulation import Regulator
     from forwardauth.signin.settings import settings
 
     name = f"oidc:Ban-{entry.name.upper()}"

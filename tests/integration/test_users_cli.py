@@ -14,8 +14,8 @@ import pytest
 
 from forwardauth.composition import load_config
 from forwardauth.core.runtime import Runtime
-from forwardauth.regulation import Regulator
 from forwardauth.services.passwords import verify_password
+from forwardauth.services.regulation import Regulator
 from forwardauth.signin.settings import settings
 from forwardauth.signin.totp import SecretBox
 from forwardauth.state.sqlite import SQLiteStore

@@ -9,11 +9,11 @@ import asyncio
 import logging
 import time
 
-from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account, TokenMeta
 from forwardauth.state.refresh import Refresher
+from forwardauth.state.revocations import Revocations
 from forwardauth.tokens.index import TokenIndex
 
 

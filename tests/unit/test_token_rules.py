@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from forwardauth.core.keyring import Key, KeyRing
-from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.services.audit import EVENTS
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account
+from forwardauth.state.revocations import FAR_FUTURE, Revocations
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens import rules
 from forwardauth.tokens.rules import Actor, Target

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE, check_account_name
 from forwardauth.core.durations import parse_duration
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import rules
