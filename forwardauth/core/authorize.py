@@ -17,7 +17,7 @@
   the parts add to an allow (the tokens part's identity assertion).
 
 `Authorizer` is pure: no aiohttp, no I/O, no clock of its own. The aiohttp
-handler of /auth/* (web/decisions.py) is a thin adapter around
+handler of /auth/* (web/decision_endpoints.py) is a thin adapter around
 `Authorizer.authorize`, and `forwardauth explain` calls `Authorizer.judge`,
 the very same code from the credential on, so it answers what the server
 would.

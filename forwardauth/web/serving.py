@@ -26,7 +26,7 @@ from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.web.app import DECISIONS_BY_PATH
 from forwardauth.web.context import CTX
-from forwardauth.web.decisions import decisions_first
+from forwardauth.web.decision_endpoints import decisions_first
 
 log = logging.getLogger("forwardauth")
 
