@@ -9,8 +9,9 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from forwardauth import __version__, composition, explain
 from forwardauth.core import keyring
@@ -27,7 +28,6 @@ from forwardauth.services.commands import CliEnv, CliError, Register, SubCommand
 from forwardauth.state import StateStore, open_store
 
 T = TypeVar("T")
-
 
 # --- serve -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@
   the parts add to an allow (the tokens part's identity assertion).
 
 `Authorizer` is pure: no aiohttp, no I/O, no clock of its own. The aiohttp
-handler of /auth/* (web/decisions.py) is a thin adapter around
+handler of /auth/* (web/decision_endpoints.py) is a thin adapter around
 `Authorizer.authorize`, and `forwardauth explain` calls `Authorizer.judge`,
 the very same code from the credential on, so it answers what the server
 would.
@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Mapping, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from forwardauth.core import responses
 from forwardauth.core.config import Config
 from forwardauth.core.cookies import cookie_value, set_cookie
-from forwardauth.core.credentials import (Credential, CredentialSource, RevocationView, Source, Status,
-                                          session_cookie)
+from forwardauth.core.credentials import Credential, CredentialSource, RevocationView, Source, Status, session_cookie
 from forwardauth.core.decision import Decision, Outcome, decide
 from forwardauth.core.durations import format_duration
 from forwardauth.core.logs import Throttle
@@ -331,7 +331,7 @@ class Authorizer:
             return
         fields: dict[str, object] = {"endpoint": self.endpoint, "reason": str(exc)}
         if ambiguous:
-            target = dict(zip(self.convention.fields, values))
+            target = dict(zip(self.convention.fields, values, strict=True))
             uri = target.get("X-Original-URL") or target.get("X-Original-URI") or target.get("X-Forwarded-Uri") or ""
             fields["path"] = uri.split("?", 1)[0][:200].encode("ascii", "backslashreplace").decode()
         if skipped:

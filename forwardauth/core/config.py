@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
 from forwardauth.core.durations import format_duration, parse_duration
-from forwardauth.core.errors import ConfigError
+from forwardauth.core.errors import ConfigError, show
 from forwardauth.core.levels import Level, Levels
 from forwardauth.core.policy import Action, PathPattern, Policy, Rule
 
@@ -159,11 +160,6 @@ class Reader:
             except ValueError:
                 self.error(f"{where}.{key}[{i}]", f"not an IP network (CIDR): {show(item)}")
         return tuple(out)
-
-
-def show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:
@@ -441,7 +437,8 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
         r.error(w, "must say exactly one of `allow: anonymous`, `deny: true`, `level: NAME`, `methods_levels`"
                 + (f" (has {', '.join(has)})" if has else ""))
         return None
-    action, level, mlevels = Action.LEVEL, None, ()
+    action, level = Action.LEVEL, None
+    mlevels: tuple[tuple[str, str], ...] = ()
     if "allow" in d:
         if d["allow"] != "anonymous":
             r.error(f"{w}.allow", f"the only allowed value is anonymous, got {show(d['allow'])}")

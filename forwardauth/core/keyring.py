@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from forwardauth.core.errors import show
+
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SECRET_BYTES = 32
 ROLES = ("cookies", "data")
@@ -92,7 +94,8 @@ class KeyRing:
         sids = [k.id for k in self.signing]
         if len(set(sids)) != len(sids):
             raise KeyRingError("signing key ids must be unique")
-        for k in self.keys + self.signing:  # type: ignore[operator]
+        every: tuple[Key | SigningKey, ...] = (*self.keys, *self.signing)
+        for k in every:
             if not KEY_ID_RE.match(k.id):
                 raise KeyRingError(f"key id {k.id!r} must be 1-32 of A-Z a-z 0-9 _ -")
             if isinstance(k, Key) and len(k.secret) < SECRET_BYTES:
@@ -140,7 +143,7 @@ class KeyRing:
         return self.signing[0] if self.signing else None
 
     @classmethod
-    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> "KeyRing":
+    def from_entries(cls, entries: object, where: str, signing: object = None) -> KeyRing:
         if not isinstance(entries, list) or not entries:
             raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
         keys = []
@@ -156,7 +159,7 @@ class KeyRing:
         return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
-    def load(cls, path: str | Path) -> "KeyRing":
+    def load(cls, path: str | Path) -> KeyRing:
         p = Path(path)
         try:
             data = json.loads(p.read_text())
@@ -289,12 +292,9 @@ def _created(entry: dict, where: str) -> float:
         try:
             v = float(v)
         except ValueError:
-            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}") from None
+            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}")
+        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}")
     return float(v)
 
 
-def _show(v: object) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -15,8 +15,9 @@ import asyncio
 import base64
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from joserfc import jws, jwt
@@ -97,7 +98,7 @@ class ProviderClient:
                 if r.status != 200:  # it is up: this request was refused (e.g. userinfo's 401)
                     raise ProviderDown(f"provider answered {r.status} for {url}")
                 body = await r.content.read(MAX_DOCUMENT + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
         try:
             d = _json_object(body, url)
@@ -200,15 +201,17 @@ class ProviderClient:
         basic = base64.b64encode(f"{_form(self.cfg.client_id)}:{_form(self.cfg.client_secret)}".encode()).decode()
         try:
             async with self._http().post(meta.token_endpoint, data=data,
-                                         headers={"Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
+                                         headers={"Accept": "application/json",
+                                                  "Authorization": f"Basic {basic}"}) as r:
                 body = await r.content.read(MAX_DOCUMENT + 1)
                 status = r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
         d = _json_object(body, "token endpoint")
         self._answered()
         if status != 200:
-            err = d.get("error") if isinstance(d.get("error"), str) else "error"
+            given = d.get("error")
+            err = given if isinstance(given, str) else "error"
             raise LoginError(400, f"the provider refused the authorization code ({err[:64]})")
         if not isinstance(d.get("id_token"), str):
             raise LoginError(502, "the provider sent no ID token")

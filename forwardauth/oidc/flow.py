@@ -14,8 +14,9 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from forwardauth.core.levels import Levels
@@ -51,7 +52,7 @@ class LoginState:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "LoginState":
+    def from_json(cls, raw: bytes) -> LoginState:
         d = json.loads(raw)
         if not isinstance(d, dict):
             raise ValueError("bad login state")
@@ -224,7 +225,7 @@ def proof_time(proven: Proven, login: LoginState, now: float) -> float | None:
     return min(now, proven.auth_time)
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

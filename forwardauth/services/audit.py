@@ -39,7 +39,7 @@ import secrets
 import sys
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from forwardauth.core.config import Config
 from forwardauth.core.errors import ConfigError

@@ -6,13 +6,28 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.accounts import normalise_username
-from forwardauth.signin.common import (MAX_PASSWORD, MAX_USERNAME, MSG_CSRF, MSG_EMPTY, MSG_LOCKED, MSG_TOO_LONG,
-                                       MSG_WRONG, audit, banned_message, facts, level_of, local_auth, message,
-                                       minutes, next_url, safe_rd)
+from forwardauth.services.account_names import normalise_username
+from forwardauth.signin.common import (
+    MAX_PASSWORD,
+    MAX_USERNAME,
+    MSG_CSRF,
+    MSG_EMPTY,
+    MSG_LOCKED,
+    MSG_TOO_LONG,
+    MSG_WRONG,
+    audit,
+    banned_message,
+    facts,
+    level_of,
+    local_auth,
+    message,
+    minutes,
+    next_url,
+    safe_rd,
+)
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
-from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, read_form, redirect, query
+from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, offers
 from forwardauth.web.unavailable import attempting
 

@@ -10,11 +10,32 @@ from aiohttp import web
 
 from forwardauth.core.levels import Level
 from forwardauth.core.session import Session
-from forwardauth.signin.common import (MSG_CODE_FORMAT, MSG_CODE_REPLAYED, MSG_CODE_WRONG, MSG_CSRF,
-                                       MSG_ENROL_BUSY, MSG_LEVEL_FIRST, MSG_LOCKED, MSG_NO_TOTP_LEVEL,
-                                       MSG_SECRET_UNREADABLE, MSG_SESSION_ENDED, Facts, audit, banned_message, facts, level_of,
-                                       local_auth, may_step_up, message, minutes, need_session, next_url,
-                                       password_level, reason_of, safe_rd)
+from forwardauth.signin.common import (
+    MSG_CODE_FORMAT,
+    MSG_CODE_REPLAYED,
+    MSG_CODE_WRONG,
+    MSG_CSRF,
+    MSG_ENROL_BUSY,
+    MSG_LEVEL_FIRST,
+    MSG_LOCKED,
+    MSG_NO_TOTP_LEVEL,
+    MSG_SECRET_UNREADABLE,
+    MSG_SESSION_ENDED,
+    Facts,
+    audit,
+    banned_message,
+    facts,
+    level_of,
+    local_auth,
+    may_step_up,
+    message,
+    minutes,
+    need_session,
+    next_url,
+    password_level,
+    reason_of,
+    safe_rd,
+)
 from forwardauth.signin.service import account_key
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need

@@ -16,8 +16,15 @@ here imports another part of forwardauth: the parts depend on state.
 
 from __future__ import annotations
 
-from forwardauth.state.base import (AccountStore, ClaimStore, FailureStore, RevocationStore, StateStore,
-                                    StoreUnavailable, TokenStore)
+from forwardauth.state.base import (
+    AccountStore,
+    ClaimStore,
+    FailureStore,
+    RevocationStore,
+    StateStore,
+    StoreUnavailable,
+    TokenStore,
+)
 from forwardauth.state.records import Account, AccountError, RevocationSnapshot, SealedCreds, TokenMeta
 
 

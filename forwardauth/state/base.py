@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 
@@ -204,7 +205,7 @@ class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureS
     that notices it lost its data since this process last read it (a Redis
     that came back empty, an SQLite file replaced under the server) bumps
     `losses`; the in-memory snapshots then write back what they remember
-    (forwardauth.revocation, forwardauth.tokens.index) and call `restored()`,
+    (forwardauth.state.revocations, forwardauth.tokens.index) and call `restored()`,
     which records the loss in the store itself, so every process reports it
     (`problem()`, on /readyz) until an operator acknowledges it
     (`forwardauth state ack`). `untrusted()` says why the contents must not be

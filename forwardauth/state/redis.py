@@ -30,7 +30,7 @@ Continuity: Redis without persistence forgets everything when it restarts.
 A serving process reads the `marker` key with every poll of the revocation
 version; a marker that is gone, or another one, means the data is gone
 (`losses`): the process writes back what it remembers (see
-forwardauth.revocation) and the marker records the loss (`lost_at`), which
+forwardauth.state.revocations) and the marker records the loss (`lost_at`), which
 every process reports on /readyz until `forwardauth state ack`. A serving
 process that opens a store without a marker cannot tell a new store from
 an emptied one, so it writes a marker that says "new until T" (`settle`
@@ -55,8 +55,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, cast
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -167,7 +168,7 @@ class RedisStore(StateStore):
     async def _guard(self) -> AsyncIterator[None]:
         try:
             yield
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unreachable ({exc.__class__.__name__})") from None
 
     async def open(self) -> None:
@@ -299,7 +300,7 @@ class RedisStore(StateStore):
                         self._notify()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis pub/sub connection lost: %s", exc.__class__.__name__)
             finally:
                 with contextlib.suppress(Exception):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from forwardauth.state.base import AccountStore, StoreUnavailable, TokenStore
 from forwardauth.state.records import TokenMeta
@@ -132,7 +133,7 @@ class UsageRecorder:
         batch, self.pending = self.pending, {}
         try:
             await tokens.touch_tokens(batch)
-        except Exception as exc:  # StoreUnavailable or a bug: keep the batch, keep the loop
+        except Exception as exc:  # noqa: BLE001 - StoreUnavailable or a bug: keep the batch, keep the loop
             why = str(exc) if isinstance(exc, StoreUnavailable) else failure(exc)
             if why != self._failing:  # once per distinct failure, not at every flush
                 log.warning("last-used write failed, kept for the next flush: %s", why)
@@ -156,6 +157,6 @@ class UsageRecorder:
             await asyncio.sleep(delay)
             try:
                 await self.flush(tokens, report)
-            except Exception as exc:  # e.g. the audit report: log it, keep flushing
+            except Exception as exc:  # noqa: BLE001 - e.g. the audit report: log it, keep flushing
                 log.error("last-used flush failed: %s", failure(exc))
             delay = interval if self._failing is None else min(max(delay * 2, 1.0), 30.0)

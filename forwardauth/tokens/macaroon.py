@@ -79,7 +79,7 @@ class Macaroon:
     def token_id(self) -> str:
         return parse_identifier(self.identifier)[1]
 
-    def add_caveat(self, caveat: str) -> "Macaroon":
+    def add_caveat(self, caveat: str) -> Macaroon:
         """A narrower macaroon. Needs no key: sig' = HMAC(sig, caveat)."""
         data = _caveat_bytes(caveat)
         if len(self.caveats) >= MAX_CAVEATS:

@@ -98,8 +98,8 @@ def document(server_url: str, fragments: list[Any]) -> dict[str, Any]:
         "paths": {},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "an error",
-                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "responses": {"Error": {"description": "an error", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "error_description"],
                           "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}},

@@ -1,6 +1,6 @@
 """One aiohttp application: the core's routes, then what each part contributes.
 
-The core's routes are the decision endpoints (web.decisions), the probes,
+The core's routes are the decision endpoints (web.decision_endpoints), the probes,
 the metrics, /oauth2/start, sign-out, userinfo and the pages' stylesheet.
 Each part's web build (composition.PARTS, in order) is called once with the
 app and its context and returns a `Contribution`: routes, factors, decision
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -21,7 +21,7 @@ from forwardauth.services.audit import audit_log
 from forwardauth.state import StateStore, open_store
 from forwardauth.web import api, oauth2_start, pages, probes, signout, unavailable
 from forwardauth.web.context import CTX, AppContext, ConfigLoader, Contribution, PolicyOf
-from forwardauth.web.decisions import ENDPOINTS, DecisionEndpoint, Handler
+from forwardauth.web.decision_endpoints import ENDPOINTS, DecisionEndpoint, Handler
 from forwardauth.web.metrics import metrics_handler
 
 WebBuild = Callable[[web.Application, AppContext], Contribution]

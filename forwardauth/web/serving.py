@@ -16,18 +16,17 @@ import os
 import signal
 import ssl
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from forwardauth.core import logs
-
 from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.web.app import DECISIONS_BY_PATH
 from forwardauth.web.context import CTX
-from forwardauth.web.decisions import decisions_first
+from forwardauth.web.decision_endpoints import decisions_first
 
 log = logging.getLogger("forwardauth")
 

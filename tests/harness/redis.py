@@ -6,6 +6,8 @@ Missing binary: skipped with the reason outside CI, a failure under CI=true."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -39,7 +41,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *aof,
                 "--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "yes"]
@@ -55,14 +57,11 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save."""
         if self.proc is not None and self.proc.popen is not None:
-            import os
-            import signal
-
             os.killpg(self.proc.popen.pid, signal.SIGKILL)
             self.proc.popen.wait(5)
             self.proc = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -64,7 +64,7 @@ class TokenServer:
         self.proc = Proc(f"forwardauth:{self.port}", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / f"forwardauth-{self.port}.log")
 
-    def start(self, ready: bool = True) -> "TokenServer":
+    def start(self, ready: bool = True) -> TokenServer:
         """Start and wait until /readyz says ready (`ready`), or only until it answers (/healthz)."""
         self.proc.start()
         if ready:
@@ -76,7 +76,7 @@ class TokenServer:
     def stop(self) -> None:
         self.proc.stop()
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

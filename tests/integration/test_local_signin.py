@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from forwardauth.composition import build_app, parse_config
 from forwardauth.core.runtime import Runtime
 from forwardauth.services.passwords import ScryptParams, hash_password
-from forwardauth.state.records import Account
-from forwardauth.web.context import CTX
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import SecretBox, code_at, current_step
+from forwardauth.state.records import Account
+from forwardauth.state.sqlite import SQLiteStore
+from forwardauth.web.context import CTX
 
 FAST = ScryptParams(log_n=10)
 PASSWORD = "correct-horse-battery"
@@ -754,7 +754,7 @@ async def test_two_enrolments_at_once_only_one_wins(site):
                                 for f, sec in tabs))
     statuses = sorted(r.status for r in rs)
     assert statuses == [303, 409], statuses
-    winner = next(sec for (f, sec), r in zip(tabs, rs) if r.status == 303)
+    winner = next(sec for (f, sec), r in zip(tabs, rs, strict=True) if r.status == 303)
     loser = next(r for r in rs if r.status == 409)
     assert error_of(await loser.text()) in (MSG_ENROL_BUSY, None)
     if error_of(await loser.text()) is None:

@@ -27,8 +27,8 @@ def redis_server(tmp_path_factory):
 def replicas(tmp_path_factory, redis_server):
     work = tmp_path_factory.mktemp("replicas")
     # A slow periodic refresh (5 s): agreement within 1 s can only come from pub/sub.
-    opts = dict(state=redis_server.url, refresh="5s",
-                tokens={"stale_grace": f"{GRACE}s", "stale_sessions_up_to": "password", "index_refresh": "30s"})
+    opts = {"state": redis_server.url, "refresh": "5s",
+                "tokens": {"stale_grace": f"{GRACE}s", "stale_sessions_up_to": "password", "index_refresh": "30s"}}
     a, b = TokenServer(work, **opts), TokenServer(work, **opts)
     a.account("root", roles="admin")
     a.account("svc", kind="system")

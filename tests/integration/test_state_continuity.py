@@ -2,7 +2,7 @@
 under it (an SQLite file deleted or replaced, a Redis that comes back
 empty) is detected, logged, reported on /readyz (StateStore.problem) until
 `forwardauth state ack`, and the revocations the process remembers are
-written back (forwardauth.revocation, forwardauth.tokens.index).
+written back (forwardauth.state.revocations, forwardauth.tokens.index).
 
 Issue 14: state.db deleted under a running server was a silent split brain
 (`forwardauth session revoke` made a new empty file and printed "revoked"
@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import TokenMeta
+from forwardauth.state.revocations import Revocations
 from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.tokens.index import TokenIndex
 

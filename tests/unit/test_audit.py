@@ -20,7 +20,7 @@ def test_every_event_line_has_the_fields_in_order(tmp_path):
     log.close()
     lines = (tmp_path / "audit.log").read_text().splitlines()
     assert len(lines) == len(EVENTS)
-    for ev, line in zip(sorted(EVENTS), lines):
+    for ev, line in zip(sorted(EVENTS), lines, strict=True):
         d = json.loads(line)
         assert tuple(d) == FIELDS
         assert d["event"] == ev and d["time"] == "2023-11-14T22:13:20.500Z"
@@ -222,8 +222,8 @@ def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
 
 
 def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
-    from forwardauth.services.audit import open_target
     from forwardauth.core.errors import ConfigError
+    from forwardauth.services.audit import open_target
 
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):

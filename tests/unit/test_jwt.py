@@ -151,7 +151,7 @@ def test_no_signing_key_says_so():
         s.sign({"sub": "a"}, audience="x", lifetime=60, now=NOW)
 
 
-# --- HS512 shared-secret mode (seed 003) ----------------------------------------
+# --- HS512 shared-secret mode (tokens.jwt.algorithm: HS512) ----------------------
 
 SECRET = bytes(range(64))
 

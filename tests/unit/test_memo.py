@@ -18,10 +18,10 @@ from forwardauth.core import authorize
 from forwardauth.core.memo import Memo
 from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
-from forwardauth.web import decisions as endpoint
+from forwardauth.web import decision_endpoints as endpoint
 from forwardauth.web.app import DECISIONS_BY_PATH
 from forwardauth.web.context import CTX
-from forwardauth.web.decisions import decisions_first
+from forwardauth.web.decision_endpoints import decisions_first
 
 from .conftest import BASE, make_config
 
@@ -51,7 +51,7 @@ def decisions(monkeypatch):
 
 @pytest.fixture
 def clock(monkeypatch):
-    """The decision endpoints' clock (web.decisions' time.time), settable; starts at the real time."""
+    """The decision endpoints' clock (web.decision_endpoints' time.time), settable; starts at the real time."""
 
     class Clock:
         now = time.time()

@@ -5,10 +5,10 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.core.runtime import Runtime
 from forwardauth.composition import build_app
-from forwardauth.web.context import CTX
+from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
+from forwardauth.web.context import CTX
 
 from .conftest import BASE, make_config
 

@@ -18,10 +18,10 @@ from forwardauth.core.credentials import ABSENT, Credential, Source, Status, val
 from forwardauth.core.request import FORWARDED, OriginalRequest
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account
+from forwardauth.state.revocations import Revocations
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.decisions import BearerTokens
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
