@@ -15,10 +15,12 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from forwardauth.core import yamlsafe
 from forwardauth.core.durations import format_duration, parse_duration
 from forwardauth.core.errors import ConfigError
 from forwardauth.core.levels import Level, Levels
 from forwardauth.core.policy import Action, PathPattern, Policy, Rule
+from forwardauth.core.shown import show
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -161,11 +163,6 @@ class Reader:
         return tuple(out)
 
 
-def show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:
     """Read and validate a YAML config file. Raises ConfigError listing every problem.
     `sections`: the parts' config sections (composition.load_config passes them all)."""
@@ -183,7 +180,9 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
     parsers = sections or {}
     r = Reader(file)
     try:
-        raw = yaml.safe_load(text)
+        raw = yamlsafe.load(text)
+    except yamlsafe.YamlLimitError as exc:
+        raise ConfigError([f"{file}: YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -226,7 +225,7 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     host, port = dflt.listen_host, dflt.listen_port
     listen = d.get("listen")
     if listen is not None:
-        m = re.match(r"^\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$", str(listen))
+        m = re.match(r"^\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$", listen) if isinstance(listen, str) else None
         if not m or not (0 < int(m.group(2)) < 65536):
             r.error(f"{w}.listen", f"must be HOST:PORT, got {show(listen)}")
         else:
