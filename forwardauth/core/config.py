@@ -19,6 +19,7 @@ from forwardauth.core import yamlsafe
 from forwardauth.core.durations import format_duration, parse_duration
 from forwardauth.core.errors import ConfigError
 from forwardauth.core.levels import Level, Levels
+from forwardauth.core.limits import Limits, parse_limits
 from forwardauth.core.policy import Action, PathPattern, Policy, Rule
 from forwardauth.core.shown import show
 
@@ -82,6 +83,7 @@ class Config:
     sections: dict[str, Any] = field(default_factory=dict)
     # Valid but probably not meant (shown by `check`, logged by `serve`).
     warnings: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
 
 
 # A part's config section: parser(reader, raw value, config so far) -> its
@@ -189,7 +191,7 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
         raise ConfigError([f"{file}: {where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
     if raw is None:
         raw = {}
-    core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy"}
+    core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy", "limits"}
     top = r.mapping(raw, "", core | set(parsers))
     server = _server(r, top.get("server"))
     session = _session(r, top.get("session"))
@@ -202,6 +204,7 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
             r.error("revocation.refresh_interval", f"must be at least 50ms, got {show(rev['refresh_interval'])}")
         refresh = 2.0
     headers = _headers(r, top.get("headers"))
+    limits = parse_limits(r, top.get("limits"))
     levels = _levels(r, top.get("levels"))
     policy = _policy(r, top.get("policy"), levels)
     so_far: dict[str, Any] = {"server": server, "session": session, "levels": levels, "policy": policy}
@@ -211,7 +214,8 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
             parsed[name] = parser(r, top[name], so_far)
     if r.problems:
         raise ConfigError(r.problems)
-    return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings))
+    return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings),
+                  limits)
 
 
 def _server(r: Reader, raw: Any) -> ServerConfig:
