@@ -31,7 +31,17 @@ def _constant(name: str) -> Any:
     raise JsonError(f"{name} is not a JSON number")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
+class StrictDecoder(json.JSONDecoder):
+    """For libraries that take a decoder class (joserfc's `decoder_cls`): duplicate keys and
+    NaN/Infinity raise JsonError. Nesting is not bounded here: check `depth` on the result,
+    and catch RecursionError around the call."""
+
+    def __init__(self, **kw: Any) -> None:
+        kw.update(object_pairs_hook=_pairs, parse_constant=_constant)
+        super().__init__(**kw)
+
+
+_DECODER = StrictDecoder()
 
 
 def loads(raw: bytes | str, max_depth: int = 16) -> Any:

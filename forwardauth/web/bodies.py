@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from forwardauth.core import jsonstrict
@@ -49,23 +49,28 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float | None 
     """The whole body, at most `max_bytes`, arrived within `timeout` (default: limits.body_timeout)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyError(413, f"the body must be at most {max_bytes} bytes")
-    parts: list[bytes] = []
-    size = 0
     try:
         async with asyncio.timeout(body_timeout(request) if timeout is None else timeout):
-            while True:  # read(n) returns what has arrived: loop to the end, or past the limit
-                chunk = await request.content.read(max_bytes + 1 - size)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BodyError(413, f"the body must be at most {max_bytes} bytes")
+            return await read_stream(request.content, max_bytes)
     except TimeoutError:
         raise BodyError(408, "the body did not arrive in time") from None
     except RequestPayloadError:
         raise BodyError(400, "the body could not be read (bad chunked encoding or length)") from None
-    return b"".join(parts)
+
+
+async def read_stream(stream: StreamReader, max_bytes: int) -> bytes:
+    """A whole stream (a request's body, or a client response's), or BodyError 413 once over `max_bytes`.
+    The caller bounds the time (a request: body_timeout; a client: its session's timeout)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:  # read(n) returns what has arrived: loop to the end, or past the limit
+        chunk = await stream.read(max_bytes + 1 - size)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyError(413, f"the body must be at most {max_bytes} bytes")
 
 
 async def read_json(request: web.Request, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
