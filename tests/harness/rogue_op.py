@@ -56,7 +56,7 @@ class RogueProvider:
         payload = self.payload if self.payload is not None else json.dumps(self.claims).encode()
         return jws.serialize_compact({"alg": "ES256", "kid": "rogue-1"}, payload, self.key)
 
-    async def start(self) -> "RogueProvider":
+    async def start(self) -> RogueProvider:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)

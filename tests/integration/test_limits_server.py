@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from harness.tokens import APP, AUTH, TokenServer
+from harness.tokens import AUTH, TokenServer
 
 LIMITS = {"header_timeout": "1s", "keepalive_timeout": "2s", "body_timeout": "1s", "denial_log_lines": 5}
 
@@ -57,7 +57,7 @@ def raw(fa, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
             if not chunk:
                 break
             out += chunk
-    except socket.timeout:
+    except TimeoutError:
         out += b"<still open>"
     except ConnectionResetError:
         out += b"<reset>"

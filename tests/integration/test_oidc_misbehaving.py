@@ -173,7 +173,7 @@ async def test_a_duplicate_key_in_the_token_response_is_refused(fa, op):
         if name != "token":
             return await real(request, name, data)
         from aiohttp import web
-        body = '{"id_token": "x", "access_token": "a", "id_token": "%s"}' % data["id_token"]
+        body = '{"id_token": "x", "access_token": "a", "id_token": "' + data["id_token"] + '"}'
         return web.Response(text=body, content_type="application/json")
 
     op._send = twice
