@@ -170,9 +170,11 @@ def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None =
     `sections`: the parts' config sections (composition.load_config passes them all)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:  # was a traceback out of `check` (found by bench/fuzz.py's inputs)
+        raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(text, str(p), sections)
 
 
@@ -183,7 +185,7 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
     r = Reader(file)
     try:
         raw = yamlsafe.load(text)
-    except yamlsafe.YamlLimitError as exc:
+    except yamlsafe.YamlRefused as exc:
         raise ConfigError([f"{file}: YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

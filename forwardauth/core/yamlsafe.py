@@ -14,7 +14,7 @@ node once: linear in the file. A document whose expansion exceeds
 `max_expansion(text)` (far above any configuration written out by hand,
 however large, aliases included), that nests deeper than MAX_DEPTH, or
 whose aliases refer to a node containing them, is refused with a
-`YamlLimitError` before a Python value is built.
+`YamlRefused` before a Python value is built.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ MAX_DEPTH = 64  # a configuration nests about six levels deep
 BASE_EXPANSION = 1_000_000  # nodes + scalar characters allowed beyond the text's own size
 
 
-class YamlLimitError(ValueError):
-    """The document expands too far, nests too deep, or holds itself. The message is safe to show."""
+class YamlRefused(ValueError):
+    """The document expands too far, nests too deep, holds itself, or is not text (a lone
+    surrogate: only from a caller's own str, never from a file read as UTF-8). The message is
+    safe to show."""
 
 
 def max_expansion(text: str) -> int:
@@ -45,13 +47,16 @@ def max_expansion(text: str) -> int:
 def load(text: str) -> Any:
     """Like `yaml.safe_load`, but refusing documents that expand too far or nest too deep.
 
-    Raises yaml.YAMLError for invalid YAML and YamlLimitError for the limits."""
-    loader = _Loader(text)
+    Raises yaml.YAMLError for invalid YAML and YamlRefused for the limits."""
+    try:
+        loader = _Loader(text)
+    except UnicodeEncodeError:  # libyaml encodes the str to UTF-8 first (found by bench/fuzz.py)
+        raise YamlRefused("not valid Unicode text") from None
     try:
         try:
             node = loader.get_single_node()
         except RecursionError:  # the pure-Python composer recurses per level
-            raise YamlLimitError(f"nested more than {MAX_DEPTH} levels deep") from None
+            raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep") from None
         if node is None:
             return None
         check(node, max_expansion(text))
@@ -62,7 +67,7 @@ def load(text: str) -> Any:
 
 def check(root: yaml.Node, limit: int) -> int:
     """The expanded size of `root` (nodes plus scalar characters, a shared node
-    counted at every place it is used), or YamlLimitError. Iterative: its own
+    counted at every place it is used), or YamlRefused. Iterative: its own
     cost is linear in the number of distinct nodes, whatever the depth."""
     size: dict[int, int] = {}  # id(node) -> expanded size, once finished
     open_: set[int] = set()  # nodes whose children are being counted (a cycle reaches one of these)
@@ -74,27 +79,27 @@ def check(root: yaml.Node, limit: int) -> int:
             open_.discard(key)
             total = 1 + sum(size[id(c)] for c in _children(node))
             if total > limit:
-                raise YamlLimitError(f"aliases expand to more than {limit:,} nodes and characters "
+                raise YamlRefused(f"aliases expand to more than {limit:,} nodes and characters "
                                      f"(write the values out, or use fewer nested aliases)")
             size[key] = total
             continue
         if key in size:
             continue
         if key in open_:
-            raise YamlLimitError("an alias refers to a node that contains it")
+            raise YamlRefused("an alias refers to a node that contains it")
         if depth > MAX_DEPTH:
-            raise YamlLimitError(f"nested more than {MAX_DEPTH} levels deep")
+            raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, yaml.ScalarNode):
             size[key] = 1 + len(node.value)
             if size[key] > limit:
-                raise YamlLimitError(f"a value is longer than {limit:,} characters")
+                raise YamlRefused(f"a value is longer than {limit:,} characters")
             continue
         open_.add(key)
         stack.append((node, depth, True))
         for child in _children(node):
             ck = id(child)
             if ck in open_:
-                raise YamlLimitError("an alias refers to a node that contains it")
+                raise YamlRefused("an alias refers to a node that contains it")
             if ck not in size:
                 stack.append((child, depth + 1, False))
     return size[id(root)]

@@ -152,3 +152,22 @@ def test_a_duration_error_quotes_a_bounded_value():
     (problem,) = [p for p in err.value.problems if "lifetime" in p]
     assert problem.startswith("c.yaml: session.lifetime: not a duration: [[[")
     assert len(problem) < 200
+
+
+# Found by bench/fuzz.py (config_yaml, yaml_safe targets), and the file case next to it.
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    from forwardauth.composition import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b'server: {realm: "caf\xe9"}\n')  # latin-1: was a UnicodeDecodeError traceback
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == [f"{path}: not UTF-8 text (byte 20)"]
+
+
+def test_config_text_with_a_lone_surrogate_is_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        parse_config("server: {realm: \"a\ud800b\"}\n", "c.yaml")
+    assert err.value.problems == ["c.yaml: YAML: not valid Unicode text"]
