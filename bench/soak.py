@@ -333,7 +333,8 @@ def main() -> int:
     try:
         fa.wait_until(lambda: http_status(fa_port, "/readyz") == 200, what="ready")
         ngx = Proc("nginx", [nginx, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e",
-                             str(workdir / "nginx-error.log"), "-g", "daemon off;"], workdir / "nginx-error.log").start()
+                             str(workdir / "nginx-error.log"), "-g", "daemon off;"],
+                   workdir / "nginx-error.log").start()
         ngx.wait_until(lambda: http_status(port, "/api/x", APP) == 401, what="answering")
         workers = workers_of(fa.popen.pid)
         assert len(workers) == args.workers, f"workers: {workers}"
@@ -367,7 +368,8 @@ def main() -> int:
         for r in rows:
             for s, n in r["statuses"].items():
                 statuses[s] = statuses.get(s, 0) + n
-        print(f"\nrequests {sum(r['requests'] for r in rows)} through nginx ({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); "
+        by_status = ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))
+        print(f"\nrequests {sum(r['requests'] for r in rows)} through nginx ({by_status}); "
               f"errors {sum(r['errors'] for r in rows)}")
         p99 = [r["p99"] for r in rows]
         print(f"p99 per window: median {statistics.median(p99):.2f} ms, min {min(p99):.2f}, max {max(p99):.2f}; "

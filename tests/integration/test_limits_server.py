@@ -312,6 +312,35 @@ def test_admin_api_bodies(fa, body, status, description):
     answers_others(fa)
 
 
+@pytest.mark.parametrize("path", ["/oauth2/sign_in", "/oauth2/totp", "/oauth2/totp/enroll"])
+def test_every_form_route_refuses_an_oversized_form(fa, path):
+    status, body = post(fa, path, b"code=1&csrf=" + b"x" * 9000, FORM)
+    assert status == 413
+    assert b"The form is too large." in body
+    answers_others(fa)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/api/v1/accounts"),
+    ("PUT", "/api/v1/accounts/bob/roles"),
+    ("POST", "/api/v1/accounts/bob/tokens"),
+    ("PUT", "/api/v1/accounts/bob/dbcreds"),
+    ("POST", "/api/v1/token"),
+])
+def test_every_json_route_refuses_an_oversized_or_deep_body(fa, method, path):
+    for body, status, description in (
+            (b'{"name": "' + b"a" * 17000 + b'"}', 413, "the body must be at most 16384 bytes"),
+            (b"[" * 5000 + b"]" * 5000, 400, "the body is not valid JSON (nested deeper than 16 levels)")):
+        hdr = (f"{method} {path} HTTP/1.1\r\nHost: {AUTH}\r\nContent-Type: {JSON}\r\nContent-Length: {len(body)}\r\n"
+               + ("" if path == "/api/v1/token" else f"Authorization: Bearer {fa.admin}\r\n")  # exchange: the body
+               + "Connection: close\r\n\r\n").encode()
+        out, _ = raw(fa, hdr + body)
+        first, _, text = head(b"", out.removesuffix(b"<reset>"))
+        assert first.startswith(b"HTTP/1.1 %d " % status), out[:300]
+        assert json.loads(text) == {"error": "invalid_request", "error_description": description}
+    answers_others(fa)
+
+
 def test_admin_api_body_in_two_packets_is_read_whole(fa):
     got, text = post(fa, "/api/v1/accounts", b"", JSON, token=fa.admin, chunks=[b'{"username":', b' "carol"}'],
                      pause=0.2)
