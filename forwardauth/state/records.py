@@ -106,7 +106,7 @@ class Account:
     def has_totp(self) -> bool:
         return self.totp_secret_enc is not None
 
-    def changed(self, now: float | None = None, **changes: Any) -> "Account":
+    def changed(self, now: float | None = None, **changes: Any) -> Account:
         """A copy with `changes` applied and `updated` set (validation runs again)."""
         return replace(self, updated=time.time() if now is None else now, **changes)
 
@@ -130,7 +130,7 @@ class Account:
         }
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "Account":
+    def from_record(cls, d: dict[str, Any]) -> Account:
         """Strict inverse of `to_record`. Raises AccountError on anything odd."""
         if not isinstance(d, dict) or d.get("v") != 1:
             raise AccountError("bad account record version")
@@ -157,7 +157,7 @@ class Account:
         return json.dumps(self.to_record(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Account":
+    def from_json(cls, text: str | bytes) -> Account:
         try:
             return cls.from_record(json.loads(text))
         except ValueError as exc:
@@ -194,7 +194,7 @@ class TokenMeta:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "TokenMeta":
+    def from_record(cls, d: dict[str, Any]) -> TokenMeta:
         """Strict: raises ValueError on anything odd."""
         try:
             out = cls(
@@ -318,7 +318,7 @@ class WebAuthnCredential:
         return d
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "WebAuthnCredential":
+    def from_record(cls, d: dict[str, Any]) -> WebAuthnCredential:
         """Strict inverse of `to_record`: raises ValueError on anything odd."""
         if not isinstance(d, dict) or d.get("v") != 1:
             raise ValueError("bad credential record version")
@@ -340,10 +340,10 @@ class WebAuthnCredential:
         return json.dumps(self.to_record(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "WebAuthnCredential":
+    def from_json(cls, text: str | bytes) -> WebAuthnCredential:
         return cls.from_record(json.loads(text))
 
-    def used(self, sign_count: int, backed_up: bool, user_verified: bool, now: float) -> "WebAuthnCredential":
+    def used(self, sign_count: int, backed_up: bool, user_verified: bool, now: float) -> WebAuthnCredential:
         """After a verified use whose counter advanced."""
         return replace(self, sign_count=sign_count, backed_up=backed_up, last_used=now,
                        user_verifying=self.user_verifying or user_verified)

@@ -10,6 +10,10 @@ retried on conflict), so the duplicate and limit checks of an insert and
 the counter rule of a use (`counter_advances`, the same Python function every
 backend applies) are atomic across replicas: of two uses with one counter,
 exactly one advances.
+
+With Sentinel, every write waits until a replica has it (the store's
+`_replicated`, as revocations do): a failover right after a removal, or a
+lock after a counter went back, does not bring the key back.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class RedisWebAuthn:
     def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
+    async def _replicated(self) -> None:
+        raise NotImplementedError
+
     async def _optimistic(self, keys: list[str], step: Callable[[Any], Any]) -> Any:
         """WATCH `keys`, run `step(pipe)` (reads, then pipe.multi() and writes, or a result
         without writes), EXECUTE; again when a watched key changed meanwhile."""
@@ -65,6 +72,7 @@ class RedisWebAuthn:
                         out = await step(p)
                         if p.explicit_transaction:
                             await p.execute()
+                            await self._replicated()
                         else:
                             await p.unwatch()
                         return out

@@ -1,8 +1,9 @@
 """SQLite: the WebAuthn credentials table and the `WebAuthnStore` methods.
 
 A mixin of `SQLiteStore` (kept apart so sqlite.py stays readable); its
-schema is created by SQLiteStore when it opens, with every other table.
-Writes run in one `BEGIN IMMEDIATE` transaction, so the duplicate and limit
+schema is created by the file's plumbing (sqlite_file.py) when it opens,
+with every other table. Reads run on the store's reader thread; writes in
+one `BEGIN IMMEDIATE` transaction (sqlite_file.transaction) on its writer, so the duplicate and limit
 checks of an insert and the counter rule of a use are atomic across the
 processes sharing the file.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from forwardauth.state.records import (
     DUPLICATE_MESSAGE,
@@ -72,20 +73,18 @@ def _one(c: sqlite3.Connection, credential_id: bytes) -> WebAuthnCredential | No
 
 
 class SQLiteWebAuthn:
-    # Provided by SQLiteStore.
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by SQLiteFile (reads on the reader's thread, writes in one transaction)
+        async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
+        async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
     async def webauthn_credentials(self, user: str) -> list[WebAuthnCredential]:
-        rows = await self.run(lambda c: c.execute(
+        rows = await self.read(lambda c: c.execute(
             f"SELECT {_COLUMNS} FROM webauthn_credentials WHERE user=? ORDER BY created, id", (user,)).fetchall())
         return [_credential(r) for r in rows]
 
     async def webauthn_credential(self, credential_id: bytes) -> WebAuthnCredential | None:
-        return await self.run(lambda c: _one(c, credential_id))
+        return await self.read(lambda c: _one(c, credential_id))
 
     async def add_webauthn_credential(self, credential: WebAuthnCredential, max_per_user: int) -> None:
         def q(c: sqlite3.Connection) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from forwardauth.accounts import ADMIN_ROLE, account_store, check_account_name
 from forwardauth.core.keyring import b64d
+from forwardauth.services.account_names import ADMIN_ROLE, account_store, check_account_name
 from forwardauth.services.audit import request_id
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import AccountError, WebAuthnCredential

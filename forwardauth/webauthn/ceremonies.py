@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from forwardauth.accounts import account_store, is_upstream_account
 from forwardauth.core.sealing import SealError
+from forwardauth.services.account_names import account_store, is_upstream_account
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import WebAuthnCredential
 from forwardauth.state.records import webauthn_fingerprint as fingerprint

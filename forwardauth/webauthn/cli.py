@@ -17,9 +17,9 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
-from forwardauth.accounts import check_account_name, normalise_username
 from forwardauth.core.keyring import b64d
 from forwardauth.core.runtime import resolve_state_url
+from forwardauth.services.account_names import check_account_name, normalise_username
 from forwardauth.services.audit import AuditLog
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, with_store
 from forwardauth.state import StateStore, open_store

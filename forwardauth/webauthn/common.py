@@ -12,15 +12,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.accounts import account_key
 from forwardauth.core.config import SessionConfig
 from forwardauth.core.cookies import clear_cookie, set_cookie
 from forwardauth.core.redirects import safe_redirect
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.sealing import Sealer
 from forwardauth.core.session import Session
-from forwardauth.regulation import RegulationConfig, Regulator, Verdict, failure_store
+from forwardauth.services.account_names import account_key
 from forwardauth.services.audit import request_id
+from forwardauth.services.regulation import RegulationConfig, Regulator, Verdict, failure_store
 from forwardauth.state.records import WebAuthnCredential
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.forms import query

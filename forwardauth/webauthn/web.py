@@ -19,7 +19,7 @@ import logging
 
 from aiohttp import web
 
-from forwardauth.accounts import account_key
+from forwardauth.services.account_names import account_key
 from forwardauth.web.context import CTX, AppContext, Contribution, Route
 from forwardauth.web.factors import Factor, Need, Offer, Page
 from forwardauth.web.forms import query, redirect

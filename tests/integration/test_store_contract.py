@@ -12,11 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from forwardauth.accounts import account_store
-from forwardauth.regulation import failure_store
+from forwardauth.services.account_names import account_store
+from forwardauth.services.regulation import failure_store
 from forwardauth.state.base import AccountStore, FailureStore, StateStore, TokenStore, WebAuthnStore
 from forwardauth.state.memory import MemoryStore
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.state.records import (
     Account,
     Advance,
@@ -28,6 +27,7 @@ from forwardauth.state.records import (
     WebAuthnCredential,
     WebAuthnError,
 )
+from forwardauth.state.sqlite import SQLiteStore
 
 
 @pytest.fixture
