@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from forwardauth.core import jsonstrict
+
 # --- revocations ------------------------------------------------------------------
 
 
@@ -322,6 +324,8 @@ class WebAuthnCredential:
         """Strict inverse of `to_record`: raises ValueError on anything odd."""
         if not isinstance(d, dict) or d.get("v") != 1:
             raise ValueError("bad credential record version")
+        if isinstance(d.get("sign_count"), bool) or not isinstance(d.get("sign_count"), int) or d["sign_count"] < 0:
+            raise ValueError("bad credential record: sign_count")
         try:
             return cls(
                 id=_b64d(d["id"]), user=str(d["user"]), user_handle=_b64d(d["user_handle"]),
@@ -333,7 +337,7 @@ class WebAuthnCredential:
                 last_used=None if d.get("last_used") is None else float(d["last_used"]),
                 locked=None if d.get("locked") is None else str(d["locked"]),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"bad credential record: {exc.__class__.__name__}") from None
 
     def to_json(self) -> str:
@@ -341,7 +345,8 @@ class WebAuthnCredential:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> WebAuthnCredential:
-        return cls.from_record(json.loads(text))
+        """Read strictly (core.jsonstrict: a key twice, NaN or deep nesting is a ValueError too)."""
+        return cls.from_record(jsonstrict.loads(text, max_depth=2))
 
     def used(self, sign_count: int, backed_up: bool, user_verified: bool, now: float) -> WebAuthnCredential:
         """After a verified use whose counter advanced."""

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from forwardauth.core import jsonstrict
 from forwardauth.state.records import (
     DUPLICATE_MESSAGE,
     Advance,
@@ -62,7 +63,8 @@ def _row(c: WebAuthnCredential) -> tuple[Any, ...]:
 def _credential(r: tuple[Any, ...]) -> WebAuthnCredential:
     return WebAuthnCredential(
         id=bytes(r[0]), user=r[1], user_handle=bytes(r[2]), public_key=bytes(r[3]), sign_count=int(r[4]), name=r[5],
-        created=float(r[6]), transports=tuple(json.loads(r[7])), aaguid=r[8], backup_eligible=bool(r[9]),
+        created=float(r[6]), transports=tuple(jsonstrict.loads(r[7], max_depth=1)), aaguid=r[8],
+        backup_eligible=bool(r[9]),
         backed_up=bool(r[10]), user_verifying=bool(r[11]), discoverable=None if r[12] is None else bool(r[12]),
         last_used=r[13], locked=r[14])
 

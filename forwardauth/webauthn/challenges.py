@@ -37,6 +37,7 @@ from fido2.webauthn import (
     UserVerificationRequirement,
 )
 
+from forwardauth.core import jsonstrict
 from forwardauth.core.keyring import b64d, b64e
 from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.state.records import WebAuthnCredential as Credential
@@ -80,8 +81,8 @@ class Challenge:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Challenge:
-        """Strict: anything unexpected raises ValueError."""
-        d = json.loads(raw)
+        """Strict: anything unexpected raises ValueError (core.jsonstrict's JsonError is one)."""
+        d = jsonstrict.loads(raw, max_depth=1)
         if not isinstance(d, dict) or not set(d) <= {"c", "v", "t", "uv", "u", "s", "lv", "h"}:
             raise ValueError("unexpected fields")
         issued = d["t"]

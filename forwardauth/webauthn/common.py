@@ -22,6 +22,7 @@ from forwardauth.services.account_names import account_key
 from forwardauth.services.audit import request_id
 from forwardauth.services.regulation import RegulationConfig, Regulator, Verdict, failure_store
 from forwardauth.state.records import WebAuthnCredential
+from forwardauth.web import bodies
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.forms import query
 from forwardauth.web.oauth2_start import need_for, satisfied, start_url
@@ -236,23 +237,30 @@ class JsonError(Exception):
         self.status, self.message, self.reason = status, message, reason
 
 
+MAX_JSON_DEPTH = 8  # the answer nests 4 deep: {credential: {clientExtensionResults: {credProps: {rk}}}}
+_BODY_ANSWERS = {408: ("The request did not arrive in time. Please try again.", "body_timeout"),
+                 413: ("The request is too large.", "oversized")}
+_UNREADABLE = "The request could not be read."
+
+
 async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """A bounded JSON object of known fields (strings, except `credential`: an object). Raises JsonError."""
+    """A bounded JSON object of known fields (strings, except `credential`: an object). Raises JsonError.
+
+    Read whole through web.bodies (a body in several packets is one body; its size,
+    nesting and arrival time bounded; a key twice refused), then its shape checked here."""
     if request.content_type != "application/json":
         raise JsonError(415, "The request must be JSON.", "not_json")
-    raw = await request.content.read(MAX_JSON + 1)
-    if len(raw) > MAX_JSON:
-        raise JsonError(413, "The request is too large.", "oversized")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise JsonError(400, "The request could not be read.", "malformed_json") from None
+        data = await bodies.read_json(request, MAX_JSON, MAX_JSON_DEPTH)
+    except bodies.BodyError as exc:
+        message, reason = _BODY_ANSWERS.get(exc.status, (_UNREADABLE, "malformed_json"))
+        raise JsonError(exc.status, message, reason) from None
     if not isinstance(data, dict) or not set(data) <= allowed:
-        raise JsonError(400, "The request could not be read.", "malformed_json")
+        raise JsonError(400, _UNREADABLE, "malformed_json")
     for k, v in data.items():
         if k == "credential":
             if not isinstance(v, dict):
-                raise JsonError(400, "The request could not be read.", "malformed_json")
+                raise JsonError(400, _UNREADABLE, "malformed_json")
         elif not isinstance(v, str) or len(v) > 4096:
-            raise JsonError(400, "The request could not be read.", "malformed_json")
+            raise JsonError(400, _UNREADABLE, "malformed_json")
     return data

@@ -29,7 +29,7 @@ from fido2.attestation.base import (
 )
 from fido2.cose import CoseKey
 from fido2.server import Fido2Server
-from fido2.utils import websafe_encode
+from fido2.utils import websafe_decode, websafe_encode
 from fido2.webauthn import (
     Aaguid,
     AttestationConveyancePreference,
@@ -43,6 +43,7 @@ from fido2.webauthn import (
     UserVerificationRequirement,
 )
 
+from forwardauth.core import jsonstrict
 from forwardauth.state.records import WEBAUTHN_TRANSPORTS as TRANSPORTS
 from forwardauth.state.records import WebAuthnCredential as Credential
 from forwardauth.state.records import WebAuthnError, check_credential_name
@@ -114,23 +115,60 @@ class RootsVerifier(AttestationVerifier):
         return None
 
 
+CLIENT_DATA_DEPTH = 4  # browsers send a flat object (tokenBinding, when present, nests one level)
+
+
+def strict_client_data(client_data: bytes) -> dict[str, Any]:
+    """clientDataJSON read strictly (core.jsonstrict), or Refused(MALFORMED).
+
+    fido2 reads it with json.loads, where the last of two equal keys wins: without
+    this, `{"origin": "https://evil.example", ..., "origin": "https://ours"}` would be
+    read as ours here and as evil.example by a reader that keeps the first."""
+    try:
+        value = jsonstrict.loads(client_data, CLIENT_DATA_DEPTH)
+    except jsonstrict.JsonError as exc:
+        raise Refused(Reason.MALFORMED, f"client data: {exc}") from None
+    if not isinstance(value, dict):
+        raise Refused(Reason.MALFORMED, "client data: not an object")
+    return value
+
+
+def _client_data_first(data: Any) -> None:
+    """The strict reading before fido2's, so that what it refuses is named (fido2's own
+    failure on a document that is no object, or not UTF-8, says nothing)."""
+    if not isinstance(data, Mapping):  # fido2's from_dict(None) is None, not an error
+        raise Refused(Reason.MALFORMED, "not an object")
+    response = data.get("response")
+    raw = response.get("clientDataJSON") if isinstance(response, Mapping) else None
+    if isinstance(raw, str):
+        try:
+            decoded = websafe_decode(raw)
+        except ValueError:
+            raise Refused(Reason.MALFORMED, "client data: not base64url") from None
+        strict_client_data(decoded)
+
+
 def parse_registration(data: Any) -> RegistrationResponse:
+    _client_data_first(data)
     try:
         response = RegistrationResponse.from_dict(data)  # parses the attestation object too
     except Exception:  # noqa: BLE001 - fido2 raises many kinds on garbage; all mean "malformed"
         raise Refused(Reason.MALFORMED) from None
     if response.type != PublicKeyCredentialType.PUBLIC_KEY:
         raise Refused(Reason.MALFORMED, "not a public-key credential")
+    strict_client_data(bytes(response.response.client_data))  # what fido2 read, whatever form it came in
     return response
 
 
 def parse_assertion(data: Any) -> AuthenticationResponse:
+    _client_data_first(data)
     try:
         response = AuthenticationResponse.from_dict(data)
     except Exception:  # noqa: BLE001 - as above
         raise Refused(Reason.MALFORMED) from None
     if response.type != PublicKeyCredentialType.PUBLIC_KEY:
         raise Refused(Reason.MALFORMED, "not a public-key credential")
+    strict_client_data(bytes(response.response.client_data))  # what fido2 read, whatever form it came in
     return response
 
 

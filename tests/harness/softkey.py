@@ -97,6 +97,14 @@ def _cose(key: Any) -> Any:
     return ES256.from_cryptography_key(key.public_key())
 
 
+class RawClientData(bytes):
+    """Client data bytes signed as they are (even ones fido2 cannot parse): for refusals."""
+
+    @property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self).digest()
+
+
 @dataclass
 class SoftAuthenticator:
     aaguid: bytes = field(default_factory=lambda: os.urandom(16))
@@ -126,8 +134,10 @@ class SoftAuthenticator:
 
     def create(self, options: dict[str, Any], origin: str, *, rp_id: str | None = None,
                challenge: bytes | None = None, up: bool = True, uv: bool | None = None,
-               ceremony: str = "webauthn.create", cross_origin: bool = False) -> dict[str, Any]:
-        """Answer creation options as navigator.credentials.create() would (JSON)."""
+               ceremony: str = "webauthn.create", cross_origin: bool = False,
+               client_data_json: bytes | None = None) -> dict[str, Any]:
+        """Answer creation options as navigator.credentials.create() would (JSON).
+        `client_data_json`: sign these bytes as the client data instead of a browser's."""
         rp = rp_id or options["rp"]["id"]
         asked = (options.get("authenticatorSelection") or {}).get("userVerification")
         key = ed25519.Ed25519PrivateKey.generate() if self.algorithm == "EdDSA" else \
@@ -137,6 +147,8 @@ class SoftAuthenticator:
         cred.counter = counter
         client_data = CollectedClientData.create(ceremony, challenge or websafe_decode(options["challenge"]), origin,
                                                  cross_origin)
+        if client_data_json is not None:
+            client_data = RawClientData(client_data_json)
         auth_data = AuthenticatorData.create(
             hashlib.sha256(rp.encode()).digest(), self._flags(attested=True, up=up, uv=uv, asked=asked), counter,
             AttestedCredentialData.create(Aaguid(self.aaguid), cred.id, _cose(key)))
@@ -161,13 +173,14 @@ class SoftAuthenticator:
     def get(self, options: dict[str, Any], origin: str, *, credential: SoftCredential | None = None,
             rp_id: str | None = None, challenge: bytes | None = None, up: bool = True, uv: bool | None = None,
             counter: int | None = None, user_handle: bytes | None | bool = True, bad_signature: bool = False,
-            ceremony: str = "webauthn.get", cross_origin: bool = False) -> dict[str, Any]:
+            ceremony: str = "webauthn.get", cross_origin: bool = False,
+            client_data_json: bytes | None = None) -> dict[str, Any]:
         """Answer request options as navigator.credentials.get() would (JSON).
 
         `credential`: which one signs (default: the first allowed, else the
         first held for the RP). `counter`: send this counter instead of the
         next one. `user_handle`: True sends the credential's, None sends none,
-        bytes send those.
+        bytes send those. `client_data_json`: sign these bytes as the client data.
         """
         rp = options.get("rpId")
         if credential is None:
@@ -181,6 +194,8 @@ class SoftAuthenticator:
         credential.counter = max(credential.counter, counter)
         client_data = CollectedClientData.create(ceremony, challenge or websafe_decode(options["challenge"]), origin,
                                                  cross_origin)
+        if client_data_json is not None:
+            client_data = RawClientData(client_data_json)
         auth_data = AuthenticatorData.create(
             hashlib.sha256((rp_id or credential.rp_id).encode()).digest(),
             self._flags(attested=False, up=up, uv=uv, asked=options.get("userVerification")), counter)

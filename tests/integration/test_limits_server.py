@@ -22,11 +22,14 @@ import pytest
 from harness.tokens import AUTH, TokenServer
 
 LIMITS = {"header_timeout": "1s", "keepalive_timeout": "2s", "body_timeout": "1s", "denial_log_lines": 5}
+# For the passkey routes' bodies (an https origin: the config refuses plain http, no browser comes here).
+WEBAUTHN = {"rp_id": "auth.test", "origins": ["https://auth.test"], "level_user_verified": "mfa"}
 
 
 @pytest.fixture(scope="module")
 def fa(tmp_path_factory):
-    server = TokenServer(tmp_path_factory.mktemp("limits"), extra={"limits": LIMITS})
+    server = TokenServer(tmp_path_factory.mktemp("limits"),
+                         extra={"limits": LIMITS, "webauthn": WEBAUTHN})
     server.account("root", roles="admin")
     server.account("bob")
     with server:
@@ -312,7 +315,8 @@ def test_admin_api_bodies(fa, body, status, description):
     answers_others(fa)
 
 
-@pytest.mark.parametrize("path", ["/oauth2/sign_in", "/oauth2/totp", "/oauth2/totp/enroll"])
+@pytest.mark.parametrize("path", ["/oauth2/sign_in", "/oauth2/totp", "/oauth2/totp/enroll",
+                                  "/oauth2/webauthn/rename", "/oauth2/webauthn/remove"])
 def test_every_form_route_refuses_an_oversized_form(fa, path):
     status, body = post(fa, path, b"code=1&csrf=" + b"x" * 9000, FORM)
     assert status == 413
@@ -339,6 +343,42 @@ def test_every_json_route_refuses_an_oversized_or_deep_body(fa, method, path):
         assert first.startswith(b"HTTP/1.1 %d " % status), out[:300]
         assert json.loads(text) == {"error": "invalid_request", "error_description": description}
     answers_others(fa)
+
+
+PASSKEY_ROUTES = ["/oauth2/webauthn/register/options", "/oauth2/webauthn/register", "/oauth2/webauthn/step_up/options",
+                  "/oauth2/webauthn/step_up", "/oauth2/webauthn/sign_in/options", "/oauth2/webauthn/sign_in"]
+UNREADABLE = {"error": "The request could not be read."}
+TOO_LARGE = {"error": "The request is too large."}
+
+
+@pytest.mark.parametrize("path", PASSKEY_ROUTES)
+def test_every_passkey_route_refuses_an_oversized_deep_ambiguous_or_non_json_body(fa, path):
+    """The WebAuthn ceremonies' JSON (webauthn.common.read_json over web.bodies: 60 KiB, 8 levels)."""
+    for body, ctype, length, status, answer in (
+            (b'{"csrf": "' + b"a" * 62000 + b'"}', JSON, None, 413, TOO_LARGE),
+            (b"", JSON, 100 * 1024 * 1024, 413, TOO_LARGE),  # announced: refused before it is read
+            (b'{"csrf": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON, None, 400, UNREADABLE),
+            (b'{"credential": ' + b'{"a": ' * 8 + b"1" + b"}" * 8 + b"}", JSON, None, 400, UNREADABLE),
+            (b'{"csrf": "a", "csrf": "b"}', JSON, None, 400, UNREADABLE),
+            (b'{"csrf": NaN}', JSON, None, 400, UNREADABLE),
+            (b'{"csrf": "\xff"}', JSON, None, 400, UNREADABLE),
+            (b"csrf=x", FORM, None, 415, {"error": "The request must be JSON."})):
+        got, text = post(fa, path, body, ctype, length=length)
+        assert (got, json.loads(text)) == (status, answer), body[:40]
+    answers_others(fa)
+
+
+def test_a_passkey_request_that_trickles_is_408_and_one_in_two_packets_is_read_whole(fa):
+    t = time.monotonic()
+    got, text = post(fa, "/oauth2/webauthn/sign_in/options", b"", JSON, chunks=[b'{"csrf":'] + [b" "] * 10,
+                     pause=0.3)
+    assert (got, json.loads(text)) == (408, {"error": "The request did not arrive in time. Please try again."})
+    assert time.monotonic() - t < 5
+    answers_others(fa)
+    got, text = post(fa, "/oauth2/webauthn/sign_in/options", b"", JSON, chunks=[b'{"csrf":', b' "x", "rd": ""}'],
+                     pause=0.2)  # read whole: it got as far as the CSRF check
+    assert (got, json.loads(text)) == (403, {"error": "This page has expired or was not sent from this site. "
+                                                      "Please reload it and try again."})
 
 
 def test_admin_api_body_in_two_packets_is_read_whole(fa):

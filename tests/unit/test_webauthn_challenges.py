@@ -71,6 +71,31 @@ def test_challenge_json_is_strict(raw):
         Challenge.from_json(raw)
 
 
+def test_challenge_json_is_read_strictly():
+    good = b'{"c":"step-up","v":"' + b"A" * 43 + b'","t":1,"uv":"required"'
+    assert Challenge.from_json(good + b"}").issued == 1.0
+    for raw, message in ((good + b',"uv":"discouraged"}', "a key appears twice in one object"),
+                         (good.replace(b'"t":1', b'"t":NaN') + b"}", "NaN is not a JSON number"),
+                         (good + b',"u":["x"]}', "nested deeper than 1 levels")):
+        with pytest.raises(ValueError) as err:
+            Challenge.from_json(raw)
+        assert str(err.value) == message
+
+
+def test_credential_records_are_read_strictly():
+    cred = WebAuthnCredential(id=b"\x01" * 16, user="alice", user_handle=b"h" * 32, public_key=b"k", sign_count=3,
+                              name="key", created=NOW)
+    text = cred.to_json()
+    assert WebAuthnCredential.from_json(text) == cred
+    for bad, message in ((text.replace('"sign_count":3', '"sign_count":1e999'), "bad credential record: sign_count"),
+                         (text.replace('"sign_count":3', '"sign_count":2.5'), "bad credential record: sign_count"),
+                         (text.replace('"sign_count":3', '"sign_count":true'), "bad credential record: sign_count"),
+                         (text[:-1] + ',"name":"other"}', "a key appears twice in one object")):
+        with pytest.raises(ValueError) as err:
+            WebAuthnCredential.from_json(bad)
+        assert str(err.value) == message
+
+
 def test_issue_needs_user_and_session():
     with pytest.raises(ValueError):
         issue(Ceremony.STEP_UP, NOW, "required", user="alice")

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 from fido2.utils import websafe_decode, websafe_encode
+from fido2.webauthn import CollectedClientData
 
 from forwardauth.core.config import parse_config
 from forwardauth.state.memory import MemoryStore
@@ -249,6 +250,37 @@ async def test_wrong_origin():
     r = await refused(step_up(svc, key, cross_origin=True))
     assert (r.reason, r.detail) == (Reason.ORIGIN, "cross-origin (in a frame of another site)")
     assert (await step_up(svc, key, origin="https://login.example.com")).level.name == "hardware"
+
+
+async def test_client_data_is_read_strictly():
+    """fido2 reads clientDataJSON last-key-wins: two origins (evil first, ours last) would
+    pass as ours. Read strictly, it is malformed; so are NaN and a document that is no object."""
+    svc, key = service(), SoftAuthenticator()
+    await register(svc, key)
+    challenge, options = await svc.start_step_up("alice", "sid-alice", "hardware", time.time())
+    twice = (f'{{"type":"webauthn.get","challenge":"{options["challenge"]}","origin":"https://evil.example",'
+             f'"origin":"{ORIGIN}","crossOrigin":false}}').encode()
+    assert CollectedClientData(twice).origin == ORIGIN  # what fido2 alone would have read
+    r = await refused(svc.finish_assertion(challenge, key.get(options, ORIGIN, client_data_json=twice), time.time()))
+    assert (r.reason, r.detail) == (Reason.MALFORMED, "client data: a key appears twice in one object")
+    for raw, detail in ((b'["webauthn.get"]', "client data: not an object"),
+                        (b'{"type":"webauthn.get","n":NaN}', "client data: NaN is not a JSON number"),
+                        (b'{"type":"webauthn.get","o":"\xff"}', "client data: not UTF-8")):
+        challenge, options = await svc.start_step_up("alice", "sid-alice", "hardware", time.time())
+        r = await refused(svc.finish_assertion(challenge, key.get(options, ORIGIN, client_data_json=raw),
+                                               time.time()))
+        assert (r.reason, r.detail) == (Reason.MALFORMED, detail)
+    challenge, options = await svc.start_step_up("alice", "sid-alice", "hardware", time.time())
+    answer = key.get(options, ORIGIN)
+    answer["response"]["clientDataJSON"] = "not*base64"
+    r = await refused(svc.finish_assertion(challenge, answer, time.time()))
+    assert (r.reason, r.detail) == (Reason.MALFORMED, "client data: not base64url")
+    challenge, options = await svc.start_registration("bob", "sid-bob", "bob", "Bob", time.time())
+    twice = (f'{{"type":"webauthn.create","challenge":"{options["challenge"]}","origin":"https://evil.example",'
+             f'"origin":"{ORIGIN}"}}').encode()
+    r = await refused(svc.finish_registration(challenge, key.create(options, ORIGIN, client_data_json=twice), "k",
+                                              time.time()))
+    assert (r.reason, r.detail) == (Reason.MALFORMED, "client data: a key appears twice in one object")
 
 
 async def test_wrong_rp_id_hash():
