@@ -207,7 +207,9 @@ class Result:
         self.wire: object | None = None
 
 
-_REFUSALS = Throttle(per_interval=10, interval=1.0)
+_REFUSALS = Throttle(per_interval=10, interval=1.0, name="refused_requests")
+# Denied decisions: limits.denial_log_lines a second (set from the config at each call).
+_DENIALS = Throttle(per_interval=10, interval=1.0, name="denials")
 
 
 class Authorizer:
@@ -339,26 +341,30 @@ class Authorizer:
         log.warning("request refused" if not ambiguous else "ambiguous path refused", extra={"fields": fields})
 
 
-def log_denial(result: Result) -> None:
+def log_denial(result: Result, per_second: int = 10) -> None:
     """One log line for a decision that said no (the common anonymous
-    "please sign in" is left out)."""
+    "please sign in" is left out), at most `per_second` a second
+    (limits.denial_log_lines): a flood of denials is a counter, not a flood
+    on the disk. The next line written says how many were left out."""
     decision, req, cred = result.decision, result.request, result.credential
     if decision is None or req is None or cred is None:
         return
     if decision.outcome is Outcome.UNAUTHENTICATED and cred.reason == "absent":
         return
-    log.info(
-        "decision",
-        extra={
-            "fields": {
-                "outcome": decision.outcome.value,
-                "reason": decision.reason,
-                "cookie": cred.label,
-                "user": decision.session.sub if decision.session else None,
-                "host": req.host,
-                "path": req.path,
-                "method": req.method,
-                "client": str(req.client) if req.client else None,
-            }
-        },
-    )
+    _DENIALS.per_interval = per_second
+    skipped = _DENIALS.allow()
+    if skipped is None:
+        return
+    fields: dict[str, object] = {
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+        "cookie": cred.label,
+        "user": decision.session.sub if decision.session else None,
+        "host": req.host,
+        "path": req.path,
+        "method": req.method,
+        "client": str(req.client) if req.client else None,
+    }
+    if skipped:
+        fields["suppressed"] = skipped
+    log.info("decision", extra={"fields": fields})

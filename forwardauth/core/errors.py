@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from forwardauth.core.shown import show  # one bounded repr for every message
+
+__all__ = ["ConfigError", "show"]
+
 
 class ConfigError(Exception):
     """A configuration problem: names the file, the place (rule, field) and the value.
@@ -13,9 +17,3 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-def show(value: object, limit: int = 80) -> str:
-    """A value as a problem message shows it: its repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

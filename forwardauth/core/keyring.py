@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from forwardauth.core.errors import show
+from forwardauth.core.shown import show
 
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SECRET_BYTES = 32
@@ -153,9 +153,9 @@ class KeyRing:
             try:
                 secret = b64d(e["secret"])
             except ValueError:
-                raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): secret is not base64url") from None
-            keys.append(Key(e["id"], secret, _created(e, f"{where}[{i}] (id {e['id']!r})"),
-                            _roles(e, f"{where}[{i}] (id {e['id']!r})")))
+                raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): secret is not base64url") from None
+            keys.append(Key(e["id"], secret, _created(e, f"{where}[{i}] (id {show(e['id'], 40)})"),
+                            _roles(e, f"{where}[{i}] (id {show(e['id'], 40)})")))
         return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
@@ -272,14 +272,15 @@ def _signing_entries(entries: object, where: str) -> tuple[SigningKey, ...]:
         if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not isinstance(e.get("private"), str):
             raise KeyRingError(f"{where}[{i}]: each signing key needs string fields 'id' and 'private'")
         if e.get("alg", "ES256") != "ES256":
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): alg must be ES256")
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): alg must be ES256")
         try:
             key = serialization.load_der_private_key(b64d(e["private"]), password=None)
         except (ValueError, TypeError):
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): private is not a base64url PKCS#8 key") from None
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): private is not a base64url PKCS#8 key"
+                               ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): must be a P-256 key")
-        out.append(SigningKey(e["id"], key, _created(e, f"{where}[{i}] (id {e['id']!r})")))
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): must be a P-256 key")
+        out.append(SigningKey(e["id"], key, _created(e, f"{where}[{i}] (id {show(e['id'], 40)})")))
     return tuple(out)
 
 

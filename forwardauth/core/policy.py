@@ -17,6 +17,8 @@ from enum import Enum
 
 from cachetools import LRUCache
 
+from forwardauth.core.shown import show
+
 
 class Action(str, Enum):
     ANONYMOUS = "anonymous"
@@ -36,7 +38,7 @@ class PathPattern:
     def parse(cls, text: str) -> PathPattern:
         """Raises ValueError naming what is wrong with the pattern."""
         if not isinstance(text, str) or not text:
-            raise ValueError(f"path pattern must be a non-empty string, got {text!r}")
+            raise ValueError(f"path pattern must be a non-empty string, got {show(text)}")
         if text.startswith("re:"):
             try:
                 return cls(text, "regex", re.compile(text[3:]))

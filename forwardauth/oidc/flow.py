@@ -168,12 +168,19 @@ def check_claims(
         raise LoginError(401, "ID token expired")
     if not _number(iat) or iat > now + skew or now - iat > cfg.login_timeout + skew:
         raise LoginError(401, "ID token issued at an unacceptable time (iat)")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not _number(nbf) or nbf > now + skew):  # RFC 7519 4.1.5
+        raise LoginError(401, "ID token not valid yet (nbf)")
     nonce = claims.get("nonce")
     if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), login.nonce.encode()):
         raise LoginError(401, "ID token nonce does not match this login")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise LoginError(401, "ID token has no valid subject")
+    if not sub.isprintable():
+        # The identity headers drop control characters: "admin\x00" would reach the
+        # app as "admin". Two subjects must never become one name.
+        raise LoginError(401, "ID token subject contains control or invisible characters")
     auth_time = claims.get("auth_time") if _number(claims.get("auth_time")) else None
     if login.max_age is not None:
         if auth_time is None:
@@ -230,4 +237,6 @@ def _number(v: Any) -> TypeGuard[int | float]:
 
 
 def _text(v: Any) -> str | None:
-    return v if isinstance(v, str) and len(v) <= 255 else None
+    """A display claim (email, name): none when it is not printable text, since the identity
+    headers would pass it on with its control characters dropped (another user's email)."""
+    return v if isinstance(v, str) and len(v) <= 255 and v.isprintable() else None

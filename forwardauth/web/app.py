@@ -20,6 +20,7 @@ from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.services.audit import audit_log
 from forwardauth.state import StateStore, open_store
 from forwardauth.web import api, oauth2_start, pages, probes, signout, unavailable
+from forwardauth.web.connections import hide_version
 from forwardauth.web.context import CTX, AppContext, ConfigLoader, Contribution, PolicyOf
 from forwardauth.web.decision_endpoints import ENDPOINTS, DecisionEndpoint, Handler
 from forwardauth.web.metrics import metrics_handler
@@ -34,6 +35,7 @@ def build_app(runtime: Runtime, store: StateStore | None, builds: Sequence[WebBu
     """The app for `runtime`. `builds`: the parts' web builds, in order;
     `audit_target(config)`: the audit log setting's value."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[unavailable.middleware])
+    hide_version()  # Server: forwardauth, no versions (web/connections.py)
     cfg = runtime.config
     # Opened now: a path that cannot be written stops the start (ConfigError), not a request.
     audit = audit_log(cfg, audit_target(cfg))

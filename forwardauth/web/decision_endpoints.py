@@ -78,7 +78,7 @@ class DecisionEndpoint:
         result = a.authorize(request.remote, request.headers, now, health)
         self.counts[result.tally] += 1
         if result.denied:
-            log_denial(result)
+            log_denial(result, ctx.runtime.config.limits.denial_log_lines)
             if result.tally in _DENIED:
                 self._audit_denial(request, result, now)
         ans = result.answer

@@ -9,6 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily
 
+from forwardauth.core.logs import THROTTLES
+
 
 class DecisionCounter:
     """forwardauth_decisions_total, counted in plain dicts.
@@ -64,6 +66,22 @@ class AuditLost:
 
 
 REGISTRY.register(AuditLost())
+
+
+class SuppressedLines:
+    """forwardauth_log_lines_suppressed_total{what}: log lines left out by each
+    named core.logs.Throttle (denials, refused requests, refused heads, ...)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("forwardauth_log_lines_suppressed",
+                                     "Log lines left out by a rate limit (the events are still counted), by kind.",
+                                     labels=["what"])
+        for name, throttle in sorted(THROTTLES.items()):
+            family.add_metric([name], throttle.total_suppressed)
+        yield family
+
+
+REGISTRY.register(SuppressedLines())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.web.app import DECISIONS_BY_PATH
+from forwardauth.web.connections import LimitedRunner
 from forwardauth.web.context import CTX
 from forwardauth.web.decision_endpoints import decisions_first
 
@@ -50,7 +51,8 @@ async def _serve(runtime: Runtime, build: Build, reuse_port: bool) -> None:
     cfg = runtime.config.server
     app = build(runtime)
     ctx = app[CTX]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Connection limits (keep-alive, head timeout, header sizes, how many): web/connections.py
+    runner = LimitedRunner(app, runtime.config.limits, access_log=None, handle_signals=False)
     try:
         await runner.setup()  # opens the state store
     except (OSError, StoreUnavailable) as exc:
