@@ -43,7 +43,6 @@ from collections.abc import Mapping
 
 from forwardauth.core.config import Config
 from forwardauth.core.errors import ConfigError
-from forwardauth.core.logs import JsonFormatter
 from forwardauth.core.runtime import resolve_path
 
 EVENTS = frozenset(
@@ -132,8 +131,11 @@ class AuditLog:
     again.
     """
 
-    def __init__(self, target: str = "stdout"):
+    def __init__(self, target: str = "stdout", *, to_log: bool = False):
+        """`to_log`: report failures through the operational log (the server's JSON
+        lines), not as plain text on stderr (commands, and this class alone)."""
         self.target = target
+        self.to_log = to_log
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._failing = False
@@ -193,7 +195,7 @@ class AuditLog:
                     self._dropped += 1
                     self._count_lost(1, "queue_full")
                     if self._dropped == 1:
-                        _report(f"forwardauth: audit log {self.target}: {MAX_QUEUED} lines waiting to be written; "
+                        self._report(f"forwardauth: audit log {self.target}: {MAX_QUEUED} lines waiting to be written; "
                                 "dropping more until the writer catches up\n")
                     return text
                 self._pending += 1
@@ -202,6 +204,12 @@ class AuditLog:
         else:
             self._write(data)
         return text
+
+    def _report(self, text: str, error: bool = False) -> None:
+        if self.to_log:
+            log.log(logging.ERROR if error else logging.WARNING, text.strip().removeprefix("forwardauth: "))
+        else:
+            _report(text)
 
     def _count_lost(self, n: int, reason: str) -> None:
         self.lost += n
@@ -219,12 +227,12 @@ class AuditLog:
         try:
             fd = self._open()
         except OSError as exc:
-            _report(f"forwardauth: audit log {self.target}: cannot open it again ({why}): "
+            self._report(f"forwardauth: audit log {self.target}: cannot open it again ({why}): "
                     f"{exc.strerror or exc}\n")
             return
         os.close(self._fd)
         self._fd = fd
-        _report(f"forwardauth: audit log {self.target}: {why}\n")
+        self._report(f"forwardauth: audit log {self.target}: {why}\n")
 
     def _follow(self) -> None:
         """Under the lock: the path must still name the open file. Deleted, or
@@ -293,14 +301,14 @@ class AuditLog:
         if self._failing:
             self._failing = False
             lost, self._lost_while_failing = self._lost_while_failing, 0
-            _report(f"forwardauth: audit log {self.target}: writing again; {lost} lines were lost meanwhile\n")
+            self._report(f"forwardauth: audit log {self.target}: writing again; {lost} lines were lost meanwhile\n")
 
     def _failed(self, exc: BaseException, lost: int, detail: str) -> None:
         self._lost_while_failing += lost
         if not self._failing:
             self._failing = True
             why = getattr(exc, "strerror", None) or str(exc)
-            _report(f"forwardauth: audit log {self.target}: write failed: {why}; "
+            self._report(f"forwardauth: audit log {self.target}: write failed: {why}; "
                     + (f"{detail}; " if detail else "")
                     + "audit lines are being lost until it works again (counted in "
                     "forwardauth_audit_lines_lost_total)\n", error=True)
@@ -328,7 +336,7 @@ class AuditLog:
             with self._done:
                 self._pending -= len(lines)
                 if self._pending == 0 and self._dropped:
-                    _report(f"forwardauth: audit log {self.target}: {self._dropped} lines were dropped\n")
+                    self._report(f"forwardauth: audit log {self.target}: {self._dropped} lines were dropped\n")
                     self._dropped = 0
                 self._done.notify_all()
             if stop:
@@ -352,12 +360,8 @@ class AuditLog:
                 self._fd = None
 
 
-def _report(text: str, error: bool = False) -> None:
-    """A line for the operator: to the log when `forwardauth serve` set it up (JSON
-    lines on stderr), else as plain text on stderr (a command)."""
-    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
-        log.log(logging.ERROR if error else logging.WARNING, text.strip().removeprefix("forwardauth: "))
-        return
+def _report(text: str) -> None:
+    """A line for the operator on stderr (a command, where no log is set up)."""
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
@@ -365,10 +369,10 @@ def _report(text: str, error: bool = False) -> None:
         pass
 
 
-def open_target(target: str, where: str = "local.audit") -> AuditLog:
+def open_target(target: str, where: str = "local.audit", *, to_log: bool = False) -> AuditLog:
     """An AuditLog for `target`, or ConfigError naming the setting and why it cannot be written."""
     try:
-        return AuditLog(target)
+        return AuditLog(target, to_log=to_log)
     except OSError as exc:
         raise ConfigError([f"{where}: cannot open the audit log {target!r} for writing: "
                            f"{exc.strerror or exc}"]) from None
@@ -378,9 +382,10 @@ def audit_log(cfg: Config, target: str, *, cli: bool = False, setting: str = "lo
     """The audit log a config asks for: `target` is the setting's value
     (stdout, stderr, or a file path relative to the config file). For a
     command (`cli`), stdout becomes stderr: a command's own output is on
-    stdout. A file that cannot be written is a ConfigError naming `setting`."""
+    stdout. A file that cannot be written is a ConfigError naming `setting`.
+    The server's log reports its failures through the operational log."""
     if target in ("stdout", "stderr"):
         target = "stderr" if cli else target
     else:
         target = str(resolve_path(cfg, target))
-    return open_target(target, f"{cfg.path}: {setting}" if cfg.path else setting)
+    return open_target(target, f"{cfg.path}: {setting}" if cfg.path else setting, to_log=not cli)

@@ -55,6 +55,7 @@ class Revocations(Snapshot):
         self.pending: dict[str, float] = {}  # id -> until: accepted here, not recorded by the store yet
         self.losses_seen = 0
         self.written_back = 0  # entries written back after losses (for the log and the tests)
+        self._pending_failing = False  # a pending sign-out's write failed (logged once until it works)
 
     def is_revoked(self, sub: str, ident: str, issued_at: float) -> bool:
         snap = self.snapshot
@@ -99,13 +100,30 @@ class Revocations(Snapshot):
             elif version != old.version:
                 self._set(await store.revocations(t))
             if self.pending:
-                for ident, until in list(self.pending.items()):
-                    if until > t:
-                        await store.revoke(ident, until)
-                    del self.pending[ident]
-                self._set(await store.revocations(t))
+                await self._record_pending(store, t)
 
         return await self._guarded(load)
+
+    async def _record_pending(self, store: RevocationStore, now: float) -> None:
+        """Write the sign-outs accepted here. A store that reads but cannot write (a
+        read-only file, a full disk, a lock held elsewhere) must not fail the refresh:
+        the snapshot just read is fresh, and failing would spend tokens.stale_grace
+        and then refuse every signed-in request because of one sign-out. The
+        sign-out stays in force here (`_set` lays it over the snapshot) and the next
+        refresh tries again; logged once per failure streak."""
+        try:
+            for ident, until in list(self.pending.items()):
+                if until > now:
+                    await store.revoke(ident, until)
+                del self.pending[ident]
+        except StoreUnavailable as exc:
+            if not self._pending_failing:
+                self._pending_failing = True
+                self.log.warning("%s: a sign-out accepted here is not recorded yet (it is in force in this "
+                                 "process; retried with each refresh): %s", self.what, exc)
+        else:
+            self._pending_failing = False
+        self._set(await store.revocations(now))
 
     async def _write_back(self, store: RevocationStore, old: RevocationSnapshot, now: float, version: int) -> None:
         """The store lost what `old` holds: write it back, then let the store record the loss."""

@@ -35,7 +35,17 @@ def fa(tmp_path_factory):
     with server:
         server.admin = server.token("root", "--name", "admin")
         server.bob = server.token("bob", "--name", "bob")
+        known(server)
         yield server
+
+
+def known(server) -> None:
+    """Wait until the server knows bob's token: tokens the CLI issues reach a running server with its
+    next index refresh (a first decision sooner, on a loaded machine, got 401 "unknown or revoked")."""
+    deadline = time.monotonic() + 10
+    while server.decide("/api/x", token=server.bob).status != 200:
+        assert time.monotonic() < deadline, "the server never learnt bob's token"
+        time.sleep(0.05)
 
 
 def answers_others(fa, within: float = 2.0) -> None:
@@ -470,6 +480,7 @@ def capped(tmp_path_factory):
     server.account("bob")
     with server:
         server.bob = server.token("bob", "--name", "bob")
+        known(server)
         yield server
 
 

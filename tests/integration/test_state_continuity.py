@@ -152,6 +152,42 @@ async def test_a_store_down_and_a_remembered_revocation_is_written_when_it_is_ba
     assert rev.is_revoked("x", "sid-signed-out", 0.0)
 
 
+async def test_a_store_that_reads_but_cannot_write_keeps_the_refresh_fresh(caplog):
+    """A sign-out during a write fault (a read-only file, a full disk, a lock held
+    elsewhere) was remembered, and each refresh then failed on writing it: after
+    tokens.stale_grace every decision needing a level got a 503 although reads
+    worked (found by tests/faults/test_sqlite_faults.py holding the fault past the
+    grace). The refresh answers from what it read; the sign-out stays in force here
+    and is written once the store takes writes again, and the failure is logged once."""
+    from forwardauth.state.memory import MemoryStore
+
+    class ReadOnly(MemoryStore):
+        writable = False
+
+        async def revoke(self, ident, until):
+            if not self.writable:
+                raise StoreUnavailable("sqlite state s.db: OperationalError: disk I/O error")
+            return await super().revoke(ident, until)
+
+    store = ReadOnly()
+    await store.set_epoch("alice", 100.0)
+    rev = Revocations()
+    assert await rev.refresh(store)
+    rev.remember("sid-signed-out", time.time() + 60)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert await rev.refresh(store) and rev.last_error is None  # fresh: no grace is spent
+            assert rev.is_revoked("x", "sid-signed-out", 0.0) and rev.epoch("alice") == 100.0
+    assert rev.pending
+    assert [r.getMessage() for r in caplog.records] == [
+        "revocation refresh: a sign-out accepted here is not recorded yet (it is in force in this process; "
+        "retried with each refresh): sqlite state s.db: OperationalError: disk I/O error"]
+    store.writable = True
+    assert await rev.refresh(store) and not rev.pending
+    assert "sid-signed-out" in (await store.revocations(time.time())).revoked
+    assert rev.is_revoked("x", "sid-signed-out", 0.0)
+
+
 # --- Redis: the marker ----------------------------------------------------------------------
 
 
