@@ -32,6 +32,11 @@ def fa(tmp_path_factory):
     with server:
         server.admin = server.token("root", "--name", "admin")
         server.bob = server.token("bob", "--name", "bob")
+        # Tokens issued by the CLI reach the server's index at its next refresh: wait for it
+        # here, so that answers_others measures the server under a bad input, not the refresh.
+        end = time.monotonic() + 15
+        while server.decide("/api/x", token=server.bob).status != 200 and time.monotonic() < end:
+            time.sleep(0.1)
         yield server
 
 
@@ -430,6 +435,11 @@ def capped(tmp_path_factory):
     server.account("bob")
     with server:
         server.bob = server.token("bob", "--name", "bob")
+        # Tokens issued by the CLI reach the server's index at its next refresh: wait for it
+        # here, so that answers_others measures the server under a bad input, not the refresh.
+        end = time.monotonic() + 15
+        while server.decide("/api/x", token=server.bob).status != 200 and time.monotonic() < end:
+            time.sleep(0.1)
         yield server
 
 
