@@ -27,6 +27,6 @@ class Lru(OrderedDict):  # type: ignore[type-arg]
         self.limit = limit
 
     def put(self, key: object, value: object) -> None:
-        if key not in self and len(self) >= self.limit:
+        if len(self) >= self.limit:  # (a key already in: called after a miss, so rare; one entry less for a while)
             self.popitem(last=False)
         self[key] = value

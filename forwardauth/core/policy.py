@@ -170,7 +170,7 @@ def compile_test(rule: Rule) -> Test:
     (tests/unit/test_policy.py compares it with PathPattern.matches)."""
     starts: list[str] = []
     exact: set[str] = set()
-    others: list[Callable[[str], object]] = []
+    others: list[Callable[[str], re.Match[str] | None]] = []
     for p in rule.paths:
         if p.kind == "prefix":
             if p.source.endswith("/"):
@@ -192,8 +192,12 @@ def compile_test(rule: Rule) -> Test:
     wild_hosts = tuple(h for h in hosts if h.startswith("*."))
 
     def test(host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> bool:
-        if not any_path and not (path in exact or path.startswith(prefixes) or any(r(path) for r in regexes)):
-            return False
+        if not any_path and not (path in exact or path.startswith(prefixes)):
+            for r in regexes:
+                if r(path) is not None:
+                    break
+            else:
+                return False
         if methods is not None and method not in methods:
             return False
         if networks and (client is None or not any(client in n for n in networks)):
