@@ -11,8 +11,12 @@ import between parts.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
@@ -129,22 +133,76 @@ class AppContext:
     password_grant: PasswordGrant | None = None
     openapi: list[Mapping[str, Any]] = field(default_factory=list)
     _policy: tuple[Runtime, StorePolicy] | None = None
+    _reload: asyncio.Task[None] | None = None  # the reload running (sighup)
+    _reload_again: bool = False  # a SIGHUP came while it ran
 
     def __post_init__(self) -> None:
         self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
-        path = self.runtime.config.path
+        """Load the config file again and swap the new runtime in, here and now
+        (tests, tools). A config that does not load keeps the running one."""
+        rt = self._build_runtime()
+        if rt is None:
+            return False
+        self._swap(rt)
+        return True
+
+    def sighup(self) -> None:
+        """SIGHUP: reload without stalling decisions. The new runtime (config
+        parsed, policy indexed, key ring loaded) is built on a thread, off the
+        event loop, and swapped in whole by one assignment on the loop; until
+        then decisions use the old one. A SIGHUP while a reload runs is folded
+        into one more reload after it (the file may have changed again), never
+        queued one per signal."""
+        if self._reload is not None:
+            self._reload_again = True
+            return
+        self._reload = asyncio.get_running_loop().create_task(self._reload_off_loop())
+
+    async def _reload_off_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            rt = Runtime.build(self.load_config(path))
+            while True:
+                self._reload_again = False
+                rt = await loop.run_in_executor(_reload_executor(), self._build_off_loop)
+                if rt is not None:
+                    self._swap(rt)
+                    # What the new runtime is made of lives until the next reload:
+                    # out of the collector's generations, like at start-up (serving.py).
+                    gc.freeze()
+                if not self._reload_again:
+                    break
+        finally:
+            self._reload = None
+
+    def _build_off_loop(self) -> Runtime | None:
+        """On the reload thread. The thread and the event loop share the GIL:
+        a shorter switch interval hands it back to the loop sooner, and no
+        collection walks the old runtime's objects meanwhile."""
+        interval = sys.getswitchinterval()
+        collecting = gc.isenabled()
+        sys.setswitchinterval(min(interval, RELOAD_SWITCH_INTERVAL))
+        gc.disable()
+        try:
+            return self._build_runtime()
+        finally:
+            if collecting:
+                gc.enable()
+            sys.setswitchinterval(interval)
+
+    def _build_runtime(self) -> Runtime | None:
+        try:
+            return Runtime.build(self.load_config(self.runtime.config.path))
         except ConfigError as exc:
             log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
-            return False
+            return None
+
+    def _swap(self, rt: Runtime) -> None:
         if rt.config.state != self.runtime.config.state:
             log.warning("state URL changes need a restart; keeping the current store")
         self.runtime = rt
         log.info("configuration reloaded", extra={"fields": {"rules": len(rt.config.policy.rules)}})
-        return True
 
     @property
     def policy(self) -> StorePolicy:
@@ -193,4 +251,14 @@ class AppContext:
 
 
 CTX = web.AppKey("ctx", AppContext)
+
+RELOAD_SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while a reload builds
+_EXECUTOR: list[ThreadPoolExecutor] = []
+
+
+def _reload_executor() -> ThreadPoolExecutor:
+    """The one thread reloads are built on (made when first needed)."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(ThreadPoolExecutor(1, thread_name_prefix="forwardauth-reload"))
+    return _EXECUTOR[0]
 
