@@ -138,6 +138,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: str
+    cpu_us: float = 0.0  # the backend's CPU time per request (all its processes), when measured
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -277,6 +278,30 @@ def profile(pid: int, seconds: float, out: Path, run) -> list[tuple[str, float, 
     return [(f, total[f] / samples, own.get(f, 0) / samples) for f in rows]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and its children's, all threads (Linux /proc)."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 def http_bench(args, workdir: Path) -> dict:
     nginx = find_tool("nginx", "/usr/sbin/nginx")
     wrk_bin = find_tool("wrk")
@@ -285,14 +310,26 @@ def http_bench(args, workdir: Path) -> dict:
     host = target_host(args.rules)
     procs: list[Proc] = []
     try:
-        fa = ForwardAuth(workdir / "forwardauth", policy=policy_of(args.rules), extra=args.fa_extra)
-        if args.workers > 1:
-            fa.proc.argv += ["--workers", str(args.workers)]
-        procs.append(fa.proc)
-        fa.start()
+        fas: dict[str, ForwardAuth] = {}
+        for w in args.workers:
+            name = "forwardauth" if w == args.workers[0] else f"forwardauth-{w}w"
+            fa = ForwardAuth(workdir / name, policy=policy_of(args.rules), extra=args.fa_extra)
+            if args.source:  # another checkout's forwardauth (e.g. main's, for a before/after in one run)
+                fa.proc.env = {**os.environ, "PYTHONPATH": str(Path(args.source).resolve())}
+            if w > 1:
+                fa.proc.argv += ["--workers", str(w)]
+            procs.append(fa.proc)
+            fa.start()
+            fas[name] = fa
+        fa = fas["forwardauth"]
         value = fa.issue("bench", "password", email="bench@example.test", groups=("dev",), name="Bench")
         cookie = f"{COOKIE}={value}"
         users = mint_cookies(fa.config, args.users)
+        for other in fas.values():  # one key ring for all, so that each opens the same cookies
+            if other is not fa:
+                other.proc.stop()
+                (other.workdir / "keys.json").write_bytes((fa.workdir / "keys.json").read_bytes())
+                other.start()
 
         bare_port = free_port()
         bare = Proc("bare_app", [sys.executable, REPO / "bench" / "bare_app.py", "--listen",
@@ -300,39 +337,51 @@ def http_bench(args, workdir: Path) -> dict:
         procs.append(bare)
         bare.wait_until(lambda: http_status(bare_port, "/") == 200, what="answering")
 
-        ng_a, port_a = start_nginx(nginx, workdir / "nginx-forwardauth", fa.port, host)
-        procs.append(ng_a)
-        ng_b, port_b = start_nginx(nginx, workdir / "nginx-bare", bare_port, host)
+        ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
+        for name, f in fas.items():
+            ng, ports[name] = start_nginx(nginx, workdir / f"nginx-{name}", f.port, host)
+            procs.append(ng)
+            pids[name] = f.proc.popen.pid
+        ng_b, ports["bare"] = start_nginx(nginx, workdir / "nginx-bare", bare_port, host)
         procs.append(ng_b)
+        pids["bare"] = bare.popen.pid
 
         # The benchmark only means something if (a) really checks the cookie.
-        checks = {"(a) with cookie": (get_status(port_a, host, cookie), 200),
-                  "(a) without cookie": (get_status(port_a, host, None), 401),
-                  "(a) forged cookie": (get_status(port_a, host, cookie[:-8] + "AAAAAAAA"), 401),
-                  "(b) bare": (get_status(port_b, host, cookie), 200)}
-        for i in range(0, len(users), max(1, len(users) // 10)):
-            checks[f"(a) user {i}, new path"] = (get_status(port_a, host, users[i], f"{BENCH_PATH}/check/{i}"), 200)
+        checks = {"(b) bare": (get_status(ports["bare"], host, cookie), 200)}
+        for name in fas:
+            port = ports[name]
+            checks.update({f"{name} with cookie": (get_status(port, host, cookie), 200),
+                           f"{name} without cookie": (get_status(port, host, None), 401),
+                           f"{name} forged cookie": (get_status(port, host, cookie[:-8] + "AAAAAAAA"), 401)})
+            for i in range(0, len(users), max(1, len(users) // 10)):
+                checks[f"{name} user {i}, new path"] = (get_status(port, host, users[i], f"{BENCH_PATH}/check/{i}"),
+                                                        200)
         for what, (got, want) in checks.items():
             if got != want:
                 raise SystemExit(f"sanity check {what}: status {got}, expected {want}\n{fa.proc.log()}")
 
-        results: dict = {"fa_body": body_length(fa.port, host, cookie)}
+        results: dict = {"fa_body": body_length(fa.port, host, cookie), "targets": [*fas, "bare"]}
         script = cold_script(workdir, "forwardauth", users, args.threads)
-        targets = (("forwardauth", port_a), ("bare", port_b))
+        targets = [(name, ports[name]) for name in results["targets"]]
 
-        def run(mode: str, port: int, seconds: float) -> WrkResult:
+        def run(mode: str, name: str, seconds: float) -> WrkResult:
+            before = cpu_seconds(pids[name])
             if mode == "hot":
-                return wrk(wrk_bin, port, host, cookie, args, seconds)
-            return wrk(wrk_bin, port, host, None, args, seconds, script)
+                r = wrk(wrk_bin, ports[name], host, cookie, args, seconds)
+            else:
+                r = wrk(wrk_bin, ports[name], host, None, args, seconds, script)
+            r.cpu_us = (cpu_seconds(pids[name]) - before) / max(1, r.requests) * 1e6
+            return r
 
         if args.warmup > 0:
             for mode in args.modes:
-                for _, port in targets:
-                    run(mode, port, args.warmup)
+                for name, _ in targets:
+                    run(mode, name, args.warmup)
         if args.profile:
             for mode in args.modes:
                 results["profile", mode] = profile(fa.proc.popen.pid, args.profile, workdir / f"profile-{mode}.txt",
-                                                   lambda: run(mode, port_a, args.profile))
+                                                   lambda: run(mode, "forwardauth", args.profile))
         # (a) and (b) take turns, `rounds` times: the machine's other load then
         # falls on both alike, and the ratio of each round is a fair one.
         for mode in args.modes:
@@ -340,8 +389,8 @@ def http_bench(args, workdir: Path) -> dict:
                 results[mode, key] = []
         for i in range(args.rounds):
             for mode in args.modes:
-                for key, port in targets if i % 2 == 0 else reversed(targets):  # neither always goes first
-                    results[mode, key].append(run(mode, port, args.duration))
+                for key, _ in targets if i % 2 == 0 else reversed(targets):  # none always goes first
+                    results[mode, key].append(run(mode, key, args.duration))
         return results
     finally:
         for p in reversed(procs):
@@ -455,15 +504,27 @@ def report_http(args, res: dict) -> dict[str, float]:
         a, b = res[mode, "forwardauth"], res[mode, "bare"]
         mid, ratios = median_round(a, b)
         print(f"\n  {title.replace('--users', f'{args.users:,}')}")
-        print(f"  {'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  errors")
+        print(f"  {'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU us/req':>12}  errors")
         for name, r in (("(a) forwardauth /auth/nginx", a[mid]), ("(b) bare aiohttp+uvloop 200", b[mid])):
-            print(f"  {name:34}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}  {r.errors or '-'}")
+            print(f"  {name:34}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.cpu_us:>12.0f}  {r.errors or '-'}")
         ratio = out[mode] = ratios[mid]
+        cpu = sorted(y.cpu_us / x.cpu_us for x, y in zip(a, b) if x.cpu_us)
+        out[mode + "_cpu"] = cpu[len(cpu) // 2] if cpu else 0.0
         print(f"  {'ratio a/b (requests/s)':34}{ratio:>10.2f}   target >= {target:.2f}: "
               f"{'met' if ratio >= target else 'NOT met'}")
-        print(f"  (median of {len(ratios)} rounds, a and b taking turns: " + ", ".join(f"{r:.2f}" for r in ratios) + ")")
+        print(f"  {'ratio b/a (backend CPU per req)':34}{out[mode + '_cpu']:>10.2f}   (median of the rounds; what "
+              "the ratio would be if the backend alone bounded req/s)")
+        print(f"  (every round, a and b taking turns: req/s " + ", ".join(f"{r:.2f}" for r in ratios)
+              + "; CPU " + ", ".join(f"{y.cpu_us / x.cpu_us:.2f}" for x, y in zip(a, b) if x.cpu_us) + ")")
         if any(r.errors for r in a + b):
             print("  WARNING: some rounds had errors: their figures are not comparable")
+    for name in res["targets"][1:-1]:
+        for mode in args.modes:
+            mid, ratios = median_round(res[mode, name], res[mode, "forwardauth"])
+            x, y = res[mode, name][mid], res[mode, "forwardauth"][mid]
+            print(f"\n  {mode}: {name} / forwardauth with {args.workers[0]} worker: req/s {x.rps:.0f} / {y.rps:.0f} = "
+                  f"{ratios[mid]:.2f} (every round: {', '.join(f'{r:.2f}' for r in ratios)}); CPU us/req "
+                  f"{x.cpu_us:.0f} / {y.cpu_us:.0f}")
     if res["fa_body"]:
         bare_len = len(args.bare_body.encode().decode("unicode_escape"))
         print(f"  note: forwardauth's 200 answer has a {res['fa_body']}-byte body; nginx does not read the body"
@@ -488,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="hot,cold", help="HTTP modes, of hot and cold (default %(default)s)")
     p.add_argument("--users", type=int, default=2000, help="users whose cookies the cold path takes in turn "
                                                            "(default %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="forwardauth serve --workers (default %(default)s)")
+    p.add_argument("--workers", default="1", help="forwardauth serve --workers; a list (1,2) runs one forwardauth "
+                                                  "per value, side by side (default %(default)s)")
+    p.add_argument("--source", metavar="DIR", help="run forwardauth from this source tree (PYTHONPATH), e.g. an "
+                                                   "older commit's (git archive) for a before/after")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="before the rounds, profile the forwardauth worker with py-spy for this long in each mode")
     p.add_argument("--profile-top", type=int, default=30, help="functions shown per profile (default %(default)s)")
@@ -501,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.modes or set(args.modes) - set(MODES):
         raise SystemExit(f"--modes: a comma-separated list of {', '.join(MODES)}")
     args.fa_extra = None
+    args.workers = [int(w) for w in args.workers.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="forwardauth-bench-"))
     print(f"forwardauth benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, work dir {workdir}")
@@ -508,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_http:
             print(f"\nHTTP through nginx auth_request: wrk -t{args.threads} -c{args.connections} "
                   f"-d{args.duration:g}s x {args.rounds} rounds, {args.rules}-rule policy, host {target_host(args.rules)}, "
-                  f"forwardauth with {args.workers} worker(s); load {load_text()}", flush=True)
+                  f"forwardauth with {'/'.join(map(str, args.workers))} worker(s); load {load_text()}", flush=True)
             res = http_bench(args, workdir)
             report_http(args, res)
         if not args.skip_policy:

@@ -184,7 +184,7 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
     parsers = sections or {}
     r = Reader(file)
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -214,6 +214,23 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
     if r.problems:
         raise ConfigError(r.problems)
     return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings))
+
+
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, through libyaml when PyYAML has it: a 10,000-rule policy
+    loads in a fraction of a second instead of several. The values are the
+    same (the same safe constructor and resolver make them); for a document
+    that does not parse, the pure-Python parser runs again so that the error
+    says what it always said."""
+    if _FAST_LOADER is None:
+        return yaml.safe_load(text)
+    try:
+        return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 - CSafeLoader is the safe loader
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
 
 
 def _server(r: Reader, raw: Any) -> ServerConfig:

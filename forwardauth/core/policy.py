@@ -140,6 +140,12 @@ class Rule:
         """Pickled (to a spawned worker) without the compiled test: a closure does not pickle."""
         return {k: v for k, v in self.__dict__.items() if k != "_test"}
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickled in Python, not C, on purpose: a reload unpickles the new
+        config on a thread beside the event loop, and only between Python
+        bytecodes can the loop take the GIL back (see web/context.py)."""
+        self.__dict__.update(state)
+
     @property
     def test(self) -> Test:
         """`matches` as one function made for this rule's patterns (`compile_test`), made once."""

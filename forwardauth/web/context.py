@@ -16,7 +16,9 @@ import gc
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
@@ -177,15 +179,36 @@ class AppContext:
             self._reload = None
 
     def _build_off_loop(self) -> Runtime | None:
-        """On the reload thread. The thread and the event loop share the GIL:
-        a shorter switch interval hands it back to the loop sooner, and no
-        collection walks the old runtime's objects meanwhile."""
+        """On the reload thread. The config file is read and validated in a
+        child process (parsing a large policy's YAML is seconds of CPU that
+        would share the GIL with the event loop, and its peak memory would
+        stay with this process); what comes back is the validated Config,
+        pickled, whose unpickling and the key ring are all this process
+        does, with a shorter GIL switch interval (the loop gets it back
+        sooner) and no collection walking the old runtime meanwhile. Without
+        a child process (none can be started, or the loader does not
+        pickle), the thread parses it itself."""
+        path = self.runtime.config.path
+        try:
+            config = _child_load(self.load_config, path)
+        except ConfigError as exc:
+            log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
+            return None
+        except Exception:  # noqa: BLE001 - no child process: the same work here
+            config = None
         interval = sys.getswitchinterval()
         collecting = gc.isenabled()
         sys.setswitchinterval(min(interval, RELOAD_SWITCH_INTERVAL))
         gc.disable()
         try:
-            return self._build_runtime()
+            if config is None:
+                return self._build_runtime()
+            try:
+                return Runtime.build(config)
+            except ConfigError as exc:
+                log.error("reload refused; the running configuration is kept",
+                          extra={"fields": {"problems": exc.problems}})
+                return None
         finally:
             if collecting:
                 gc.enable()
@@ -254,6 +277,20 @@ CTX = web.AppKey("ctx", AppContext)
 
 RELOAD_SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while a reload builds
 _EXECUTOR: list[ThreadPoolExecutor] = []
+
+
+def _child_load(load: ConfigLoader, path: str) -> Config:
+    """`load(path)` in a new child process (spawned: nothing of this process's
+    state, threads or event loop is copied), the Config pickled back; its
+    ConfigError raised here."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_in_the_background) as pool:
+        return pool.submit(load, path).result()
+
+
+def _in_the_background() -> None:
+    """The child's CPU comes after the workers': on a machine with as many
+    workers as cores, decisions keep their share while a reload parses."""
+    os.nice(19)
 
 
 def _reload_executor() -> ThreadPoolExecutor:
