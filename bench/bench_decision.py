@@ -381,7 +381,7 @@ def http_bench(args, workdir: Path) -> dict:
         if args.profile:
             for mode in args.modes:
                 results["profile", mode] = profile(fa.proc.popen.pid, args.profile, workdir / f"profile-{mode}.txt",
-                                                   lambda: run(mode, "forwardauth", args.profile))
+                                                   lambda m=mode: run(m, "forwardauth", args.profile))
         # (a) and (b) take turns, `rounds` times: the machine's other load then
         # falls on both alike, and the ratio of each round is a fair one.
         for mode in args.modes:
@@ -514,7 +514,7 @@ def report_http(args, res: dict) -> dict[str, float]:
               f"{'met' if ratio >= target else 'NOT met'}")
         print(f"  {'ratio b/a (backend CPU per req)':34}{out[mode + '_cpu']:>10.2f}   (median of the rounds; what "
               "the ratio would be if the backend alone bounded req/s)")
-        print(f"  (every round, a and b taking turns: req/s " + ", ".join(f"{r:.2f}" for r in ratios)
+        print("  (every round, a and b taking turns: req/s " + ", ".join(f"{r:.2f}" for r in ratios)
               + "; CPU " + ", ".join(f"{y.cpu_us / x.cpu_us:.2f}" for x, y in zip(a, b) if x.cpu_us) + ")")
         if any(r.errors for r in a + b):
             print("  WARNING: some rounds had errors: their figures are not comparable")

@@ -67,11 +67,13 @@ def reloads_in(log: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Target (issue 13): p99.9 reloading - quiet <= 50 ms, no failed request.")
+                                epilog="Target (issue 13): p99.9 reloading - quiet <= 50 ms, no failed "
+                                       "request.")
     p.add_argument("--rules", type=int, default=10_000, help="rules in the policy (default %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="pairs of quiet and reloading rounds (default %(default)s)")
     p.add_argument("--duration", type=float, default=8, help="seconds per round (default %(default)s)")
-    p.add_argument("--interval", type=float, default=1.5, help="seconds between bursts of SIGHUPs (default %(default)s)")
+    p.add_argument("--interval", type=float, default=1.5,
+                   help="seconds between bursts of SIGHUPs (default %(default)s)")
     p.add_argument("--burst", type=int, default=3, help="SIGHUPs per burst, 0.1 s apart (default %(default)s)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default %(default)s)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in ("quiet", "reloading") if i % 2 == 0 else ("reloading", "quiet"):
                 stop = threading.Event()
 
-                def hup() -> None:
+                def hup(stop: threading.Event = stop) -> None:
                     nonlocal signals
                     while not stop.wait(args.interval):
                         for _ in range(args.burst):
@@ -125,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n  {'':12}{'requests':>10}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'failed':>8}")
         for mode, runs in rows.items():
             for r in runs:
-                print(f"  {mode:12}{r['requests']:>10}{r['p99']:>9.1f}{r['p999']:>10.1f}{r['max']:>9.1f}{r['errors']:>8}")
-        worst = max(b["p999"] - a["p999"] for a, b in zip(rows["quiet"], rows["reloading"]))
+                print(f"  {mode:12}{r['requests']:>10}{r['p99']:>9.1f}{r['p999']:>10.1f}{r['max']:>9.1f}"
+                      f"{r['errors']:>8}")
+        worst = max(b["p999"] - a["p999"] for a, b in zip(rows["quiet"], rows["reloading"], strict=True))
         failed = sum(r["errors"] for runs in rows.values() for r in runs)
         print(f"  p99.9 reloading - quiet, worst pair of rounds: {worst:+.1f} ms   target <= 50 ms: "
               f"{'met' if worst <= 50 else 'NOT met'}")
         print(f"  failed requests: {failed}   target 0: {'met' if failed == 0 else 'NOT met'}")
-        print(f"  SIGHUPs sent: {signals}, reloads done: {reloads} (bursts of {args.burst} during a reload fold "
-              f"into one more: at most 2 reloads per burst)")
+        print(f"  SIGHUPs sent: {signals}, reloads done: {reloads} (SIGHUPs during a reload fold into one "
+              "more reload after it)")
     finally:
         for proc in reversed(procs):
             proc.stop()

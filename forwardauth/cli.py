@@ -9,10 +9,12 @@ import argparse
 import asyncio
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from forwardauth import __version__, composition, explain
 from forwardauth.core import keyring
+from forwardauth.core.config import Config
 from forwardauth.core.credentials import MAX_COOKIE_BYTES
 from forwardauth.core.durations import format_duration
 from forwardauth.core.errors import ConfigError
@@ -20,9 +22,9 @@ from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.core.sealing import SealError
 from forwardauth.core.session import MAX_FIELD as MAX_SESSION_FIELD
 from forwardauth.core.session import MAX_GROUPS as MAX_SESSION_GROUPS
+from forwardauth.services.apart import load_apart
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
 from forwardauth.state import open_store
-
 
 # --- serve -------------------------------------------------------------------
 
@@ -40,11 +42,32 @@ def _cmd_serve(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.core import logs
 
     logs.setup()
-    cfg = env.config_or_default(args)
+    cfg = _serve_config(args, env)
     workers = args.workers if args.workers is not None else cfg.server.workers
     if not 1 <= workers <= 64:
         raise CliError("--workers must be from 1 to 64")
     return composition.serve(cfg, workers)
+
+
+LARGE_CONFIG = 256 * 1024  # bytes: a config this large is parsed in a child process
+
+
+def _serve_config(args: argparse.Namespace, env: CliEnv) -> Config:
+    """The config to serve. A large one (a policy of thousands of rules) is
+    parsed in a child process while this one imports the web stack: start-up
+    takes the longer of the two, not their sum, and the parse's peak memory
+    stays in the child (services/apart.py)."""
+    if args.config:
+        try:
+            large = Path(args.config).stat().st_size >= LARGE_CONFIG
+        except OSError:
+            large = False
+        if large:
+            try:
+                return load_apart(env.load, args.config, meanwhile=composition.web_stack)
+            except (OSError, BrokenProcessPool):
+                pass  # no child process here: parsed in this one
+    return env.config_or_default(args)
 
 
 # --- check -------------------------------------------------------------------

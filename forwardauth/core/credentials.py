@@ -27,7 +27,7 @@ from typing import Mapping, NamedTuple, Protocol
 from forwardauth.core.levels import Levels
 from forwardauth.core.lru import Lru
 from forwardauth.core.request import OriginalRequest
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.core.session import Session, new_session_id
 
 MAX_OPENED = 20_000  # opened cookies remembered per codec (per runtime)

@@ -68,7 +68,7 @@ def decide(
         hit = remembered.get(key)
         if hit is not None and now < hit[2].until:
             remembered.move_to_end(key)
-            return hit[2]  # type: ignore[no-any-return]
+            return hit[2]
         decision = decide_for_rule(rule, req.method, session, policy, levels, now)
         remembered.put(key, (rule, session, decision))
         return decision

@@ -11,9 +11,10 @@ dict lookup and `move_to_end` a pointer swap.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 
-class Lru(OrderedDict):  # type: ignore[type-arg]
+class Lru(OrderedDict[Any, Any]):
     """`get` does not count as a use: callers call `move_to_end` on a hit (the
     hot path then makes exactly the calls it needs); `put` inserts, dropping
     the least recently used entry first when full."""

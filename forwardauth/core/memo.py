@@ -85,7 +85,7 @@ class Memo(Generic[R]):
             return None
         self._answers.move_to_end(k)
         self.counts[0] += 1
-        return hit[1]  # type: ignore[no-any-return]
+        return hit[1]
 
     def remember(self, key: Key, session: Session | None, answer: R, until: float) -> None:
         self._answers.put((key, id(session)), (session, answer, until))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Iterator
 
 from forwardauth.core.lru import Lru
 
@@ -274,7 +274,7 @@ class Policy:
             cache.put(host, found)
         else:
             cache.move_to_end(host)
-        return found  # type: ignore[no-any-return]
+        return found
 
     def _gather(self, host: str) -> Iterator[Rule]:
         lists: list[tuple[Rule, ...]] = []

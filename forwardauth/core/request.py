@@ -280,7 +280,8 @@ _new, _set = object.__new__, object.__setattr__
 
 
 def _request(method: str, scheme: str, host: str, port: int | None, path: str, raw_uri: str,
-             client: IPAddress | None, accept: str, paths: tuple[str, ...], methods: tuple[str, ...]) -> OriginalRequest:
+             client: IPAddress | None, accept: str, paths: tuple[str, ...],
+             methods: tuple[str, ...]) -> OriginalRequest:
     """OriginalRequest(...) with every field given (`paths`, `methods` not
     empty), made as the frozen dataclass's own __init__ would, in a third of
     its time: its fields set at once rather than one object.__setattr__ each."""

@@ -16,9 +16,7 @@ import gc
 import logging
 import sys
 import time
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
@@ -32,11 +30,11 @@ from forwardauth.core.request import client_of
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
 from forwardauth.revocation import Revocations
+from forwardauth.services.apart import load_apart
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
 from forwardauth.web.factors import Factor
-
 
 log = logging.getLogger("forwardauth")
 
@@ -190,7 +188,7 @@ class AppContext:
         pickle), the thread parses it itself."""
         path = self.runtime.config.path
         try:
-            config = _child_load(self.load_config, path)
+            config = load_apart(self.load_config, path, background=True)
         except ConfigError as exc:
             log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
             return None
@@ -277,20 +275,6 @@ CTX = web.AppKey("ctx", AppContext)
 
 RELOAD_SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while a reload builds
 _EXECUTOR: list[ThreadPoolExecutor] = []
-
-
-def _child_load(load: ConfigLoader, path: str) -> Config:
-    """`load(path)` in a new child process (spawned: nothing of this process's
-    state, threads or event loop is copied), the Config pickled back; its
-    ConfigError raised here."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_in_the_background) as pool:
-        return pool.submit(load, path).result()
-
-
-def _in_the_background() -> None:
-    """The child's CPU comes after the workers': on a machine with as many
-    workers as cores, decisions keep their share while a reload parses."""
-    os.nice(19)
 
 
 def _reload_executor() -> ThreadPoolExecutor:

@@ -83,7 +83,7 @@ class DecisionStats:
                                      "start to its response object).", labels=["endpoint"])
         for endpoint, (counts, sums) in sorted(self._latency.items()):
             running, buckets = 0, []
-            for bound, n in zip((*(str(b) for b in BUCKETS), "+Inf"), counts):
+            for bound, n in zip((*(str(b) for b in BUCKETS), "+Inf"), counts, strict=True):
                 running += n
                 buckets.append((bound, running))
             hist.add_metric([endpoint], buckets, sums[0])
