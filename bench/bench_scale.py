@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if min(big['check']) <= 1.0 else 'NOT met'} (wall time on this machine; the CPU column is "
               "what the process itself spent)")
         res = policy_bench([sizes[0], sizes[-1]], workdir)
-        print("\n  decision in process, us per call (best of 7, GC off)")
+        print("\n  decision in process, us per call (best of 7 alternating rounds, GC off)")
         print(f"  {'rules':>8}{'match() hot':>14}{'decide() hot':>14}{'decide() mix':>14}")
         for n, m, d, x in res:
             print(f"  {n:>8}{m:>14.2f}{d:>14.2f}{x:>14.2f}")
