@@ -1,21 +1,20 @@
-"""Local accounts: who may sign in without an upstream provider, and with what.
+"""Account names: what people type, and what names an existing account.
 
 The account record (`Account`, validated on construction) and the
 `AccountStore` protocol every backend implements are in `forwardauth.state`;
-this module holds what people type (usernames) and the operations on
-accounts that also touch revocations (lock, unlock, groups), written once
-for both CLIs and the admin API.
+the operations on accounts (create, password, groups, lock, unlock, delete,
+TOTP), written once for `users`, `accounts` and the admin API, are in
+`forwardauth.services.accounts`. This module stays free of them so that
+config parsing (which checks the bootstrap admin's name) loads no more
+than it needs.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from typing import Any
 
-from forwardauth.revocation import FAR_FUTURE
 from forwardauth.state.base import AccountStore, StateStore, StoreUnavailable
-from forwardauth.state.records import Account, AccountError, check_groups
+from forwardauth.state.records import MAX_KEY, AccountError
 
 # Usernames people type: lower case, no spaces, no ':' (reserved for accounts
 # that only hold a second factor for an upstream identity, "oidc:<sub>").
@@ -40,70 +39,37 @@ def check_username(name: str) -> str:
     return name
 
 
+# Accounts made when someone signed in through an upstream provider sets up
+# TOTP are named "<source>:<sub>" (signin.service.account_key): the sub is the
+# provider's, kept exactly (case included). They can be acted on, never made.
+UPSTREAM_ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}:[^\s\x00-\x1f\x7f]{1,255}$")
+
+
+def is_upstream_account(name: str) -> bool:
+    """Whether `name` is an upstream identity's account ("<source>:<sub>"),
+    which no typed username can be (usernames never hold ':')."""
+    return ":" in name
+
+
+def upstream_sub(name: str) -> str | None:
+    """The upstream identity's <sub> of a "<source>:<sub>" account, else None.
+    That identity's sessions carry the bare <sub> (and so does its epoch)."""
+    return name.split(":", 1)[1] if is_upstream_account(name) else None
+
+
+def check_account_name(name: str) -> str:
+    """Raise AccountError unless `name` can name an existing account: a typed
+    username, or an upstream identity's account exactly as listed
+    ("oidc:<sub>"). Returns it."""
+    if is_upstream_account(name):
+        if len(name) <= MAX_KEY and UPSTREAM_ACCOUNT_RE.match(name):
+            return name
+        raise AccountError("an upstream identity's account is <source>:<sub>, as `forwardauth users list` shows it")
+    return check_username(name)
+
+
 def account_store(store: StateStore) -> AccountStore:
     """The store itself, checked to hold accounts (every `StateStore` does)."""
     if not isinstance(store, AccountStore):
         raise StoreUnavailable(f"the {type(store).__name__} state backend does not hold local accounts")
     return store
-
-
-# --- lock, unlock, groups: one implementation for both CLIs and the admin API ---
-#
-# The rules (README "Local accounts" and "API tokens"):
-# - lock: status `locked` and the revocation epoch set to the far future, so
-#   every session and token dies at once, and anything minted while locked is
-#   dead too.
-# - unlock: status `active` and the epoch brought back to *now*: sessions and
-#   tokens from before the unlock stay dead; new ones work.
-# - groups (roles): any change ends the account's sessions and tokens (epoch
-#   to now). A session cookie carries the groups it was issued with and must
-#   not keep a removed one; one rule for every change (also additions, and for
-#   tokens too, whose groups are read from the account) keeps it predictable:
-#   after a group change the account signs in again or gets a new token.
-
-
-async def lock_account(store: StateStore, name: str, now: float | None = None) -> Account | None:
-    """Lock `name`; None when there is no such account. Epoch first: if the
-    status write then fails, everything is already dead (fail closed)."""
-    acct = await account_store(store).get_account(name)
-    if acct is None:
-        return None
-    await store.set_epoch(name, FAR_FUTURE)
-    acct = acct.changed(now, status="locked")
-    await account_store(store).put_account(acct)
-    return acct
-
-
-async def unlock_account(store: StateStore, name: str, now: float | None = None) -> Account | None:
-    """Unlock `name`; None when there is no such account. The epoch first, so
-    no replica sees the account active while still without the new epoch (and
-    if the status write then fails, the account simply stays locked)."""
-    now = time.time() if now is None else now
-    acct = await account_store(store).get_account(name)
-    if acct is None:
-        return None
-    await store.reset_epoch(name, now)
-    acct = acct.changed(now, status="active")
-    await account_store(store).put_account(acct)
-    return acct
-
-
-async def set_account_groups(store: StateStore, name: str, groups: Any,
-                             now: float | None = None) -> tuple[Account, bool] | None:
-    """Set the groups (roles) of `name`: (account, sessions ended), or None
-    when there is no such account. A change ends the account's sessions and
-    tokens; the same groups again change nothing. Raises AccountError for bad
-    names."""
-    now = time.time() if now is None else now
-    new = check_groups(groups)
-    acct = await account_store(store).get_account(name)
-    if acct is None:
-        return None
-    if new == acct.groups:
-        return acct, False
-    acct = acct.changed(now, groups=new)
-    await account_store(store).put_account(acct)
-    # After the write, at its time or later: a session signed in meanwhile
-    # (with the old groups) is older than the epoch.
-    await store.set_epoch(name, max(now, time.time()))
-    return acct, True

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE
+from forwardauth.accounts import USERNAME_RE, check_account_name
 from forwardauth.core.durations import parse_duration
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
@@ -66,6 +66,17 @@ def _name(request: web.Request) -> str:
     if not USERNAME_RE.match(name):
         fail(400, "invalid_request", "account names are 1-64 of a-z 0-9 . _ @ + -")
     return name
+
+
+def _account(request: web.Request) -> str:
+    """The {name} of the routes about an existing account: a username, or an
+    upstream identity's account exactly as listed ("oidc:<sub>")."""
+    name = request.match_info["name"]
+    try:
+        return check_account_name(name)
+    except AccountError:
+        fail(400, "invalid_request", "account names are 1-64 of a-z 0-9 . _ @ + -, or <source>:<sub> for an "
+                                     "upstream identity's account as listed")
 
 
 async def _who(request: web.Request, svc: TokenService) -> tuple[rules.Actor, Caller]:
@@ -148,20 +159,16 @@ async def create_account(request: web.Request) -> web.Response:
     kind = d.get("kind", "human")
     if kind not in ("human", "system"):
         fail(400, "invalid_request", "kind: must be human or system")
-    now = time.time()
-    acct = Account(username=username, kind=kind, display_name=_str(d, "display_name"),  # type: ignore[arg-type]
-                   email=_str(d, "email"), groups=_roles(d), created=now, updated=now)
-    if not await svc.accounts.add_account(acct):
-        fail(409, "conflict", f"account {username} exists")
+    acct = await svc.create_account(actor, username, kind=kind,  # type: ignore[arg-type]
+                                    display_name=_str(d, "display_name"), email=_str(d, "email"), roles=_roles(d))
     _remember(request, acct)
-    ctx.audit.emit("account_created", user=username, reason=f"{kind} account by {actor.name}")
     return json_response(account_view(acct), 201)
 
 
 @_guard
 async def get_account(request: web.Request) -> web.Response:
     svc = _service(_ctx(request))
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     if not (rules.may_admin(actor) or actor.name == name):
         raise Denied(f"{actor.name} may not read account {name}")
@@ -172,7 +179,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     await svc.delete_account(actor, name)
     await _sync(ctx)
@@ -186,7 +193,7 @@ async def delete_account(request: web.Request) -> web.Response:
 async def set_roles(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     if not rules.may_admin(actor):
         raise Denied("only admins may change roles")
@@ -205,7 +212,7 @@ def _status_change(method: str):
     async def handler(request: web.Request) -> web.Response:
         ctx = _ctx(request)
         svc = _service(ctx)
-        name = _name(request)
+        name = _account(request)
         actor = await _actor(request, svc)
         acct = await getattr(svc, method)(actor, name)
         await _sync(ctx)
@@ -223,7 +230,7 @@ unlock_account = _status_change("unlock")
 async def revoke_sessions(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     epoch = await svc.revoke_sessions(actor, name)
     await _sync(ctx)
