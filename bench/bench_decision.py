@@ -312,11 +312,12 @@ def http_bench(args, workdir: Path) -> dict:
     procs: list[Proc] = []
     try:
         fas: dict[str, ForwardAuth] = {}
-        for w in args.workers:
-            name = "forwardauth" if w == args.workers[0] else f"forwardauth-{w}w"
+        variants = [("forwardauth" if w == args.workers[0] else f"forwardauth-{w}w", w, args.source)
+                    for w in args.workers] + ([("before", 1, args.before)] if args.before else [])
+        for name, w, source in variants:
             fa = ForwardAuth(workdir / name, policy=policy_of(args.rules), extra=args.fa_extra)
-            if args.source:  # another checkout's forwardauth (e.g. main's, for a before/after in one run)
-                fa.proc.env = {**os.environ, "PYTHONPATH": str(Path(args.source).resolve())}
+            if source:  # another checkout's forwardauth (e.g. main's, for a before/after in one run)
+                fa.proc.env = {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
             if w > 1:
                 fa.proc.argv += ["--workers", str(w)]
             procs.append(fa.proc)
@@ -533,6 +534,8 @@ def report_http(args, res: dict) -> dict[str, float]:
             print(f"\n  {mode}: {name} / forwardauth with {args.workers[0]} worker: req/s {x.rps:.0f} / {y.rps:.0f} = "
                   f"{ratios[mid]:.2f} (every round: {', '.join(f'{r:.2f}' for r in ratios)}); CPU us/req "
                   f"{x.cpu_us:.0f} / {y.cpu_us:.0f}")
+            mid, ratios = median_round(res[mode, name], res[mode, "bare"])
+            print(f"  {mode}: {name} / bare: {ratios[mid]:.2f} (every round: {', '.join(f'{r:.2f}' for r in ratios)})")
     if res["fa_body"]:
         bare_len = len(args.bare_body.encode().decode("unicode_escape"))
         print(f"  note: forwardauth's 200 answer has a {res['fa_body']}-byte body; nginx does not read the body"
@@ -561,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "per value, side by side (default %(default)s)")
     p.add_argument("--source", metavar="DIR", help="run forwardauth from this source tree (PYTHONPATH), e.g. an "
                                                    "older commit's (git archive) for a before/after")
+    p.add_argument("--before", metavar="DIR", help="also run forwardauth from this source tree (one worker), as "
+                                                   "one more target in the same rounds: a before/after in one run")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="before the rounds, profile the forwardauth worker with py-spy for this long in each mode")
     p.add_argument("--profile-top", type=int, default=30, help="functions shown per profile (default %(default)s)")

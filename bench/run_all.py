@@ -34,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-oauth2-proxy", action="store_true", help="leave out the oauth2-proxy comparison")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="also profile forwardauth's worker with py-spy (bench_decision.py --profile)")
+    p.add_argument("--before", metavar="DIR", help="also run another source tree's forwardauth in bench_decision.py's "
+                                                   "rounds (e.g. `git archive main | tar -x -C DIR`): before/after")
     args = p.parse_args(argv)
     rounds = ["--rounds", "3", "--duration", "3"] if args.quick else []
     runs = [
         ("bench_decision.py", [*rounds, "--workers", "1,2", "--skip-policy",
-                               *(["--profile", str(args.profile)] if args.profile else [])]),
+                               *(["--profile", str(args.profile)] if args.profile else []),
+                               *(["--before", args.before] if args.before else [])]),
         ("bench_memo.py", ["--requests", "100000"] if args.quick else []),
         ("bench_scale.py", ["--runs", "1"] if args.quick else []),
         ("bench_reload.py", ["--rounds", "2", "--duration", "6"] if args.quick else []),
