@@ -317,7 +317,9 @@ def http_bench(args, workdir: Path) -> dict:
         for name, w, source in variants:
             fa = ForwardAuth(workdir / name, policy=policy_of(args.rules), extra=args.fa_extra)
             if source:  # another checkout's forwardauth (e.g. main's, for a before/after in one run)
+                # Run from there too: `python -m` puts the working directory ahead of PYTHONPATH.
                 fa.proc.env = {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
+                fa.proc.cwd = str(Path(source).resolve())
             if w > 1:
                 fa.proc.argv += ["--workers", str(w)]
             procs.append(fa.proc)

@@ -23,10 +23,11 @@ def load_apart(load: Callable[[str], T], path: str, meanwhile: Callable[[], obje
     """`load(path)` in a new child process (spawned: nothing of this process's
     state, threads or event loop is copied), its result pickled back and its
     exception (a ConfigError) raised here. `meanwhile()` runs here while the
-    child works. `background`: the child runs at the lowest CPU priority (a
-    reload: the workers' decisions come first). Raises OSError or
+    child works. `background`: the child runs at a lower CPU priority (nice 10:
+    a reload, the workers' decisions come first and the reload still gets
+    about a tenth of a busy core). Raises OSError or
     concurrent.futures' BrokenProcessPool when no child can run."""
-    init = _lowest_priority if background else None
+    init = _background_priority if background else None
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init) as pool:
         future = pool.submit(load, path)
         if meanwhile is not None:
@@ -34,5 +35,5 @@ def load_apart(load: Callable[[str], T], path: str, meanwhile: Callable[[], obje
         return future.result()
 
 
-def _lowest_priority() -> None:
-    os.nice(19)
+def _background_priority() -> None:
+    os.nice(10)
