@@ -165,9 +165,10 @@ class AppContext:
         try:
             while True:
                 self._reload_again = False
+                started = time.monotonic()
                 rt = await loop.run_in_executor(_reload_executor(), self._build_off_loop)
                 if rt is not None:
-                    self._swap(rt)
+                    self._swap(rt, time.monotonic() - started)
                     # What the new runtime is made of lives until the next reload:
                     # out of the collector's generations, like at start-up (serving.py).
                     gc.freeze()
@@ -219,11 +220,14 @@ class AppContext:
             log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
             return None
 
-    def _swap(self, rt: Runtime) -> None:
+    def _swap(self, rt: Runtime, took: float | None = None) -> None:
         if rt.config.state != self.runtime.config.state:
             log.warning("state URL changes need a restart; keeping the current store")
         self.runtime = rt
-        log.info("configuration reloaded", extra={"fields": {"rules": len(rt.config.policy.rules)}})
+        fields: dict[str, object] = {"rules": len(rt.config.policy.rules)}
+        if took is not None:
+            fields["seconds"] = round(took, 2)  # from the start of the reload to the swap (off the loop)
+        log.info("configuration reloaded", extra={"fields": fields})
 
     @property
     def policy(self) -> StorePolicy:
