@@ -497,7 +497,7 @@ def load_text() -> str:
 
 
 def median_round(a: list[WrkResult], b: list[WrkResult]) -> tuple[int, list[float]]:
-    ratios = [x.rps / y.rps for x, y in zip(a, b)]
+    ratios = [x.rps / y.rps for x, y in zip(a, b, strict=True)]
     return sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2], ratios
 
 
@@ -519,14 +519,14 @@ def report_http(args, res: dict) -> dict[str, float]:
         for name, r in (("(a) forwardauth /auth/nginx", a[mid]), ("(b) bare aiohttp+uvloop 200", b[mid])):
             print(f"  {name:34}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.cpu_us:>12.0f}  {r.errors or '-'}")
         ratio = out[mode] = ratios[mid]
-        cpu = sorted(y.cpu_us / x.cpu_us for x, y in zip(a, b) if x.cpu_us)
+        cpu = sorted(y.cpu_us / x.cpu_us for x, y in zip(a, b, strict=True) if x.cpu_us)
         out[mode + "_cpu"] = cpu[len(cpu) // 2] if cpu else 0.0
         print(f"  {'ratio a/b (requests/s)':34}{ratio:>10.2f}   target >= {target:.2f}: "
               f"{'met' if ratio >= target else 'NOT met'}")
         print(f"  {'ratio b/a (backend CPU per req)':34}{out[mode + '_cpu']:>10.2f}   (median of the rounds; what "
               "the ratio would be if the backend alone bounded req/s)")
         print("  (every round, a and b taking turns: req/s " + ", ".join(f"{r:.2f}" for r in ratios)
-              + "; CPU " + ", ".join(f"{y.cpu_us / x.cpu_us:.2f}" for x, y in zip(a, b) if x.cpu_us) + ")")
+              + "; CPU " + ", ".join(f"{y.cpu_us / x.cpu_us:.2f}" for x, y in zip(a, b, strict=True) if x.cpu_us) + ")")
         if any(r.errors for r in a + b):
             print("  WARNING: some rounds had errors: their figures are not comparable")
     for name in res["targets"][1:-1]:

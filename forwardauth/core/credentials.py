@@ -20,9 +20,10 @@ decision, and a frozen dataclass costs several times as much to make.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from enum import Enum
-from typing import Mapping, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from forwardauth.core.levels import Levels
 from forwardauth.core.lru import Lru

@@ -40,7 +40,8 @@ of them at once. `counts` are the answers table's hits and misses.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from forwardauth.core.lru import Lru
 from forwardauth.core.request import OriginalRequest

@@ -35,13 +35,14 @@ tests run it against any store with a fixed clock.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from forwardauth.accounts import account_store, check_username, is_upstream_account, upstream_sub
-from forwardauth.regulation import lift_ban
-from forwardauth.revocation import FAR_FUTURE
+from forwardauth.services.account_names import account_store, check_username, is_upstream_account, upstream_sub
+from forwardauth.services.regulation import lift_ban
 from forwardauth.state.base import StateStore
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
+from forwardauth.state.revocations import FAR_FUTURE
 
 # Writes one audit line: audit(event, user=..., reason=...) (AuditLog.emit or alike).
 AuditFn = Callable[..., Any]

@@ -17,6 +17,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+LARGE_CONFIG = 256 * 1024  # bytes: a config this large is parsed in a child process (about 2,000 rules)
+
+
+def is_large(path: str) -> bool:
+    """Whether `path` is worth a child process: a small config parses in
+    milliseconds, less than a child's start (a second or more on a busy machine)."""
+    try:
+        return os.stat(path).st_size >= LARGE_CONFIG
+    except OSError:
+        return False
+
 
 def load_apart(load: Callable[[str], T], path: str, meanwhile: Callable[[], object] | None = None,
                background: bool = False) -> T:

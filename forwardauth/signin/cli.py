@@ -28,11 +28,12 @@ import asyncio
 import getpass
 import json
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from forwardauth.accounts import check_account_name, check_username, normalise_username
 from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.services.account_names import check_account_name, check_username, normalise_username
 from forwardauth.services.accounts import OPERATOR, AccountExists, AccountService, NotFound, check_can_have_password
 from forwardauth.services.audit import AuditLog
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
@@ -40,7 +41,7 @@ from forwardauth.services.passwords import MAX_PASSWORD_CHARS, generate_password
 from forwardauth.signin.settings import LocalSettings, settings
 from forwardauth.signin.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
 from forwardauth.state import StateStore, open_store
-from forwardauth.state.records import MAX_KEY, Account, AccountError, check_groups
+from forwardauth.state.records import Account, AccountError, check_groups
 
 
 class Ops:

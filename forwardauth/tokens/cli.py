@@ -14,12 +14,13 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from forwardauth.accounts import USERNAME_RE, check_account_name
 from forwardauth.core.durations import parse_duration
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
@@ -100,7 +101,8 @@ def _register_accounts(sub: SubCommands) -> None:
     r.add_argument("name", type=_existing_name)
     r.add_argument("--set", required=True, dest="roles", help="comma-separated roles ('' for none)")
     r.set_defaults(func=_cmd_roles)
-    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once (epoch to the far future)")
+    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once "
+                                   "(epoch to the far future)")
     lk.add_argument("name", type=_existing_name)
     lk.set_defaults(func=_cmd_lock)
     ul = s.add_parser("unlock", help="set the status back to active and lift any ban for failed attempts; what "

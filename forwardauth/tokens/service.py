@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from forwardauth.accounts import account_store
 from forwardauth.core.config import Config
 from forwardauth.core.keyring import KeyRing
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
+from forwardauth.services.account_names import account_store
 from forwardauth.services.accounts import OPERATOR as OPERATOR_NAME
 from forwardauth.services.accounts import AccountExists, AccountService, NotFound, revoke_token
+from forwardauth.services.keys import dbcreds_sealer
 from forwardauth.state.base import AccountStore, StateStore, TokenStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv
@@ -108,7 +110,8 @@ class TokenService:
             self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
             raise Denied(f"{actor.name} may not issue tokens for {account}")
         if not TOKEN_NAME_RE.match(name):
-            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - (starting with a letter or digit)")
+            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - "
+                          "(starting with a letter or digit)")
         levels = self.config.levels
         allowed = self.settings.level_for(account, self.config)
         level = level or allowed
@@ -240,7 +243,7 @@ class TokenService:
     # --- database credentials --------------------------------------------
 
     def _sealer(self) -> Sealer:
-        return Sealer(self.ring, "dbcreds", max_length=16384)
+        return dbcreds_sealer(self.ring)  # at rest ("data" role): opens until re-sealed (keys reseal)
 
     async def set_dbcreds(self, actor: rules.Actor, account: str, creds: dict[str, Any],
                           now: float | None = None) -> None:

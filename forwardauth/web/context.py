@@ -16,9 +16,10 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -29,11 +30,11 @@ from forwardauth.core.errors import ConfigError
 from forwardauth.core.request import client_of
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
-from forwardauth.services.apart import load_apart
+from forwardauth.services.apart import is_large, load_apart
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
+from forwardauth.state.revocations import Revocations
 from forwardauth.web.factors import Factor
 
 log = logging.getLogger("forwardauth")
@@ -141,7 +142,9 @@ class AppContext:
 
     def reload(self) -> bool:
         """Load the config file again and swap the new runtime in, here and now
-        (tests, tools). A config that does not load keeps the running one."""
+        (tests, tools), and open the audit log's file again. A config that does
+        not load keeps the running one."""
+        self.audit.reopen()
         rt = self._build_runtime()
         if rt is None:
             return False
@@ -154,7 +157,9 @@ class AppContext:
         event loop, and swapped in whole by one assignment on the loop; until
         then decisions use the old one. A SIGHUP while a reload runs is folded
         into one more reload after it (the file may have changed again), never
-        queued one per signal."""
+        queued one per signal. The audit log's file is opened again at once, on
+        every SIGHUP (logrotate renamed it), whatever the config says."""
+        self.audit.reopen()
         if self._reload is not None:
             self._reload_again = True
             return
@@ -178,18 +183,19 @@ class AppContext:
             self._reload = None
 
     def _build_off_loop(self) -> Runtime | None:
-        """On the reload thread. The config file is read and validated in a
-        child process (parsing a large policy's YAML is seconds of CPU that
+        """On the reload thread. A large config file (services.apart.is_large)
+        is read and validated in a child process (parsing a large policy's YAML is seconds of CPU that
         would share the GIL with the event loop, and its peak memory would
         stay with this process); what comes back is the validated Config,
         pickled, whose unpickling and the key ring are all this process
         does, with a shorter GIL switch interval (the loop gets it back
-        sooner) and no collection walking the old runtime meanwhile. Without
-        a child process (none can be started, or the loader does not
-        pickle), the thread parses it itself."""
+        sooner) and no collection walking the old runtime meanwhile. A small
+        one (milliseconds to parse, less than a child's start), or without a
+        child process (none can be started, or the loader does not pickle),
+        the thread parses itself."""
         path = self.runtime.config.path
         try:
-            config = load_apart(self.load_config, path, background=True)
+            config = load_apart(self.load_config, path, background=True) if is_large(path) else None
         except ConfigError as exc:
             log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
             return None

@@ -21,9 +21,9 @@ import pytest
 
 from forwardauth.composition import load_config
 from forwardauth.core.runtime import Runtime
+from forwardauth.signin.totp import SecretBox
 from forwardauth.state.records import Account
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.signin.totp import SecretBox
 from harness.tokens import TokenServer
 
 ENTRY_POINTS = ("users", "accounts", "api")
@@ -175,7 +175,7 @@ def test_unlock_lifts_the_ban_everywhere(fa, entry):
 
 def test_unlock_lifts_an_upstream_identitys_totp_ban(fa, entry):
     """The TOTP of an upstream identity is regulated under its account's name ("oidc:<sub>")."""
-    from forwardauth.regulation import Regulator
+    from forwardauth.services.regulation import Regulator
     from forwardauth.signin.settings import settings
 
     name = f"oidc:Ban-{entry.name.upper()}"

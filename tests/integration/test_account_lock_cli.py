@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from forwardauth.revocation import FAR_FUTURE
+from forwardauth.state.revocations import FAR_FUTURE
 from forwardauth.state.sqlite import SQLiteStore
 from harness.tokens import TokenServer
 

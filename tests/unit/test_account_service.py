@@ -8,9 +8,6 @@ import sys
 
 import pytest
 
-from forwardauth.services.audit import EVENTS
-from forwardauth.regulation import RegulationConfig, Regulator
-from forwardauth.revocation import FAR_FUTURE
 from forwardauth.services.accounts import (
     OPERATOR,
     AccountExists,
@@ -18,8 +15,11 @@ from forwardauth.services.accounts import (
     NotFound,
     check_can_have_password,
 )
+from forwardauth.services.audit import EVENTS
+from forwardauth.services.regulation import RegulationConfig, Regulator
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
+from forwardauth.state.revocations import FAR_FUTURE
 from forwardauth.state.sqlite import SQLiteStore
 
 NOW = 1_000_000.0
@@ -126,7 +126,7 @@ async def test_who_cannot_have_a_password(svc, store):
 
 
 async def test_groups_follow_one_rule(svc, store, lines, clock):
-    """Moved here from test_accounts (it tested forwardauth.accounts.set_account_groups, now the service)."""
+    """Moved here from test_accounts (it tested forwardauth.services.account_names.set_account_groups, now the service)."""
     await svc.create(OPERATOR, "alice", groups=("staff",))
     with pytest.raises(NotFound, match="^no account 'ghost'$"):
         await svc.set_groups(OPERATOR, "ghost", ["x"])
@@ -161,7 +161,7 @@ async def ban(store, name: str) -> Regulator:
 
 
 async def test_lock_then_unlock(svc, store, lines, clock):
-    """Moved here from test_accounts (forwardauth.accounts.lock_account/unlock_account), plus the ban."""
+    """Moved here from test_accounts (forwardauth.services.account_names.lock_account/unlock_account), plus the ban."""
     await svc.create(OPERATOR, "alice")
     for op in (svc.lock, svc.unlock):
         with pytest.raises(NotFound, match="^no account 'ghost'$"):

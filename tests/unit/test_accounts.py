@@ -2,16 +2,16 @@
 
 import pytest
 
-from forwardauth.accounts import account_store, check_username, normalise_username
+from forwardauth.services.account_names import account_store, check_username, normalise_username
 from forwardauth.state.base import AccountStore, StoreUnavailable
-from forwardauth.state.records import Account, AccountError, check_groups
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account, AccountError, check_groups
 from forwardauth.state.sqlite import SQLiteStore
 
 
 def acct(name="alice", **kw) -> Account:
-    base = dict(display_name="Alice", email="alice@example.com", groups=("staff",), created=10, updated=10,
-                password_hash="scrypt$n=2^10,r=8,p=1$salt$hash")
+    base = {"display_name": "Alice", "email": "alice@example.com", "groups": ("staff",), "created": 10, "updated": 10,
+                "password_hash": "scrypt$n=2^10,r=8,p=1$salt$hash"}
     return Account(name, **{**base, **kw})
 
 
@@ -111,7 +111,7 @@ def test_a_backend_without_accounts_is_refused():
 
 def test_names_of_existing_accounts():
     """Typed usernames, or an upstream identity's account exactly as listed ("oidc:<sub>", sub kept as is)."""
-    from forwardauth.accounts import check_account_name, upstream_sub
+    from forwardauth.services.account_names import check_account_name, upstream_sub
 
     assert check_account_name("alice") == "alice"
     assert check_account_name("oidc:AbC-123/x@y") == "oidc:AbC-123/x@y"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE, check_account_name
 from forwardauth.core.durations import parse_duration
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import rules
@@ -26,6 +27,7 @@ from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.web.api import ApiError, body, error_response, fail, json_response
 from forwardauth.web.context import CTX, AppContext, Route
+from forwardauth.web.unavailable import report
 
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -47,7 +49,8 @@ def _guard(fn: Handler) -> Handler:
             return error_response(ApiError(409, "conflict", str(exc)))
         except (Invalid, AccountError) as exc:
             return error_response(ApiError(400, "invalid_request", str(exc)))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            report(request, exc)  # the log line, and the attempt's audit line (a token exchange)
             return error_response(ApiError(503, "unavailable", "the state store is unavailable", {"Retry-After": "5"}))
 
     return run
@@ -204,7 +207,7 @@ async def set_roles(request: web.Request) -> web.Response:
     return json_response(account_view(acct))
 
 
-def _status_change(method: str):
+def _status_change(method: str) -> Handler:
     """POST /accounts/{name}/lock and /unlock: TokenService.lock / .unlock, then
     this replica's revocations and index at once (others follow by pub/sub)."""
 
@@ -339,7 +342,7 @@ async def exchange(request: web.Request) -> web.Response:
         # Level and expiry do pass: the JWT's level is the token's lowest, and
         # it expires no later than the token.
         session = c.session
-        claims = {"sub": session.sub, "level": session.level, "tid": session.sid, "src": "token"}
+        claims: dict[str, object] = {"sub": session.sub, "level": session.level, "tid": session.sid, "src": "token"}
         groups, email, until = session.groups, session.email, session.exp
         event_reason = f"token {session.sid} exchanged for a JWT"
     else:
@@ -365,7 +368,7 @@ async def exchange(request: web.Request) -> web.Response:
         jwt = request.app[TOKENS].signer(ctx.runtime).sign(claims, audience=s.jwt.audience, lifetime=life, now=now)
     except JwtError as exc:
         fail(503, "unavailable", str(exc))
-    ctx.audit.emit("token_exchanged", user=claims["sub"], level=claims["level"], reason=event_reason)
+    ctx.audit.emit("token_exchanged", user=str(claims["sub"]), level=str(claims["level"]), reason=event_reason)
     return json_response({"access_token": jwt, "token_type": "Bearer", "expires_in": int(life),
                           "issued_token_type": "urn:ietf:params:oauth:token-type:jwt"})
 
