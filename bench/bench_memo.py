@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from forwardauth.core.authorize import HEALTHY, Authorizer
     from forwardauth.core.request import NGINX
     from forwardauth.core.runtime import Runtime
-    from forwardauth.revocation import Revocations
     from forwardauth.state.records import RevocationSnapshot
+    from forwardauth.state.revocations import Revocations
 
     workdir = Path(tempfile.mkdtemp(prefix="forwardauth-memo-bench-"))
     config = make_config(workdir, free_port(), policy=policy_of(args.rules))

@@ -237,7 +237,7 @@ async def test_sighup_builds_off_the_loop_and_folds_signals_into_one_more_reload
     def slow_build():
         builds.append(threading.current_thread().name)
         gate.wait(5)  # held until the test has asked its decision
-        return real()  # the config read and validated in a child process
+        return real()  # a small config: read and validated on the reload thread itself
 
     monkeypatch.setattr(ctx, "_build_off_loop", slow_build)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
@@ -270,6 +270,54 @@ async def test_sighup_builds_off_the_loop_and_folds_signals_into_one_more_reload
         assert ctx.runtime is new and len(builds) == 3
         assert [r.getMessage() for r in caplog.records if r.name == "forwardauth"] == [
             "reload refused; the running configuration is kept"]
+
+
+async def test_a_large_config_is_reloaded_through_a_child_process_and_a_small_one_is_not(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """services.apart.is_large decides: a config of 256 KB or more is parsed in
+    a child process on SIGHUP (its problems still refuse the reload), a small
+    one on the reload thread (a child's start would cost more than its parse)."""
+    import asyncio
+
+    from forwardauth.composition import load_config
+    from forwardauth.services import apart
+    from forwardauth.web import context
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + POLICY)
+    app = build_app(Runtime.build(load_config(path)), MemoryStore())
+    ctx = app[CTX]
+    children: list[str] = []
+
+    def spy(load, p, **kw):
+        children.append(p)
+        return apart.load_apart(load, p, **kw)
+
+    monkeypatch.setattr(context, "load_apart", spy)
+
+    async def reload() -> None:
+        ctx.sighup()
+        for _ in range(6000):
+            if ctx._reload is None:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the reload did not finish in 60 s")
+
+    padding = "#" * 99 + "\n"
+    path.write_text(BASE + "policy: {default: anonymous}\n")
+    await reload()
+    assert children == [] and ctx.runtime.config.policy.default.value == "anonymous"
+    path.write_text(BASE + POLICY + padding * (apart.LARGE_CONFIG // len(padding) + 1))
+    assert apart.is_large(str(path))
+    await reload()
+    assert children == [str(path)] and len(ctx.runtime.config.policy.rules) > 0
+    kept = ctx.runtime
+    path.write_text(BASE + "policy: {rules: [{level: nope}]}\n" + padding * (apart.LARGE_CONFIG // len(padding) + 1))
+    caplog.clear()
+    await reload()
+    assert children == [str(path)] * 2 and ctx.runtime is kept
+    assert [r.getMessage() for r in caplog.records if r.name == "forwardauth"] == [
+        "reload refused; the running configuration is kept"]
 
 
 async def _raw(port: int, path: bytes, headers: bytes) -> bytes:
