@@ -184,9 +184,9 @@ class AppContext:
 
     def _build_off_loop(self) -> Runtime | None:
         """On the reload thread. A large config file (services.apart.is_large)
-        is read and validated in a child process (parsing a large policy's YAML is seconds of CPU that
-        would share the GIL with the event loop, and its peak memory would
-        stay with this process); what comes back is the validated Config,
+        is read and validated in a child process (parsing a large policy's
+        YAML is seconds of CPU that would share the GIL with the event loop,
+        and its peak memory would stay with this process); what comes back is the validated Config,
         pickled, whose unpickling and the key ring are all this process
         does, with a shorter GIL switch interval (the loop gets it back
         sooner) and no collection walking the old runtime meanwhile. A small
