@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from forwardauth.core.sealing import SealError
 from forwardauth.core.session import MAX_FIELD as MAX_SESSION_FIELD
 from forwardauth.core.session import MAX_GROUPS as MAX_SESSION_GROUPS
 from forwardauth.services import keys as keys_service
+from forwardauth.services.apart import is_large, load_apart
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
 from forwardauth.state import StateStore, open_store
 
@@ -45,11 +47,27 @@ def _cmd_serve(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.core import logs
 
     logs.setup()
-    cfg = env.config_or_default(args)
+    cfg = _serve_config(args, env)
     workers = args.workers if args.workers is not None else cfg.server.workers
     if not 1 <= workers <= 64:
         raise CliError("--workers must be from 1 to 64")
     return composition.serve(cfg, workers)
+
+
+
+
+def _serve_config(args: argparse.Namespace, env: CliEnv) -> Config:
+    """The config to serve. A large one (a policy of thousands of rules) is
+    parsed in a child process while this one imports the web stack: start-up
+    takes the longer of the two, not their sum, and the parse's peak memory
+    stays in the child (services/apart.py)."""
+    if args.config:
+        if is_large(args.config):
+            try:
+                return load_apart(env.load, args.config, meanwhile=composition.web_stack)
+            except (OSError, BrokenProcessPool):
+                pass  # no child process here: parsed in this one
+    return env.config_or_default(args)
 
 
 # --- check -------------------------------------------------------------------

@@ -188,6 +188,16 @@ def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Applicat
                  policy_of=store_policy, audit_target=audit_target)
 
 
+def web_stack() -> None:
+    """Import what serving needs (aiohttp, the web layer, every part's web
+    build): `serve` does it while a child process parses a large config."""
+    import forwardauth.web.serving  # noqa: F401
+
+    for p in PARTS:
+        if p.web is not None:
+            p.web()
+
+
 def serve(config: Config, workers: int) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status."""
     from forwardauth.web.serving import serve as run

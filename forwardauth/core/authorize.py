@@ -218,7 +218,8 @@ class Authorizer:
     Built again when the runtime changes (a reload), with an empty memo."""
 
     def __init__(self, runtime: Runtime, convention: Convention, *, redirects: bool, revocations: RevocationView,
-                 hooks: Sequence[DecisionHooks] = (), policy: StorePolicy = StorePolicy(), endpoint: str = ""):
+                 hooks: Sequence[DecisionHooks] = (), policy: StorePolicy = StorePolicy(), endpoint: str = "",
+                 memo_counts: list[int] | None = None):
         self.runtime = runtime
         self.config = runtime.config
         self.convention = convention
@@ -229,7 +230,7 @@ class Authorizer:
         self.allow_headers = tuple(h.allow_headers for h in hooks if h.allow_headers is not None)
         self.policy = policy
         self.endpoint = endpoint
-        self.memo: Memo[Result] = Memo()
+        self.memo: Memo[Result] = Memo(runtime.config.server.memo_entries, memo_counts)
         self.cookie_name = runtime.config.session.cookie_name
 
     def authorize(self, remote: str | None, headers: Mapping[str, str], now: float, health: Health) -> Result:
@@ -292,10 +293,29 @@ class Authorizer:
     def _decide(self, req: OriginalRequest, cred: Credential, now: float, health: Health,
                 key: Key | None) -> Result:
         """Decide and answer; an allowed 200 is remembered under `key` (given
-        only when the memo may be used: see `authorize`)."""
+        only when the memo may be used: see `authorize`).
+
+        With `key`, the decision comes through the memo's rule table
+        (decision.decide), and an allowed result already made from that very
+        decision object for this host is given again (its answer depends on
+        nothing else: the session's identity headers, the parts' headers for
+        the host, the decision's `until`); its `request` is then the first
+        one it answered, which only denials' logs read."""
         session = cred.session
         cfg = self.config
-        decision = decide(req, session, cfg.policy, cfg.levels, now)
+        if key is None:
+            decision = decide(req, session, cfg.policy, cfg.levels, now)
+        else:
+            memo = self.memo
+            decision = decide(req, session, cfg.policy, cfg.levels, now, memo.rules)
+            if decision.allowed:
+                made = (id(decision), req.host)
+                hit = memo.results.get(made)
+                if hit is not None and now < hit[1].answer.until:
+                    memo.results.move_to_end(made)
+                    result: Result = hit[1]
+                    memo.remember(key, session, result, result.answer.until)
+                    return result
         ans = self.policy.refuse(cfg, decision, cred, health)
         if ans is not None and self.via_nginx:
             ans = responses.unavailable_via_nginx(ans)
@@ -308,6 +328,7 @@ class Authorizer:
         result = Result(ans, decision.outcome, decision, req, cred)
         if key is not None and decision.allowed and ans.status == 200:
             self.memo.remember(key, session, result, ans.until)
+            self.memo.results.put((id(decision), req.host), (decision, result))
         return result
 
     def _allow_headers(self, ans: Answer, session: Session, req: OriginalRequest, now: float) -> Answer:

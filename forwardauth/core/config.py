@@ -42,6 +42,7 @@ class ServerConfig:
     allowed_redirect_domains: tuple[str, ...] = ()
     realm: str = "forwardauth"
     workers: int = 1
+    memo_entries: int = 20_000  # each table of remembered answers and opened cookies (core/memo.py)
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -226,7 +227,8 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     d = r.mapping(
         raw,
         w,
-        {"listen", "public_url", "trusted_proxies", "allowed_redirect_domains", "realm", "workers", "tls"},
+        {"listen", "public_url", "trusted_proxies", "allowed_redirect_domains", "realm", "workers", "memo_entries",
+         "tls"},
     )
     dflt = ServerConfig()
     host, port = dflt.listen_host, dflt.listen_port
@@ -249,6 +251,10 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
         r.error(f"{w}.workers", f"must be an integer from 1 to 64, got {show(workers)}")
         workers = 1
+    memo = d.get("memo_entries", dflt.memo_entries)
+    if isinstance(memo, bool) or not isinstance(memo, int) or not 100 <= memo <= 10_000_000:
+        r.error(f"{w}.memo_entries", f"must be an integer from 100 to 10000000, got {show(memo)}")
+        memo = dflt.memo_entries
     tls = r.mapping(d.get("tls"), f"{w}.tls", {"cert", "key"})
     cert, key = r.string(tls, "cert", f"{w}.tls"), r.string(tls, "key", f"{w}.tls")
     if bool(cert) != bool(key):
@@ -262,6 +268,7 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
         tuple(x.lower() for x in domains),
         realm,
         workers,
+        memo,
         cert,
         key,
     )

@@ -26,11 +26,15 @@ from enum import Enum
 from typing import NamedTuple, Protocol
 
 from forwardauth.core.levels import Levels
+from forwardauth.core.lru import Lru
 from forwardauth.core.request import OriginalRequest
 from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.core.session import Session, new_session_id
 
-MAX_OPENED = 20_000  # opened cookies remembered per process
+MAX_OPENED = 20_000  # opened cookies remembered per codec (per runtime)
+# Session cookies decrypted and parsed (not found among the opened ones), in
+# this process: forwardauth_sessions_opened_total. A list, counted without a call.
+OPENED = [0]
 MAX_COOKIE_BYTES = 3800  # browsers drop cookies over ~4 KB in total
 
 
@@ -105,7 +109,8 @@ class SessionCodec:
     Opening is strict: anything that is not a well-formed, unexpired session
     sealed by a key of the ring is refused, with the reason."""
 
-    def __init__(self, sealer: Sealer, levels: Levels, lifetime: float, idle_timeout: float):
+    def __init__(self, sealer: Sealer, levels: Levels, lifetime: float, idle_timeout: float,
+                 max_opened: int = MAX_OPENED):
         self.sealer = sealer
         self.levels = levels
         self.lifetime = lifetime
@@ -113,10 +118,10 @@ class SessionCodec:
         # Cookie value -> its decrypted, validated Session. A browser sends the
         # same cookie on every request, so the hot path decrypts and parses it
         # once; the time checks below still run on every call. A new key ring
-        # (reload) builds a new codec, hence a new, empty cache. A plain dict,
-        # emptied when full: its lookup is a fraction of an LRU's, and a full
-        # table costs one decryption per active cookie afterwards.
-        self._opened: dict[str, Session] = {}
+        # (reload) builds a new codec, hence a new, empty cache. Bounded, least
+        # recently used out first (memo.Lru): more active cookies than it holds
+        # cost a decryption for the coldest ones only.
+        self._opened: Lru = Lru(max_opened)
 
     def new(
         self,
@@ -155,7 +160,9 @@ class SessionCodec:
         if len(value) > MAX_COOKIE_BYTES:
             return _OVERSIZED
         session = self._opened.get(value)
-        if session is None:
+        if session is not None:
+            self._opened.move_to_end(value)
+        else:
             try:
                 raw = self.sealer.open(value)
             except SealError as exc:
@@ -166,9 +173,8 @@ class SessionCodec:
                 return _MALFORMED
             if session.level not in self.levels:
                 return _UNKNOWN_LEVEL
-            if len(self._opened) >= MAX_OPENED:
-                self._opened.clear()
-            self._opened[value] = session
+            OPENED[0] += 1
+            self._opened.put(value, session)
         if now >= session.exp:
             return _EXPIRED
         if now - session.seen >= self.idle_timeout:

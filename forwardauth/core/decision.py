@@ -13,6 +13,7 @@ from enum import Enum
 
 from forwardauth.core.durations import format_duration
 from forwardauth.core.levels import Levels
+from forwardauth.core.lru import Lru
 from forwardauth.core.policy import Action, Policy, Rule
 from forwardauth.core.request import OriginalRequest
 from forwardauth.core.session import Session
@@ -46,16 +47,32 @@ class Decision:
 
 
 def decide(
-    req: OriginalRequest, session: Session | None, policy: Policy, levels: Levels, now: float
+    req: OriginalRequest, session: Session | None, policy: Policy, levels: Levels, now: float,
+    remembered: Lru | None = None,
 ) -> Decision:
     """The decision for every reading of the request (paths.py: each path an
     app could route, each method it could act on), the strictest one winning:
     what the app does with the request is allowed only if every way it could
-    read it is allowed."""
+    read it is allowed.
+
+    `remembered` (memo.Memo.rules, the pipeline's): for a request with one
+    reading, the decision once its rule is known is remembered per (rule,
+    method, session object): `decide_for_rule` depends on nothing else but
+    the clock, and only through a rule's max_age, whose allow lapses at its
+    `until` (a refusal for a proof too old stays one for that session)."""
     rule = policy.match(req.host, req.path, req.method, req.client)
-    decision = decide_for_rule(rule, req.method, session, policy, levels, now)
     if len(req.paths) == 1 and len(req.methods) == 1:
+        if remembered is None:
+            return decide_for_rule(rule, req.method, session, policy, levels, now)
+        key = (id(rule), req.method, id(session))  # the entry holds both: their ids stay theirs
+        hit = remembered.get(key)
+        if hit is not None and now < hit[2].until:
+            remembered.move_to_end(key)
+            return hit[2]
+        decision = decide_for_rule(rule, req.method, session, policy, levels, now)
+        remembered.put(key, (rule, session, decision))
         return decision
+    decision = decide_for_rule(rule, req.method, session, policy, levels, now)
     seen = {(id(rule), req.method)}
     for method in req.methods:
         for path in req.paths:

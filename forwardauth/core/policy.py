@@ -11,12 +11,11 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from cachetools import LRUCache
-
+from forwardauth.core.lru import Lru
 from forwardauth.core.shown import show
 
 
@@ -136,14 +135,83 @@ class Rule:
         return None
 
     def matches(self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> bool:
-        if self.paths and not any(p.matches(path) for p in self.paths):
+        return self.test(host, path, method, client)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (to a spawned worker) without the compiled test: a closure does not pickle."""
+        return {k: v for k, v in self.__dict__.items() if k != "_test"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickled in Python, not C, on purpose: a reload unpickles the new
+        config on a thread beside the event loop, and only between Python
+        bytecodes can the loop take the GIL back (see web/context.py)."""
+        self.__dict__.update(state)
+
+    @property
+    def test(self) -> Test:
+        """`matches` as one function made for this rule's patterns (`compile_test`), made once."""
+        t: Test | None = self.__dict__.get("_test")
+        if t is None:
+            t = compile_test(self)
+            object.__setattr__(self, "_test", t)
+        return t
+
+
+Test = Callable[[str, str, str, "ipaddress._BaseAddress | None"], bool]
+
+
+def compile_test(rule: Rule) -> Test:
+    """One function that answers exactly what these checks answer, in any order
+    (each is a pure predicate):
+
+        paths: any(p.matches(path) for p in rule.paths), when there are paths;
+        methods: method in rule.methods, when given;
+        networks: client in one of them, when given (no client: no match);
+        hosts: any(host_matches(h, host) ...), when given (the policy's
+               per-host index already guarantees it; kept for direct callers).
+
+    Segment-aware prefixes become one `str.startswith` over a tuple plus a set
+    of exact paths (`/a/` matches `/a/...` and `/a`; `/a` matches `/a` and
+    `/a/...`), globs and regexes their compiled patterns' fullmatch/match:
+    no generator and no per-pattern call on a decision
+    (tests/unit/test_policy.py compares it with PathPattern.matches)."""
+    starts: list[str] = []
+    exact: set[str] = set()
+    others: list[Callable[[str], re.Match[str] | None]] = []
+    for p in rule.paths:
+        if p.kind == "prefix":
+            if p.source.endswith("/"):
+                starts.append(p.source)
+                exact.add(p.source[:-1])
+            else:
+                starts.append(p.source + "/")
+                exact.add(p.source)
+        else:
+            assert p.regex is not None
+            others.append(p.regex.match if p.kind == "regex" else p.regex.fullmatch)
+    any_path = not rule.paths
+    prefixes = tuple(starts)
+    regexes = tuple(others)
+    methods = rule.methods
+    networks = rule.networks
+    hosts = rule.hosts
+    plain_hosts = frozenset(h for h in hosts if not h.startswith("*."))
+    wild_hosts = tuple(h for h in hosts if h.startswith("*."))
+
+    def test(host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> bool:
+        if not any_path and not (path in exact or path.startswith(prefixes)):
+            for r in regexes:
+                if r(path) is not None:
+                    break
+            else:
+                return False
+        if methods is not None and method not in methods:
             return False
-        if self.methods is not None and method not in self.methods:
+        if networks and (client is None or not any(client in n for n in networks)):
             return False
-        if self.networks and (client is None or not any(client in n for n in self.networks)):
-            return False
-        # Hosts are already guaranteed by the index; checked last for direct callers.
-        return not self.hosts or any(host_matches(h, host) for h in self.hosts)
+        return not hosts or host in plain_hosts or any(host_matches(h, host) for h in wild_hosts)
+
+    return test
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -183,16 +251,30 @@ class Policy:
             {k: tuple(v) for k, v in wild.items()},
             tuple(any_host),
         )
-        object.__setattr__(p, "_cache", LRUCache(maxsize=4096))
+        object.__setattr__(p, "_cache", Lru(4096))
         return p
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (to a spawned worker) without the per-host cache of compiled tests."""
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.__dict__["_cache"] = Lru(4096)
 
     def candidates(self, host: str) -> tuple[Rule, ...]:
         """The rules that may apply to `host`, in file order (memoised per host)."""
-        cache: LRUCache = self._cache  # type: ignore[attr-defined]
+        return tuple(r for r, _ in self._tests(host))
+
+    def _tests(self, host: str) -> tuple[tuple[Rule, Test], ...]:
+        """The candidates of `host` with their tests (memoised per host, least recently used out)."""
+        cache: Lru = self._cache  # type: ignore[attr-defined]
         found = cache.get(host)
         if found is None:
-            found = tuple(self._gather(host))
-            cache[host] = found
+            found = tuple((r, r.test) for r in self._gather(host))
+            cache.put(host, found)
+        else:
+            cache.move_to_end(host)
         return found
 
     def _gather(self, host: str) -> Iterator[Rule]:
@@ -214,8 +296,8 @@ class Policy:
 
     def match(self, host: str, path: str, method: str, client: ipaddress._BaseAddress | None) -> Rule | None:
         """The first rule that matches, or None (then `default` applies)."""
-        for r in self.candidates(host):
-            if r.matches(host, path, method, client):
+        for r, test in self._tests(host):
+            if test(host, path, method, client):
                 return r
         return None
 

@@ -38,6 +38,7 @@ class Runtime:
             config.levels,
             config.session.lifetime,
             config.session.idle_timeout,
+            config.server.memo_entries,
         )
         return cls(config, ring, codec, TrustedNetworks(config.server.trusted_proxies))
 

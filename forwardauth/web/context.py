@@ -11,9 +11,13 @@ import between parts.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +30,7 @@ from forwardauth.core.errors import ConfigError
 from forwardauth.core.request import client_of
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
+from forwardauth.services.apart import is_large, load_apart
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
@@ -129,25 +134,106 @@ class AppContext:
     password_grant: PasswordGrant | None = None
     openapi: list[Mapping[str, Any]] = field(default_factory=list)
     _policy: tuple[Runtime, StorePolicy] | None = None
+    _reload: asyncio.Task[None] | None = None  # the reload running (sighup)
+    _reload_again: bool = False  # a SIGHUP came while it ran
 
     def __post_init__(self) -> None:
         self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
-        """SIGHUP: the config and key ring again (a bad one is refused), and the audit
-        log's file opened again (logrotate renamed it), whatever the config says."""
+        """Load the config file again and swap the new runtime in, here and now
+        (tests, tools), and open the audit log's file again. A config that does
+        not load keeps the running one."""
         self.audit.reopen()
+        rt = self._build_runtime()
+        if rt is None:
+            return False
+        self._swap(rt)
+        return True
+
+    def sighup(self) -> None:
+        """SIGHUP: reload without stalling decisions. The new runtime (config
+        parsed, policy indexed, key ring loaded) is built on a thread, off the
+        event loop, and swapped in whole by one assignment on the loop; until
+        then decisions use the old one. A SIGHUP while a reload runs is folded
+        into one more reload after it (the file may have changed again), never
+        queued one per signal. The audit log's file is opened again at once, on
+        every SIGHUP (logrotate renamed it), whatever the config says."""
+        self.audit.reopen()
+        if self._reload is not None:
+            self._reload_again = True
+            return
+        self._reload = asyncio.get_running_loop().create_task(self._reload_off_loop())
+
+    async def _reload_off_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._reload_again = False
+                started = time.monotonic()
+                rt = await loop.run_in_executor(_reload_executor(), self._build_off_loop)
+                if rt is not None:
+                    self._swap(rt, time.monotonic() - started)
+                    # What the new runtime is made of lives until the next reload:
+                    # out of the collector's generations, like at start-up (serving.py).
+                    gc.freeze()
+                if not self._reload_again:
+                    break
+        finally:
+            self._reload = None
+
+    def _build_off_loop(self) -> Runtime | None:
+        """On the reload thread. A large config file (services.apart.is_large)
+        is read and validated in a child process (parsing a large policy's
+        YAML is seconds of CPU that would share the GIL with the event loop,
+        and its peak memory would stay with this process); what comes back is the validated Config,
+        pickled, whose unpickling and the key ring are all this process
+        does, with a shorter GIL switch interval (the loop gets it back
+        sooner) and no collection walking the old runtime meanwhile. A small
+        one (milliseconds to parse, less than a child's start), or without a
+        child process (none can be started, or the loader does not pickle),
+        the thread parses itself."""
         path = self.runtime.config.path
         try:
-            rt = Runtime.build(self.load_config(path))
+            config = load_apart(self.load_config, path, background=True) if is_large(path) else None
         except ConfigError as exc:
             log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
-            return False
+            return None
+        except Exception:  # noqa: BLE001 - no child process: the same work here
+            config = None
+        interval = sys.getswitchinterval()
+        collecting = gc.isenabled()
+        sys.setswitchinterval(min(interval, RELOAD_SWITCH_INTERVAL))
+        gc.disable()
+        try:
+            if config is None:
+                return self._build_runtime()
+            try:
+                return Runtime.build(config)
+            except ConfigError as exc:
+                log.error("reload refused; the running configuration is kept",
+                          extra={"fields": {"problems": exc.problems}})
+                return None
+        finally:
+            if collecting:
+                gc.enable()
+            sys.setswitchinterval(interval)
+
+    def _build_runtime(self) -> Runtime | None:
+        try:
+            return Runtime.build(self.load_config(self.runtime.config.path))
+        except ConfigError as exc:
+            log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
+            return None
+
+    def _swap(self, rt: Runtime, took: float | None = None) -> None:
         if rt.config.state != self.runtime.config.state:
             log.warning("state URL changes need a restart; keeping the current store")
         self.runtime = rt
-        log.info("configuration reloaded", extra={"fields": {"rules": len(rt.config.policy.rules)}})
-        return True
+        fields: dict[str, object] = {"rules": len(rt.config.policy.rules)}
+        if took is not None:
+            fields["seconds"] = round(took, 2)  # from the start of the reload to the swap (off the loop)
+        log.info("configuration reloaded", extra={"fields": fields})
 
     @property
     def policy(self) -> StorePolicy:
@@ -196,4 +282,14 @@ class AppContext:
 
 
 CTX = web.AppKey("ctx", AppContext)
+
+RELOAD_SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while a reload builds
+_EXECUTOR: list[ThreadPoolExecutor] = []
+
+
+def _reload_executor() -> ThreadPoolExecutor:
+    """The one thread reloads are built on (made when first needed)."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(ThreadPoolExecutor(1, thread_name_prefix="forwardauth-reload"))
+    return _EXECUTOR[0]
 

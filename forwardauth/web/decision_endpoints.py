@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -24,7 +26,7 @@ from forwardauth.core.request import FORWARDED, NGINX, Convention
 from forwardauth.core.runtime import Runtime
 from forwardauth.services.audit import request_id
 from forwardauth.web.context import AppContext
-from forwardauth.web.metrics import DECISIONS
+from forwardauth.web.metrics import BUCKETS, DECISIONS, STATS
 
 log = logging.getLogger("forwardauth")
 
@@ -45,6 +47,8 @@ class DecisionEndpoint:
         self.endpoint = endpoint
         self.convention, self.redirects = ENDPOINTS[endpoint]
         self.counts: dict[Tally, int] = DECISIONS.table(endpoint, (*Outcome, *Refusal))  # type: ignore[assignment]
+        self.latency, self.latency_sum = STATS.latency(endpoint)
+        self.memo_counts = STATS.memo(endpoint)
         self.authorizer: Authorizer | None = None
         self._audit_failed = False
 
@@ -55,10 +59,12 @@ class DecisionEndpoint:
             ctx = self.ctx
             a = self.authorizer = Authorizer(runtime, self.convention, redirects=self.redirects,
                                              revocations=ctx.revocations, hooks=ctx.hooks(runtime),
-                                             policy=ctx.policy, endpoint=self.endpoint)
+                                             policy=ctx.policy, endpoint=self.endpoint,
+                                             memo_counts=self.memo_counts)
         return a
 
     async def handle(self, request: web.Request) -> web.Response:
+        started = perf_counter()
         ctx = self.ctx
         a = self.authorizer
         if a is None or a.runtime is not ctx.runtime:
@@ -86,9 +92,14 @@ class DecisionEndpoint:
             wire = result.wire
             if wire is None:
                 wire = result.wire = CIMultiDict(ans.headers)
-            return web.Response(status=ans.status, headers=wire)  # type: ignore[arg-type]
-        return web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
-                            headers=ans.headers)
+            response = web.Response(status=ans.status, headers=wire)  # type: ignore[arg-type]
+        else:
+            response = web.Response(status=ans.status, text=ans.body, content_type=ans.content_type.split(";")[0],
+                                    headers=ans.headers)
+        took = perf_counter() - started
+        self.latency[bisect_left(BUCKETS, took)] += 1
+        self.latency_sum[0] += took
+        return response
 
     def _audit_denial(self, request: web.Request, result: Result, now: float) -> None:
         """A 403 from the decision endpoints is an audit event (the 401s are just "please sign in").

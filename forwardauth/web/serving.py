@@ -82,7 +82,7 @@ async def _serve(runtime: Runtime, build: Build, reuse_port: bool) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, ctx.reload)
+    loop.add_signal_handler(signal.SIGHUP, ctx.sighup)
     log.info("listening", extra={"fields": {"address": f"{cfg.listen_host}:{cfg.listen_port}", "pid": os.getpid(),
                                             "tls": bool(ssl_ctx)}})
     await stop.wait()

@@ -253,3 +253,17 @@ async def test_a_refused_token_does_not_get_the_remembered_anonymous_answer(clie
     assert (r.status, r.headers["X-Forwardauth-Status"]) == (403, "503")
     assert "bearer tokens are refused" in await r.text()
     assert await get(client, h) == (200, None, None)  # the anonymous request itself: still 200
+
+
+def test_a_full_memo_drops_its_least_recently_used_entries_only():
+    """More keys than room: the entries in use stay, the coldest go (no emptying of everything)."""
+    memo = Memo(max_entries=100)
+    hot = [("hot", (str(i),)) for i in range(10)]
+    for k in hot:
+        memo.remember(k, None, "allow", float("inf"))
+    for i in range(1000):  # a stream of keys never asked again, the hot ones asked in between
+        memo.remember(("cold", (str(i),)), None, "allow", float("inf"))
+        assert memo.answer(hot[i % 10], None, 0.0) == "allow"
+    assert len(memo._answers) == 100
+    assert memo.counts == [1000, 0]
+    assert memo.answer(("cold", ("0",)), None, 0.0) is None and memo.counts == [1000, 1]

@@ -146,3 +146,47 @@ def test_bad_globs_are_value_errors(glob, message):
 def test_glob_character_classes(glob, yes, no):
     p = PathPattern.parse(glob)
     assert p.matches(yes) and not p.matches(no)
+
+
+def _reference(rule: Rule, host: str, path: str, method: str, client) -> bool:
+    """Rule.matches as it was written before compile_test: each check in turn."""
+    if rule.paths and not any(p.matches(path) for p in rule.paths):
+        return False
+    if rule.methods is not None and method not in rule.methods:
+        return False
+    if rule.networks and (client is None or not any(client in n for n in rule.networks)):
+        return False
+    return not rule.hosts or any(host_matches(h, host) for h in rule.hosts)
+
+
+patterns = st.one_of(
+    st.lists(st.sampled_from(["a", "b", "ab", ""]), min_size=1, max_size=3).map(lambda s: "/" + "/".join(s)),
+    st.sampled_from(["/", "/a/", "/a", "/a//", "/ab/", "/a/*", "/a/**", "/*/b", "/a?", "/[ab]/x",
+                     "re:^/a", "re:/b$", "re:^/(a|b)/?$", "re:"]))
+req_paths = st.lists(st.sampled_from(["a", "b", "ab", "", "x", "A"]), max_size=4).map(lambda s: "/" + "/".join(s))
+nets = st.sampled_from([(), (ipaddress.ip_network("10.0.0.0/8"),),
+                        (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))])
+clients = st.sampled_from([None, ipaddress.ip_address("10.1.2.3"), ipaddress.ip_address("192.0.2.1"),
+                           ipaddress.ip_address("::1")])
+
+
+@settings(max_examples=500)
+@given(st.lists(patterns, max_size=3), st.one_of(st.none(), st.sets(st.sampled_from(["GET", "POST"]))), nets,
+       st.lists(st.sampled_from(["a.test", "*.a.test", "b.a.test"]), max_size=2), req_paths,
+       st.sampled_from(["GET", "POST", "PUT"]), clients, st.sampled_from(["a.test", "b.a.test", "c.b.a.test", "x"]))
+def test_compiled_test_answers_what_each_check_answers(pats, methods, networks, hosts, path, method, client, host):
+    """The one function made per rule (compile_test) and the checks it replaces agree."""
+    rule = Rule(index=0, hosts=tuple(hosts), paths=tuple(PathPattern.parse(p) for p in pats),
+                methods=frozenset(methods) if methods is not None else None, networks=networks, action=Action.DENY)
+    assert rule.matches(host, path, method, client) == _reference(rule, host, path, method, client)
+
+
+def test_a_policy_pickles_without_its_compiled_tests():
+    """A spawned worker gets the config pickled: the compiled tests and the per-host cache are made again there."""
+    import pickle
+
+    rule = Rule(index=0, hosts=("a.test",), paths=(PathPattern.parse("/x/"),), action=Action.ANONYMOUS)
+    p = Policy.build([rule])
+    assert p.match("a.test", "/x/y", "GET", None) is rule
+    q = pickle.loads(pickle.dumps(p))
+    assert q.match("a.test", "/x", "GET", None) == rule and q.match("a.test", "/xy", "GET", None) is None

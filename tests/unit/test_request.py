@@ -3,6 +3,8 @@
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from forwardauth.core.request import BadRequest, client_address, headers_forwarded, headers_nginx
 
@@ -124,3 +126,61 @@ def test_forwarded_uri_with_bad_byte_is_refused():
         headers_forwarded({"X-Forwarded-Method": "GET", "X-Forwarded-Host": "a.test", "X-Forwarded-Uri": "/x\udcff"},
                           PEER, TRUSTED)
     assert str(exc.value) == "path is not valid UTF-8 after percent-decoding"
+
+
+# --- the cheaper parse gives what the plain one gives -------------------------------------
+
+
+url_parts = st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:", "http:/", "//", ""])
+url_rest = st.text(alphabet="ab:@[]/?=.%1", max_size=16)
+
+
+@given(url_parts, url_rest)
+def test_split_url_is_urlsplit(head, rest):
+    """split_url's own split of plain http(s) URLs and urllib's urlsplit agree (a URL urlsplit refuses is a BadRequest)."""
+    from urllib.parse import urlsplit
+
+    from forwardauth.core.request import split_url
+
+    url = head + rest
+    try:
+        p = urlsplit(url)
+    except ValueError:
+        with pytest.raises(BadRequest, match="original URL is not a URL"):
+            split_url(url)
+        return
+    assert split_url(url) == (p.scheme, p.netloc, p.path, p.query)
+
+
+def test_a_known_context_gives_the_same_request_and_the_same_refusals():
+    """Once a (method, scheme, host, client, Accept) was valid, a request with a new URI
+    is built from what it gave: the very request the full build makes, and the
+    same refusal for a bad URI."""
+    from forwardauth.core import request as rq
+    from forwardauth.core.request import TrustedNetworks
+
+    trusted = TrustedNetworks(TRUSTED)
+    base = {"X-Original-Method": "POST", "X-Forwarded-For": "10.1.1.1, 192.0.2.7", "Accept": "text/html"}
+
+    def parse(url):
+        return headers_nginx({**base, "X-Original-URL": url}, PEER, trusted)
+
+    rq._CONTEXTS.clear()
+    first = parse("https://App.test:8443/a?_method=delete")
+    assert len(rq._CONTEXTS) == 1
+    for url in ("https://App.test:8443/b/c?x=1&_method=PUT", "https://App.test:8443/%7Euser/x;p=1",
+                "https://App.test:8443/Admin/x"):
+        known = parse(url)
+        rq._CONTEXTS.clear()
+        assert known == parse(url) and known.methods == parse(url).methods
+    assert first.methods == ("POST", "DELETE")
+    for url, message in (("https://App.test:8443/a/../b", "ambiguous path: dot segment"),
+                         ("https://App.test:8443/a?_method=x1", "malformed _method parameter"),
+                         ("https://App.test:8443/a%zz", "ambiguous path: '%' not followed by two hex digits")):
+        parse("https://App.test:8443/ok")  # the context is known
+        with pytest.raises(BadRequest) as known:
+            parse(url)
+        rq._CONTEXTS.clear()
+        with pytest.raises(BadRequest) as full:
+            parse(url)
+        assert str(known.value) == str(full.value) == message

@@ -168,6 +168,40 @@ async def test_metrics_count_outcomes(client):
     assert await count() == before + 2
 
 
+async def test_metrics_latency_memo_and_sessions_opened(client):
+    """The decision latency histogram counts every answer, the memo's hits and
+    misses count what it was asked, and a cookie decrypted once counts once."""
+
+    async def series() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        rows = [line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")]
+        return {name: float(value) for name, value in rows}
+
+    def le(rows: dict[str, float], bound: str) -> float:
+        return rows[f'forwardauth_decision_duration_seconds_bucket{{endpoint="nginx",le="{bound}"}}']
+
+    before = await series()
+    c = cookie(client)
+    for _ in range(3):
+        r = await client.get("/auth/nginx", headers={**nginx("https://app.test/x"), **c})
+        assert r.status == 200
+    r = await client.get("/auth/nginx", headers=nginx("https://app.test/admin/"))
+    assert r.status == 401
+    after = await series()
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert grew('forwardauth_decision_duration_seconds_count{endpoint="nginx"}') == 4
+    assert grew('forwardauth_decision_duration_seconds_bucket{endpoint="nginx",le="+Inf"}') == 4
+    assert 0 < grew('forwardauth_decision_duration_seconds_sum{endpoint="nginx"}') < 4
+    assert le(after, "0.0001") <= le(after, "0.001") <= le(after, "1.0") <= le(after, "+Inf")
+    # the allow asked three times: one miss, then two hits; the anonymous 401 is a miss (not remembered)
+    assert grew('forwardauth_memo_hits_total{endpoint="nginx"}') == 2
+    assert grew('forwardauth_memo_misses_total{endpoint="nginx"}') == 2
+    assert grew("forwardauth_sessions_opened_total") == 1
+
+
 async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
     from forwardauth.composition import load_config
 
@@ -180,6 +214,110 @@ async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
     assert ctx.reload() is False and ctx.runtime is rt
     path.write_text(BASE + "policy: {default: anonymous}\n")
     assert ctx.reload() is True and ctx.runtime.config.policy.rules == ()
+
+
+async def test_sighup_builds_off_the_loop_and_folds_signals_into_one_more_reload(tmp_path, monkeypatch, caplog):
+    """SIGHUP (ctx.sighup) builds the new runtime on a thread: decisions keep
+    answering with the old one meanwhile; three SIGHUPs during one reload make
+    one more reload, not three; a config that does not load keeps the old one."""
+    import asyncio
+    import threading
+
+    from forwardauth.composition import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + POLICY)
+    rt = Runtime.build(load_config(path))
+    app = build_app(rt, MemoryStore())
+    ctx = app[CTX]
+    builds: list[str] = []
+    gate = threading.Event()
+    real = ctx._build_off_loop
+
+    def slow_build():
+        builds.append(threading.current_thread().name)
+        gate.wait(5)  # held until the test has asked its decision
+        return real()  # a small config: read and validated on the reload thread itself
+
+    monkeypatch.setattr(ctx, "_build_off_loop", slow_build)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        path.write_text(BASE + "policy: {default: anonymous}\n")
+        ctx.sighup()
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            ctx.sighup()
+        r = await c.get("/auth/nginx", headers=nginx("https://app.test/x"))
+        assert r.status == 401  # the old policy, answered while the reload is held
+        assert ctx.runtime is rt
+        gate.set()
+        for _ in range(3000):
+            if ctx._reload is None:
+                break
+            await asyncio.sleep(0.01)
+        assert len(builds) == 2 and all(name.startswith("forwardauth-reload") for name in builds)
+        assert ctx.runtime.config.policy.rules == ()
+        r = await c.get("/auth/nginx", headers=nginx("https://app.test/x"))
+        assert r.status == 200
+
+        new = ctx.runtime
+        path.write_text(BASE + "policy: {rules: [{level: nope}]}\n")
+        caplog.clear()
+        ctx.sighup()
+        for _ in range(3000):
+            if ctx._reload is None:
+                break
+            await asyncio.sleep(0.01)
+        assert ctx.runtime is new and len(builds) == 3
+        assert [r.getMessage() for r in caplog.records if r.name == "forwardauth"] == [
+            "reload refused; the running configuration is kept"]
+
+
+async def test_a_large_config_is_reloaded_through_a_child_process_and_a_small_one_is_not(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """services.apart.is_large decides: a config of 256 KB or more is parsed in
+    a child process on SIGHUP (its problems still refuse the reload), a small
+    one on the reload thread (a child's start would cost more than its parse)."""
+    import asyncio
+
+    from forwardauth.composition import load_config
+    from forwardauth.services import apart
+    from forwardauth.web import context
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + POLICY)
+    app = build_app(Runtime.build(load_config(path)), MemoryStore())
+    ctx = app[CTX]
+    children: list[str] = []
+
+    def spy(load, p, **kw):
+        children.append(p)
+        return apart.load_apart(load, p, **kw)
+
+    monkeypatch.setattr(context, "load_apart", spy)
+
+    async def reload() -> None:
+        ctx.sighup()
+        for _ in range(6000):
+            if ctx._reload is None:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the reload did not finish in 60 s")
+
+    padding = "#" * 99 + "\n"
+    path.write_text(BASE + "policy: {default: anonymous}\n")
+    await reload()
+    assert children == [] and ctx.runtime.config.policy.default.value == "anonymous"
+    path.write_text(BASE + POLICY + padding * (apart.LARGE_CONFIG // len(padding) + 1))
+    assert apart.is_large(str(path))
+    await reload()
+    assert children == [str(path)] and len(ctx.runtime.config.policy.rules) > 0
+    kept = ctx.runtime
+    path.write_text(BASE + "policy: {rules: [{level: nope}]}\n" + padding * (apart.LARGE_CONFIG // len(padding) + 1))
+    caplog.clear()
+    await reload()
+    assert children == [str(path)] * 2 and ctx.runtime is kept
+    assert [r.getMessage() for r in caplog.records if r.name == "forwardauth"] == [
+        "reload refused; the running configuration is kept"]
 
 
 async def _raw(port: int, path: bytes, headers: bytes) -> bytes:
