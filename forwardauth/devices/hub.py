@@ -140,6 +140,14 @@ class Hub:
             for w in list(slot.values()):
                 w.wake(Signal.CHANGED)
 
+    def end_all(self) -> None:
+        """Answer every waiting poll now (304, as if superseded): on shutdown,
+        so the server stops at once instead of after the longest poll, and
+        each device re-polls (another replica, or this one once back)."""
+        for slot in list(self._by_user.values()):
+            for w in list(slot.values()):
+                w.wake(Signal.SUPERSEDED)
+
     def reap(self) -> int:
         """End the polls whose client has gone; how many."""
         gone = 0

@@ -179,7 +179,7 @@ async def test_right_phrase_approves(svc):
 
 async def test_wrong_phrase_denies_is_audited_and_regulated(svc):
     device, _ = await paired(svc)
-    for i in range(3):
+    for _ in range(3):
         r = await ask(svc)
         wrong = next(c for c in r.choices if c != r.phrase)
         done = await svc.answer(device, r.id, {"decision": "approve", "phrase": wrong})
