@@ -1,0 +1,129 @@
+"""The device-facing HTTP API (what `forwardauth device` and the phone page call).
+
+    POST   /api/v1/device/pair            {"code", "name"}  -> 201 {"device", "credential"}
+    GET    /api/v1/device/requests        Bearer; If-None-Match -> 200 + ETag {"requests"} | 304 + ETag
+    POST   /api/v1/device/requests/{id}   Bearer; {"decision", "phrase"} -> 200 {"id", "state", "reason"}
+    DELETE /api/v1/device                 Bearer -> 204 (the device removes itself)
+
+Errors are JSON as on the admin API: {"error": code, "error_description": text},
+with Retry-After on 429 and a Bearer challenge on 401. Independent of how the
+app is put together: `routes()` takes how to find the service and the
+client's address for a request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+from aiohttp import web
+
+from forwardauth.devices.longpoll import Reply
+from forwardauth.devices.service import DeviceService, Refusal
+
+MAX_BODY = 16 * 1024
+NO_STORE = {"Cache-Control": "no-store"}
+
+ServiceOf = Callable[[web.Request], DeviceService]
+ClientOf = Callable[[web.Request], "str | None"]
+
+
+def error(status: int, code: str, description: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps({"error": code, "error_description": description}),
+                        content_type="application/json", headers={**NO_STORE, **(headers or {})})
+
+
+def refusal_response(r: Refusal, realm: str) -> web.Response:
+    headers: dict[str, str] = {}
+    if r.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(r.retry_after)))
+    if r.status == 401:
+        headers["WWW-Authenticate"] = f'Bearer realm="{realm}", error="{r.error}"'
+    return error(r.status, r.error, r.message, headers)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json",
+                        headers={**NO_STORE, **(headers or {})})
+
+
+class _BadBody(Exception):
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status, self.description = status, description
+
+
+async def _body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise _BadBody(415, "the body must be application/json")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise _BadBody(413, f"the body must be at most {MAX_BODY} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadBody(400, "the body is not valid JSON") from None
+
+
+def _alive(request: web.Request) -> Callable[[], bool]:
+    """Whether the client still holds the connection (see hub.py: the reaper asks)."""
+    def alive() -> bool:
+        t = request.transport
+        return t is not None and not t.is_closing()
+    return alive
+
+
+def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth") -> list[web.RouteDef]:
+    async def guarded(request: web.Request, work: Callable[[DeviceService], Any]) -> web.StreamResponse:
+        try:
+            return await work(service_of(request))
+        except Refusal as r:
+            return refusal_response(r, realm)
+        except _BadBody as b:
+            return error(b.status, "invalid_request", b.description)
+
+    async def pair(request: web.Request) -> web.StreamResponse:
+        async def work(svc: DeviceService) -> web.StreamResponse:
+            device, token = await svc.pair(await _body(request), client_of(request))
+            return _json({"device": device.public(), "credential": token}, 201)
+        return await guarded(request, work)
+
+    async def poll(request: web.Request) -> web.StreamResponse:
+        async def work(svc: DeviceService) -> web.StreamResponse:
+            device = await svc.authenticate(request.headers.get("Authorization"))
+            reply = await svc.poll(device, request.headers.get("If-None-Match"), _alive(request))
+            return _reply(reply, realm)
+        return await guarded(request, work)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        async def work(svc: DeviceService) -> web.StreamResponse:
+            device = await svc.authenticate(request.headers.get("Authorization"))
+            done = await svc.answer(device, request.match_info["id"], await _body(request))
+            return _json({"id": done.id, "state": done.state.value, "reason": done.reason})
+        return await guarded(request, work)
+
+    async def remove_self(request: web.Request) -> web.StreamResponse:
+        async def work(svc: DeviceService) -> web.StreamResponse:
+            device = await svc.authenticate(request.headers.get("Authorization"))
+            await svc.remove_device(device.id, device.user, by="the device itself", client=client_of(request))
+            return web.Response(status=204, headers=NO_STORE)
+        return await guarded(request, work)
+
+    return [
+        web.post("/api/v1/device/pair", pair),
+        web.get("/api/v1/device/requests", poll, allow_head=False),
+        web.post("/api/v1/device/requests/{id}", answer),
+        web.delete("/api/v1/device", remove_self),
+    ]
+
+
+def _reply(reply: Reply | None, realm: str) -> web.StreamResponse:
+    if reply is None:  # the client went away: nothing reads this
+        return web.Response(status=204)
+    if reply.status == 401:
+        return refusal_response(Refusal(401, "invalid_token", "the device credential is no longer valid"), realm)
+    headers = {"ETag": reply.etag or ""}
+    if reply.status == 304:
+        return web.Response(status=304, headers={**NO_STORE, **headers})
+    return _json({"requests": [r.for_device() for r in reply.requests]}, 200, headers)
