@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from forwardauth.devices.hub import Busy
 from forwardauth.devices.longpoll import Reply
 from forwardauth.devices.service import DeviceService, Refusal
 
@@ -66,14 +67,6 @@ async def _body(request: web.Request) -> Any:
         raise _BadBody(400, "the body is not valid JSON") from None
 
 
-def _alive(request: web.Request) -> Callable[[], bool]:
-    """Whether the client still holds the connection (see hub.py: the reaper asks)."""
-    def alive() -> bool:
-        t = request.transport
-        return t is not None and not t.is_closing()
-    return alive
-
-
 def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth") -> list[web.RouteDef]:
     async def guarded(request: web.Request, work: Callable[[DeviceService], Any]) -> web.StreamResponse:
         try:
@@ -90,11 +83,17 @@ def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth
         return await guarded(request, work)
 
     async def poll(request: web.Request) -> web.StreamResponse:
-        async def work(svc: DeviceService) -> web.StreamResponse:
+        # Written out rather than through `guarded`: this frame is what each
+        # waiting poll keeps alive, so no closures here (see hub.py).
+        svc = service_of(request)
+        try:
             device = await svc.authenticate(request.headers.get("Authorization"))
-            reply = await svc.poll(device, request.headers.get("If-None-Match"), _alive(request))
-            return _reply(reply, realm)
-        return await guarded(request, work)
+            reply = await svc.poll(device, request.headers.get("If-None-Match"), request.protocol)
+        except Refusal as r:
+            return refusal_response(r, realm)
+        except Busy:
+            return refusal_response(svc.busy(), realm)
+        return _reply(reply, realm)
 
     async def answer(request: web.Request) -> web.StreamResponse:
         async def work(svc: DeviceService) -> web.StreamResponse:

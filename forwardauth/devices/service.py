@@ -10,12 +10,13 @@ this module keeps the rules that hold whoever calls.
 
 from __future__ import annotations
 
+import random
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from forwardauth.devices import approvals, credentials
 from forwardauth.devices.approvals import Verdict
-from forwardauth.devices.hub import Busy, Hub, run_poll
+from forwardauth.devices.hub import Connection, Hub, run_poll
 from forwardauth.devices.longpoll import Reply, Snapshot
 from forwardauth.devices.records import ApprovalRequest, Device, Pairing, State
 from forwardauth.devices.settings import DevicesSettings
@@ -72,6 +73,7 @@ def not_found(what: str = "request") -> Refusal:
     return Refusal(404, "not_found", f"no such {what}")
 
 TOUCH_EVERY = 60.0  # last_seen is written at most this often per device
+POLL_JITTER = 0.1  # a poll waits between 90% and 100% of poll_timeout
 
 
 class DeviceService:
@@ -164,15 +166,22 @@ class DeviceService:
             await self.store.touch_device(device.id, now)
         return device
 
-    async def poll(self, device: Device, if_none_match: str | None, alive: Callable[[], bool]) -> Reply | None:
+    def poll(self, device: Device, if_none_match: str | None, conn: Connection) -> Awaitable[Reply | None]:
         """The long-poll (see longpoll.py): the reply to write, or None when
-        the client has gone."""
-        try:
-            return await run_poll(self.hub, device.user, device.id, alive, if_none_match,
-                                  self.settings.poll_timeout, lambda: self.snapshot(device.id, device.user),
-                                  self.clock)
-        except Busy:
-            raise Refusal(429, "too_many_polls", "too many polls waiting for this account", 5.0) from None
+        the client has gone. Raises hub.Busy when the user has
+        `limits.polls_per_user` polls waiting here (see `busy`). A plain
+        function returning the driver's coroutine: one coroutine fewer kept
+        alive per waiting poll."""
+        # Each poll waits a little less than poll_timeout, at random: devices
+        # that reconnected together (a restart, a network blip) would
+        # otherwise time out and re-poll together, every time.
+        timeout = self.settings.poll_timeout * (1 - POLL_JITTER * random.random())  # noqa: S311 - not a secret
+        return run_poll(self.hub, device.user, device.id, conn, if_none_match, timeout,
+                        self.snapshot, device.id, device.user, clock=self.clock)
+
+    @staticmethod
+    def busy() -> Refusal:
+        return Refusal(429, "too_many_polls", "too many polls waiting for this account", 5.0)
 
     async def snapshot(self, device_id: str, user: str) -> Snapshot:
         now = self.clock()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from forwardauth.devices import credentials
-from forwardauth.devices.hub import Hub
+from forwardauth.devices.hub import Busy, Hub
 from forwardauth.devices.memory import MemoryDeviceStore
 from forwardauth.devices.records import State
 from forwardauth.devices.service import DeviceService, Refusal
@@ -22,6 +22,13 @@ from forwardauth.regulation import RegulationConfig, Regulator
 T = 1_700_000_000.0
 SETTINGS = DevicesSettings(True, "mfa", max_devices=2, request_ttl=120, pairing_ttl=600, poll_timeout=5,
                            limits=Limits(polls_per_user=3, requests_per_user=4, requests_per_client=6, window=600))
+
+
+class Conn:
+    connected = True
+
+
+CONN = Conn()
 
 
 class Audit:
@@ -290,15 +297,15 @@ async def test_poll_sees_a_new_request_and_removal_ends_it_with_401():
     svc = DeviceService(SETTINGS, MemoryDeviceStore(), Hub(), Regulator(MemoryDeviceStore(), RegulationConfig()),
                         Audit())
     device, _ = await paired(svc)
-    first = await svc.poll(device, None, lambda: True)
+    first = await svc.poll(device, None, CONN)
     assert (first.status, first.requests) == (200, ())
-    waiting = asyncio.ensure_future(svc.poll(device, first.etag, lambda: True))
+    waiting = asyncio.ensure_future(svc.poll(device, first.etag, CONN))
     await asyncio.sleep(0.01)
     t0 = time.perf_counter()
     r = await ask(svc)
     reply = await asyncio.wait_for(waiting, 1)
     assert reply.status == 200 and [x.id for x in reply.requests] == [r.id] and time.perf_counter() - t0 < 0.05
-    waiting = asyncio.ensure_future(svc.poll(device, reply.etag, lambda: True))
+    waiting = asyncio.ensure_future(svc.poll(device, reply.etag, CONN))
     await asyncio.sleep(0.01)
     await svc.remove_device(device.id, None, by="admin")
     assert (await asyncio.wait_for(waiting, 1)).status == 401
@@ -309,9 +316,12 @@ async def test_too_many_polls_is_429():
                         RegulationConfig()), Audit())
     d1, _ = await paired(svc)
     d2, _ = await paired(svc)
-    first = await svc.poll(d1, None, lambda: True)
-    waiting = asyncio.ensure_future(svc.poll(d1, first.etag, lambda: True))
+    first = await svc.poll(d1, None, CONN)
+    waiting = asyncio.ensure_future(svc.poll(d1, first.etag, CONN))
     await asyncio.sleep(0.01)
-    assert await refused(svc.poll(d2, first.etag, lambda: True)) == (
+    with pytest.raises(Busy):
+        await svc.poll(d2, first.etag, CONN)
+    b = svc.busy()
+    assert (b.status, b.error, b.message, b.retry_after) == (
         429, "too_many_polls", "too many polls waiting for this account", 5.0)
     waiting.cancel()
