@@ -49,9 +49,10 @@ class DeviceStub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> DeviceStub:
+    async def start(self, extra_routes: list[web.RouteDef] | None = None) -> DeviceStub:
         app = web.Application(middlewares=[self._note_peer] if self.record_peers else [])
         app.add_routes(routes(lambda request: self.svc, lambda request: request.remote))
+        app.add_routes(extra_routes or [])
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, backlog=4096).start()

@@ -1,0 +1,306 @@
+"""Device approval at scale: 10,000 devices long-polling one worker.
+
+    .venv/bin/python bench/bench_devices.py                  # 10,000 devices, 300 requests
+    .venv/bin/python bench/bench_devices.py --devices 2000 --requests 100
+
+What it does:
+1. starts the server in a child process (one worker, uvloop, open-files
+   limit raised) with `--devices` users, each with one paired device;
+2. connects every device (raw HTTP/1.1, one kept connection each), polls
+   once without an ETag (200, empty), then polls again with the ETag it got:
+   every device now waits;
+3. reads the server's RSS (/proc/PID/status VmRSS) while they all wait;
+4. creates `--requests` approval requests, one every `--interval`, each for
+   a different random user, and times from just before the create call to
+   the moment that user's device reads its 200 (the create call's own round
+   trip is included, so the figure is an upper bound);
+5. prints waiting polls, RSS, p50/p99/max, errors. Targets: RSS < 250 MB at
+   10,000 waiting polls, p99 < 100 ms, no error.
+
+Server: for now the devices part's own API (forwardauth/devices/api.py) over
+its service on the in-memory store (tests/harness/devices_stub.py) plus two
+bench-only routes (create a request, count waiting polls). Once the part is
+wired into `forwardauth serve`, `--target serve` will start the real server
+(SQLite state) and create requests through the sign-in page; NOT DONE yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def raise_nofile(want: int) -> int:
+    """Raise the soft open-files limit to what is needed (at most the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+# --- the server (child process) -------------------------------------------------------
+
+def serve_stub(devices: int, creds_file: Path, poll_timeout: float) -> None:
+    raise_nofile(devices + 1000)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from aiohttp import web
+
+    from forwardauth.devices.settings import DevicesSettings, Limits
+    from harness.devices_stub import DeviceStub
+
+    gc_pauses = GcPauses()
+
+    async def main() -> None:
+        stub = DeviceStub(DevicesSettings(True, "mfa", poll_timeout=poll_timeout,
+                                          limits=Limits(requests_per_user=10**3, requests_per_client=10**6)))
+        creds = []
+        for i in range(devices):
+            device, token = await stub.svc.pair({"code": await stub.pairing_code(f"user{i}"), "name": "d"}, None)
+            creds.append([device.user, token])
+        stub.audit.events = _Nothing()  # type: ignore[assignment]  # 10,000 audit lines would be kept otherwise
+
+        async def ask(request: web.Request) -> web.Response:
+            r = await stub.ask(request.query["user"])
+            return web.json_response({"id": r.id})
+
+        async def waiting(request: web.Request) -> web.Response:
+            return web.json_response({"waiting": len(stub.hub), "gc": gc_pauses.summary()})
+
+        extra = [web.post("/_bench/ask", ask), web.get("/_bench/waiting", waiting)]
+        await stub.start(extra_routes=extra)
+        creds_file.write_text(json.dumps({"port": stub.port, "creds": creds}))
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class GcPauses:
+    """How long the collector stopped the server, per generation (a full
+    collection walks every object of every waiting poll)."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._t0)
+
+    def summary(self) -> dict[str, object]:
+        return {f"gen{g}": {"count": len(p), "max_ms": round(max(p, default=0) * 1000, 1),
+                            "total_ms": round(sum(p) * 1000, 1)} for g, p in self.pauses.items()}
+
+
+class _Nothing(list):
+    def append(self, item: object) -> None:
+        pass
+
+
+# --- the devices (this process) ----------------------------------------------------------
+
+class Device(asyncio.Protocol):
+    """One device: a kept connection, polls following the ETag. Minimal
+    HTTP/1.1 response reading (status, ETag, Content-Length body)."""
+
+    def __init__(self, bench: "Bench", user: str, token: str) -> None:
+        self.bench, self.user, self.token = bench, user, token
+        self.etag: str | None = None
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.waiting_since: float | None = None
+        self.connected = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connected.set_result(None)
+
+    def poll(self) -> None:
+        assert self.transport is not None
+        inm = f"If-None-Match: {self.etag}\r\n" if self.etag else ""
+        self.transport.write(f"GET /api/v1/device/requests HTTP/1.1\r\nHost: bench\r\n"
+                             f"Authorization: Bearer {self.token}\r\n{inm}\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].decode("latin-1").split("\r\n")
+            status = int(head[0].split()[1])
+            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+            length = int(headers.get("content-length", "0"))
+            if len(self.buf) < head_end + 4 + length:
+                return
+            body = self.buf[head_end + 4: head_end + 4 + length]
+            self.buf = self.buf[head_end + 4 + length:]
+            self.answered(status, headers.get("etag"), body)
+
+    def answered(self, status: int, etag: str | None, body: bytes) -> None:
+        now = time.perf_counter()
+        if status == 200:
+            self.etag = etag
+            if json.loads(body)["requests"]:
+                self.bench.delivered(self.user, now)
+        elif status != 304:
+            self.bench.errors.append(f"{self.user}: HTTP {status}")
+        self.bench.polls += 1
+        self.poll()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.bench.closing:
+            self.bench.errors.append(f"{self.user}: connection lost ({exc!r})")
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.polls = 0
+        self.closing = False
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def delivered(self, user: str, at: float) -> None:
+        t0 = self.sent.pop(user, None)
+        if t0 is not None:
+            self.latencies.append(at - t0)
+            if len(self.latencies) == self.expected:
+                self.done.set()
+
+
+async def run(args: argparse.Namespace, port: int, creds: list[list[str]], pid: int) -> dict[str, object]:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    bench = Bench()
+    devices: list[Device] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(creds), 500):  # in batches: the listen backlog is finite
+        batch = [Device(bench, u, t) for u, t in creds[i:i + 500]]
+        await asyncio.gather(*(loop.create_connection(lambda d=d: d, "127.0.0.1", port) for d in batch))
+        for d in batch:
+            d.poll()
+        devices += batch
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as http:
+        gc_seen: dict[str, object] = {}
+
+        async def waiting() -> int:
+            async with http.get(f"http://127.0.0.1:{port}/_bench/waiting") as r:
+                body = await r.json()
+                gc_seen.update(body["gc"])
+                return int(body["waiting"])
+
+        while (n := await waiting()) < len(devices) and time.perf_counter() - t0 < 120:
+            await asyncio.sleep(0.2)
+        connect_s = time.perf_counter() - t0
+        await asyncio.sleep(1.0)
+        rss = rss_mb(pid)
+        users = random.sample([u for u, _ in creds], k=min(args.requests, len(creds)))
+        bench.expected = len(users)
+        for user in users:
+            bench.sent[user] = time.perf_counter()
+            async with http.post(f"http://127.0.0.1:{port}/_bench/ask", params={"user": user}) as r:
+                if r.status != 200:
+                    bench.errors.append(f"create for {user}: HTTP {r.status}")
+                    bench.expected -= 1
+            await asyncio.sleep(args.interval)
+        try:
+            await asyncio.wait_for(bench.done.wait(), 10)
+        except asyncio.TimeoutError:
+            bench.errors.append(f"{bench.expected - len(bench.latencies)} requests never reached their device")
+        waiting_after = await waiting()
+    bench.closing = True
+    for d in devices:
+        if d.transport is not None:
+            d.transport.close()
+    lat = sorted(x * 1000 for x in bench.latencies)
+    return {
+        "devices": len(devices), "waiting": n, "waiting_after": waiting_after, "connect_s": round(connect_s, 1),
+        "rss_mb": round(rss, 1), "requests": len(lat),
+        "p50_ms": round(statistics.median(lat), 2) if lat else None,
+        "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 2) if lat else None,
+        "max_ms": round(lat[-1], 2) if lat else None,
+        "errors": len(bench.errors), "first_errors": bench.errors[:5], "server_gc": gc_seen,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--requests", type=int, default=300, help="approval requests to time (default %(default)s)")
+    p.add_argument("--interval", type=float, default=0.02, help="seconds between requests (default %(default)s)")
+    p.add_argument("--poll-timeout", type=float, default=50.0)
+    p.add_argument("--target", choices=["stub"], default="stub",
+                   help="stub: the part's API on the in-memory store (serve: not done, see the docstring)")
+    p.add_argument("--serve-stub", type=Path, help=argparse.SUPPRESS)  # the child process
+    args = p.parse_args(argv)
+    if args.serve_stub:
+        serve_stub(args.devices, args.serve_stub, args.poll_timeout)
+        return 0
+    have = raise_nofile(args.devices + 1000)
+    if have < args.devices + 100:
+        print(f"open-files limit {have} is too low for {args.devices} devices", file=sys.stderr)
+        return 1
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    creds_file = Path(tempfile.mkdtemp(prefix="bench_devices_")) / "creds.json"
+    child = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(creds_file), "--devices",
+                              str(args.devices), "--poll-timeout", str(args.poll_timeout)],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            print("the server did not start", file=sys.stderr)
+            return 1
+        data = json.loads(creds_file.read_text())
+        result = asyncio.run(run(args, data["port"], data["creds"], child.pid))
+    finally:
+        child.terminate()
+        child.wait(10)
+        creds_file.unlink(missing_ok=True)
+        creds_file.parent.rmdir()
+    print(json.dumps(result, indent=2))
+    ok = (result["errors"] == 0 and result["rss_mb"] < 250 and result["p99_ms"] is not None
+          and result["p99_ms"] < 100)  # type: ignore[operator]
+    print("targets (RSS < 250 MB, p99 < 100 ms, no error):", "met" if ok else "NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
