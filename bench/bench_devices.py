@@ -132,7 +132,7 @@ class Device(asyncio.Protocol):
     """One device: a kept connection, polls following the ETag. Minimal
     HTTP/1.1 response reading (status, ETag, Content-Length body)."""
 
-    def __init__(self, bench: "Bench", user: str, token: str) -> None:
+    def __init__(self, bench: Bench, user: str, token: str) -> None:
         self.bench, self.user, self.token = bench, user, token
         self.etag: str | None = None
         self.buf = b""
@@ -238,7 +238,7 @@ async def run(args: argparse.Namespace, port: int, creds: list[list[str]], pid: 
             await asyncio.sleep(args.interval)
         try:
             await asyncio.wait_for(bench.done.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             bench.errors.append(f"{bench.expected - len(bench.latencies)} requests never reached their device")
         waiting_after = await waiting()
     bench.closing = True

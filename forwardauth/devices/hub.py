@@ -38,7 +38,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
-from forwardauth.devices.longpoll import LongPoll, Reply, Snapshot
+from forwardauth.devices.longpoll import LongPoll, Reply, Snapshot, Wait
 from forwardauth.devices.store import PulledChanges, PushedChanges
 
 log = logging.getLogger("forwardauth.devices")
@@ -297,9 +297,10 @@ async def run_poll(hub: Hub, user: str, key: str, conn: Connection, if_none_matc
             # A timer fires by loop time, possibly a hair early by the wall
             # clock: the look is at the time it was set for, at least, so an
             # expiry or the deadline is never looked at again and again.
-            step = poll.look(await snapshot(*args), max(clock(), timer_at))
+            step: Reply | Wait | None = poll.look(await snapshot(*args), max(clock(), timer_at))
             if isinstance(step, Reply):
                 return step
+            assert step is not None
             until, step = step.until, None  # keep nothing but the time while waiting
             fut = hub.timer(waiter, until - clock())
             if fut is not None:
