@@ -10,7 +10,7 @@ whether or not the account exists, so the answer (and the work done) is the
 same for unknown and known users: nobody learns which usernames exist.
 
 The counters live in the state store so that every process and replica sees
-the same numbers; the semantics are in `FailureStore`.
+the same numbers; the semantics are in `forwardauth.state.base.FailureStore`.
 """
 
 from __future__ import annotations
@@ -18,36 +18,8 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from forwardauth.state.base import StateStore, StoreUnavailable
-
-
-@runtime_checkable
-class FailureStore(Protocol):
-    """Failure counters in a state backend. Exact semantics (all backends agree):
-
-    - A key is an opaque string (at most 300 characters).
-    - `record_failure(key, now, window)`: record one failure at time `now`
-      and return how many failures of `key` lie in the half-open interval
-      (now - window, now], this one included. Entries at or before
-      now - window may be dropped at this point (they never count again).
-      Atomic: two concurrent calls return different counts.
-    - `failures(key, now, window)`: (count, latest) over the same interval,
-      without recording anything; `latest` is the time of the most recent
-      failure in it, or None when the count is 0.
-    - `clear_failures(key)`: forget every failure of `key`.
-
-    Times are unix seconds (floats). A Redis backend can keep a sorted set
-    per key (score = time, member unique), ZREMRANGEBYSCORE on record, and
-    an EXPIRE of at least `window`.
-    """
-
-    async def record_failure(self, key: str, now: float, window: float) -> int: ...
-
-    async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]: ...
-
-    async def clear_failures(self, key: str) -> None: ...
+from forwardauth.state.base import FailureStore, StateStore, StoreUnavailable
 
 
 def failure_store(store: StateStore) -> FailureStore:

@@ -29,6 +29,7 @@ from forwardauth.revocation import Revocations
 from forwardauth.runtime import Runtime, resolve_state_url
 from forwardauth.session import Session
 from forwardauth.state import StateStore, open_store
+from forwardauth.state.refresh import Refresher
 
 log = logging.getLogger("forwardauth")
 
@@ -41,6 +42,10 @@ class Context:
     store: StateStore
     revocations: Revocations = field(default_factory=Revocations)
     extensions: dict[str, Any] = field(default_factory=dict)
+    refresher: Refresher = field(default_factory=Refresher)  # every snapshot of the store, revocations first
+
+    def __post_init__(self) -> None:
+        self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
         path = self.runtime.config.path
@@ -323,10 +328,8 @@ def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Applicat
 async def _lifecycle(app: web.Application):
     ctx = app[CTX]
     await ctx.store.open()
-    await ctx.revocations.refresh(ctx.store)
-    task = asyncio.get_running_loop().create_task(
-        ctx.revocations.run(ctx.store, ctx.runtime.config.revocation_refresh)
-    )
+    await ctx.refresher.refresh()
+    task = asyncio.get_running_loop().create_task(ctx.refresher.run(ctx.store, ctx.runtime.config.revocation_refresh))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -33,7 +33,6 @@ from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import bearer_token, principal
 from forwardauth.tokens.index import Principal
 from forwardauth.tokens.plugin import stale_for, state
-from forwardauth.tokens.store import token_store
 
 MAX_BODY = 16 * 1024
 
@@ -139,10 +138,10 @@ async def _learn(ctx: Context, verifier: Any, token: str) -> None:
     except ValueError:
         return
     st = state(ctx)
-    meta = await token_store(ctx.store).get_token(v.token_id)
+    meta = await ctx.store.get_token(v.token_id)
     if meta is None or meta.revoked is not None:
         return
-    acct = await ctx.store.get_account(meta.account)  # type: ignore[attr-defined]
+    acct = await ctx.store.get_account(meta.account)
     if acct is None:
         return
     st.index.tokens = {**st.index.tokens, meta.id: meta}

@@ -14,19 +14,19 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
+from forwardauth.accounts import USERNAME_RE
 from forwardauth.api import openapi
 from forwardauth.api.auth import ApiError, Caller, body, caller, error_response, fail, json_response
 from forwardauth.durations import parse_duration
 from forwardauth.server import CTX, Context
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import rules
 from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.plugin import audit_fn, state
 from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.tokens.index import Principal
-from forwardauth.tokens.store import TokenMeta
 
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -30,8 +30,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from forwardauth import cli as core_cli
-from forwardauth.accounts import (MAX_KEY, Account, AccountError, account_store, check_groups, check_username,
-                                  normalise_username)
+from forwardauth.accounts import account_store, check_username, normalise_username
 from forwardauth.audit import for_cli
 from forwardauth.config import Config
 from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
@@ -39,6 +38,7 @@ from forwardauth.regulation import Regulator, failure_store
 from forwardauth.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
 from forwardauth.state import StateStore, open_store
+from forwardauth.state.records import MAX_KEY, Account, AccountError, check_groups
 from forwardauth.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
 
 CliError = core_cli.CliError

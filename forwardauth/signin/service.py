@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from forwardauth.accounts import USERNAME_RE, Account, AccountStore, account_store
+from forwardauth.accounts import USERNAME_RE, account_store
 from forwardauth.levels import Level
 from forwardauth.passwords import (
     dummy_verify,
@@ -31,7 +31,8 @@ from forwardauth.sealing import SealError
 from forwardauth.session import Session, new_session_id
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
-from forwardauth.state.base import StateStore
+from forwardauth.state.base import AccountStore, StateStore
+from forwardauth.state.records import Account
 from forwardauth.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
 
 log = logging.getLogger("forwardauth.signin")

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwardauth.accounts import USERNAME_RE, AccountError, check_groups
+from forwardauth.accounts import USERNAME_RE
 from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
 from forwardauth.levels import Level, Levels
 from forwardauth.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
+from forwardauth.state.records import AccountError, check_groups
 
 LOCAL_FACTORS = ("totp",)
 _ISSUER_RE = re.compile(r"^[^:\x00-\x1f\x7f]{1,64}$")  # ':' would break the otpauth label

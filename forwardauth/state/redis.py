@@ -18,9 +18,10 @@ Layout (every key under the `forwardauth:` prefix):
 
 Replicas subscribe to `events` and refresh at once, so a revocation through
 one replica is in force on the others in milliseconds; the periodic refresh
-still runs and covers a missed message. Every Redis failure becomes
-`StoreUnavailable` with the exception's class only: the URL (which may hold
-a password) is never in a message.
+still runs and covers a missed message. Nothing has to be created first:
+every key starts empty (a missing version counter reads 0). Every Redis
+failure becomes `StoreUnavailable` with the exception's class only: the URL
+(which may hold a password) is never in a message.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import logging
 import math
 import time
 import uuid
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any, AsyncIterator, Callable, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from forwardauth.accounts import Account
-from forwardauth.state.base import RevocationSnapshot, StateStore, StoreUnavailable
-from forwardauth.tokens.store import SealedCreds, TokenMeta
+from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
+from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 
 log = logging.getLogger("forwardauth.state.redis")
 P = "forwardauth:"
@@ -88,7 +89,7 @@ class RedisStore(StateStore):
         return self._r
 
     @contextlib.asynccontextmanager
-    async def _guard(self):
+    async def _guard(self) -> AsyncIterator[None]:
         try:
             yield
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -194,7 +195,7 @@ class RedisStore(StateStore):
         async with self._guard():
             return bool(await self.r.set(P + "once:" + key, "1", nx=True, px=max(1, math.ceil(ttl * 1000))))
 
-    # --- tokens (forwardauth.tokens.store.TokenStore) -------------------------
+    # --- tokens (forwardauth.state.base.TokenStore) --------------------------------
 
     async def put_token(self, meta: TokenMeta) -> None:
         rec = meta.to_record()
@@ -274,7 +275,7 @@ class RedisStore(StateStore):
         async with self._guard():
             return bool(await self.r.hdel(P + "dbcreds", account))
 
-    # --- accounts (forwardauth.accounts.AccountStore) ---------------------------
+    # --- accounts (forwardauth.state.base.AccountStore) ----------------------------
 
     async def get_account(self, name: str) -> Account | None:
         async with self._guard():
@@ -323,8 +324,6 @@ class RedisStore(StateStore):
                         continue
 
     async def put_account(self, account: Account) -> None:
-        from dataclasses import replace
-
         def change(old: Account | None) -> Account:
             if old is None:
                 return account
@@ -347,15 +346,13 @@ class RedisStore(StateStore):
 
     async def list_accounts(self) -> list[Account]:
         async with self._guard():
-            names = sorted(await self.r.smembers(P + "accounts"))
+            names = sorted(cast("set[str]", await self.r.smembers(P + "accounts")))  # decode_responses
             if not names:
                 return []
             raws = await self.r.mget([P + "acct:" + n for n in names])
         return [Account.from_json(r) for r in raws if r]
 
     async def claim_totp_step(self, name: str, step: int) -> bool:
-        from dataclasses import replace
-
         def change(old: Account | None) -> Account | None:
             if old is None or old.totp_secret_enc is None or old.totp_last_step >= step:
                 return None
@@ -363,7 +360,7 @@ class RedisStore(StateStore):
 
         return await self._update(name, change, notify=False)  # a used TOTP step: nothing for the index
 
-    # --- failure counters (forwardauth.regulation.FailureStore) -----------------
+    # --- failure counters (forwardauth.state.base.FailureStore) --------------------
 
     async def record_failure(self, key: str, now: float, window: float) -> int:
         k = P + "fail:" + key
@@ -372,13 +369,14 @@ class RedisStore(StateStore):
                 p.zremrangebyscore(k, "-inf", now - window)
                 p.zadd(k, {uuid.uuid4().hex: now})
                 p.zcount(k, f"({now - window}", now)
-                p.expire(k, int(window) + 60)
+                p.expire(k, int(window) + int(SWEEP_GRACE))
                 _, _, count, _ = await p.execute()
         return int(count)
 
     async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
         async with self._guard():
-            items = await self.r.zrangebyscore(P + "fail:" + key, f"({now - window}", now, withscores=True)
+            items = cast("list[tuple[str, float]]", await self.r.zrangebyscore(
+                P + "fail:" + key, f"({now - window}", now, withscores=True))
         return len(items), (max(s for _, s in items) if items else None)
 
     async def clear_failures(self, key: str) -> None:

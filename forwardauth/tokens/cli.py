@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from forwardauth import cli as core_cli
-from forwardauth.accounts import USERNAME_RE, Account, AccountError, check_groups
+from forwardauth.accounts import USERNAME_RE
 from forwardauth.config import Config
 from forwardauth.durations import parse_duration
 from forwardauth.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.state import StateStore, StoreUnavailable, open_store
+from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.service import OPERATOR, Conflict, Denied, Invalid, NotFound, TokenService
-from forwardauth.tokens.store import TokenMeta
 
 CliError = core_cli.CliError
 

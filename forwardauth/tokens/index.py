@@ -1,24 +1,24 @@
 """The in-memory view of tokens and accounts that bearer decisions read.
 
-Like `Revocations`, it is refreshed in the background (a version check each
-tick, and a full reload every `index_refresh` so group changes arrive too),
-so the hot path never waits on the store. A token id the index does not know
-is refused: a token minted a moment ago on another replica works as soon as
-this one has heard of it (pub/sub with Redis, one refresh otherwise).
+Like `Revocations`, and by the same loop (`forwardauth.state.refresh`), it is
+refreshed in the background (a version check each tick, and a full reload
+every `index_refresh` so group changes arrive too), so the hot path never
+waits on the store. A token id the index does not know is refused: a token
+minted a moment ago on another replica works as soon as this one has heard
+of it (pub/sub with Redis, one refresh otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
-from forwardauth.revocation import failure
-from forwardauth.state.base import StoreUnavailable
-from forwardauth.tokens.store import TokenMeta, TokenStore
+from forwardauth.state.base import AccountStore, StoreUnavailable, TokenStore
+from forwardauth.state.records import TokenMeta
+from forwardauth.state.refresh import Snapshot, failure
 
 log = logging.getLogger("forwardauth.tokens")
 
@@ -42,14 +42,20 @@ def _keep_unchanged(old: dict, new: dict) -> dict:
     return {k: old[k] if k in old and old[k] == v else v for k, v in new.items()}
 
 
-class TokenIndex:
+class _IndexStore(TokenStore, AccountStore, Protocol):
+    """What the index reads: tokens and accounts (every `StateStore` has both)."""
+
+
+class TokenIndex(Snapshot):
+    what = "token index refresh"
+    log = log
+
     def __init__(self) -> None:
+        super().__init__()
         self.tokens: dict[str, TokenMeta] = {}
         self.accounts: dict[str, Principal] = {}
         self.version = -1
         self.loaded_at = 0.0  # monotonic time of the last full load
-        self.last_ok: float | None = None
-        self.last_error: str | None = None
 
     def token(self, token_id: str) -> TokenMeta | None:
         return self.tokens.get(token_id)
@@ -57,55 +63,25 @@ class TokenIndex:
     def account(self, name: str) -> Principal | None:
         return self.accounts.get(name)
 
-    async def refresh(self, tokens: TokenStore, accounts: object | None, full_every: float,
-                      force: bool = False) -> bool:
-        try:
-            version = await tokens.tokens_version()
+    async def refresh(self, store: _IndexStore, full_every: float, force: bool = False) -> bool:
+        """Reload when the version moved, when `full_every` has passed, or when forced.
+        Returns True when the store answered."""
+
+        async def load() -> None:
+            version = await store.tokens_version()
             due = time.monotonic() - self.loaded_at >= full_every
             if force or due or version != self.version:
-                metas = await tokens.list_tokens()
+                metas = await store.list_tokens()
                 self.tokens = _keep_unchanged(self.tokens, {m.id: m for m in metas if m.revoked is None})
-                if accounts is not None:
-                    listed = await accounts.list_accounts()  # type: ignore[attr-defined]
-                    self.accounts = _keep_unchanged(self.accounts, {
-                        a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
-                                              a.status == "active")
-                        for a in listed})
+                listed = await store.list_accounts()
+                self.accounts = _keep_unchanged(self.accounts, {
+                    a.username: Principal(a.username, a.kind, a.email, a.display_name, tuple(a.groups),
+                                          a.status == "active")
+                    for a in listed})
                 self.version = version
                 self.loaded_at = time.monotonic()
-        except StoreUnavailable as exc:
-            if self.last_error != str(exc):
-                log.warning("token index refresh failed: %s", exc)
-            self.last_error = str(exc)
-            return False
-        except Exception as exc:  # a bug or a bad record: fail closed, keep trying (never kill the loop)
-            self.last_error = failure(exc)
-            log.error("token index refresh failed: %s", self.last_error)
-            return False
-        self.last_ok = time.monotonic()
-        self.last_error = None
-        return True
 
-    def unreachable_for(self) -> float:
-        """Seconds since the index last loaded (0 while it loads; inf if it never did)."""
-        if self.last_ok is None:
-            return float("inf")
-        if self.last_error is None:
-            return 0.0
-        return time.monotonic() - self.last_ok
-
-    async def run(self, store: object, tokens: TokenStore, accounts: object | None, interval: float,
-                  full_every: float) -> None:
-        """Refresh forever: every `interval`, and at once when the store says something changed."""
-        wake = asyncio.Event()
-        subscribe = getattr(store, "subscribe", None)
-        if subscribe is not None:
-            subscribe(wake.set)
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval)
-            wake.clear()
-            await self.refresh(tokens, accounts, full_every)
+        return await self._guarded(load)
 
 
 class UsageRecorder:

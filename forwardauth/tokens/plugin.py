@@ -6,7 +6,8 @@
   store has been unreachable for longer than `tokens.stale_grace`
   (server.ANSWER_HOOKS),
 - `/.well-known/jwks.json` and the admin API under `/api/v1/` (APP_HOOKS),
-- background tasks: token index refresh and batched last-used writes,
+- the token index, refreshed with the revocations by the context's one
+  `Refresher`, and a background task for batched last-used writes,
 - the `accounts`, `tokens` and `dbcreds` CLI groups.
 """
 
@@ -34,7 +35,6 @@ from forwardauth.tokens import settings as settings_mod
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, looks_like_ours, principal
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
 from forwardauth.tokens.jwt import JwtError, JwtSigner, load_hs512_secret
-from forwardauth.tokens.store import token_store
 
 log = logging.getLogger("forwardauth.tokens")
 STALE = "token: state store unreachable past the grace period"
@@ -223,19 +223,13 @@ def _hook(app: web.Application, ctx: Context) -> None:
             emit("token_used", user=meta.account if meta else None,
                  reason=f"token {token_id}" + (f" ({meta.name})" if meta else ""))
 
+    s = settings_mod.settings(ctx.runtime.config)
+    ctx.refresher.add(lambda: state(ctx).index.refresh(ctx.store, s.index_refresh))
+
     async def start(app: web.Application) -> None:
         st = state(ctx)
-        s = settings_mod.settings(ctx.runtime.config)
-        tokens = token_store(ctx.store)
-        accounts = ctx.store if hasattr(ctx.store, "list_accounts") else None
-        await st.index.refresh(tokens, accounts, s.index_refresh, force=True)
-        loop = asyncio.get_running_loop()
-        st.tasks = [
-            loop.create_task(st.index.run(ctx.store, tokens, accounts, ctx.runtime.config.revocation_refresh,
-                                          s.index_refresh)),
-            loop.create_task(st.usage.run(tokens, s.last_used_flush, report)),
-        ]
-
+        interval = settings_mod.settings(ctx.runtime.config).last_used_flush
+        st.tasks = [asyncio.get_running_loop().create_task(st.usage.run(ctx.store, interval, report))]
 
     async def stop(app: web.Application) -> None:  # on_shutdown: the store is still open
         st = state(ctx)
@@ -245,7 +239,7 @@ def _hook(app: web.Application, ctx: Context) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         with contextlib.suppress(Exception):
-            await st.usage.flush(token_store(ctx.store), report)
+            await st.usage.flush(ctx.store, report)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)

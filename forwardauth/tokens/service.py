@@ -14,17 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from forwardauth.accounts import (Account, AccountError, AccountStore, account_store, lock_account,
-                                  set_account_groups, unlock_account)
+from forwardauth.accounts import account_store, lock_account, set_account_groups, unlock_account
 from forwardauth.config import Config
 from forwardauth.keyring import KeyRing
 from forwardauth.sealing import SealError, Sealer
-from forwardauth.state.base import StateStore
+from forwardauth.state.base import AccountStore, StateStore, TokenStore
+from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens import rules
 from forwardauth.tokens.settings import settings
-from forwardauth.tokens.store import SealedCreds, TokenMeta, TokenStore, token_store
 
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:@-]{0,63}$")
 DBCREDS_FIELDS = {"host", "port", "database", "username", "password", "sslmode"}
@@ -84,7 +83,7 @@ class TokenService:
         self.config = config
         self.ring = ring
         self.store = store
-        self.tokens: TokenStore = token_store(store)
+        self.tokens: TokenStore = store
         self.accounts: AccountStore = account_store(store)
         self.audit = audit
         self.settings = settings(config)

@@ -68,7 +68,6 @@ def test_users_delete_revokes_tokens_like_accounts_delete(fa):
     """`users delete` goes through the same deletion as `accounts delete` and the
     API: the account's tokens are revoked, so a later account of the same name
     inherits none of them."""
-    from forwardauth.tokens.store import token_store
 
     fa.token("alice", "--name", "laptop")
     fa.cli("users", "delete", "alice")
@@ -76,7 +75,7 @@ def test_users_delete_revokes_tokens_like_accounts_delete(fa):
     async def go():
         s = SQLiteStore(str(fa.workdir / "state.db"))
         try:
-            return await s.get_account("alice"), await token_store(s).list_tokens("alice")
+            return await s.get_account("alice"), await s.list_tokens("alice")
         finally:
             await s.close()
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.accounts import Account
+from forwardauth.state.records import Account
 from forwardauth.config import parse_config
 from forwardauth.passwords import ScryptParams, hash_password
 from forwardauth.runtime import Runtime

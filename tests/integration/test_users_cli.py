@@ -215,7 +215,7 @@ def test_an_upstream_identitys_account_can_be_managed_not_made(cfg):
     ring = Runtime.build(load_config(cfg)).keyring
 
     async def make():
-        from forwardauth.accounts import Account
+        from forwardauth.state.records import Account
 
         s = SQLiteStore(str(cfg.parent / "state.db"))
         try:

@@ -2,16 +2,9 @@
 
 import pytest
 
-from forwardauth.accounts import (
-    Account,
-    AccountError,
-    AccountStore,
-    account_store,
-    check_groups,
-    check_username,
-    normalise_username,
-)
-from forwardauth.state.base import StoreUnavailable
+from forwardauth.accounts import account_store, check_username, normalise_username
+from forwardauth.state.base import AccountStore, StoreUnavailable
+from forwardauth.state.records import Account, AccountError, check_groups
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
 

@@ -11,12 +11,11 @@ from forwardauth.keyring import Key, KeyRing, b64d, b64e
 from forwardauth.levels import Level, Levels
 from forwardauth.request import AmbiguousPath, build
 from forwardauth.revocation import FAR_FUTURE, Revocations
-from forwardauth.state.base import RevocationSnapshot
+from forwardauth.state.records import RevocationSnapshot, TokenMeta
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, principal
 from forwardauth.tokens.index import Principal, TokenIndex
-from forwardauth.tokens.store import TokenMeta
 
 TID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 NOW = 1_700_000_000.0

@@ -1,5 +1,7 @@
 """The SQLite store's revocation semantics: epochs only rise, except an explicit reset."""
 
+import pytest
+
 from forwardauth.state.sqlite import SQLiteStore
 
 
@@ -131,5 +133,51 @@ async def test_expired_claims_are_deleted_through_the_expiry_index(tmp_path):
         keys = await store.run(lambda c: [k for (k,) in c.execute("SELECT key FROM once_claims ORDER BY key")])
         assert keys == ["k2", "k3"]
         assert await store.claim_once("k2", 600.0, 1599.0) is False
+    finally:
+        await store.close()
+
+
+# --- write failures keep their real cause ------------------------------------------------
+
+
+def _writes():
+    """Every write of the SQLite store, each given a key `k` big enough to need new pages."""
+    from forwardauth.state.records import Account, SealedCreds, TokenMeta
+
+    big = "x" * 1500
+    return {
+        "set_epoch": lambda s, k: s.set_epoch(big + k, 1.0),
+        "reset_epoch": lambda s, k: s.reset_epoch(big + k, 1.0),
+        "revoke": lambda s, k: s.revoke(big + k, 9e12),
+        "claim_once": lambda s, k: s.claim_once(big + k, 60.0, 1000.0),
+        "add_account": lambda s, k: s.add_account(Account("a" + k, display_name="d" * 250, email="e" * 250)),
+        "put_account": lambda s, k: s.put_account(Account("p" + k, display_name="d" * 250, email="e" * 250)),
+        "record_failure": lambda s, k: s.record_failure(big + k, 1000.0, 60.0),
+        "put_token": lambda s, k: s.put_token(TokenMeta(k, big, big, "k1", "password", 1.0, 2.0, "root")),
+        "put_dbcreds": lambda s, k: s.put_dbcreds(big + k, SealedCreds(big, 1.0, "root")),
+    }
+
+
+@pytest.mark.parametrize("write", sorted(_writes()))
+async def test_a_full_disk_is_reported_as_such(tmp_path, write):
+    """Issue 14: after SQLITE_FULL SQLite has already rolled the transaction back,
+    so a blind ROLLBACK raised "cannot rollback - no transaction is active" and
+    hid the cause. The store says the disk is full, and works again once there is room."""
+    from forwardauth.state.base import StoreUnavailable
+
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        pages = await store.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await store.run(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchone())
+        fn = _writes()[write]
+        with pytest.raises(StoreUnavailable) as exc:
+            for i in range(200):
+                await fn(store, f"{i:04d}")
+        assert str(exc.value) == f"sqlite state {tmp_path / 's.db'}: OperationalError: database or disk is full"
+        assert not await store.run(lambda c: c.in_transaction)
+        await store.run(lambda c: c.execute("PRAGMA max_page_count=1073741823").fetchone())
+        await fn(store, "again")  # room again: the same connection writes
+        assert await store.revocation_version() >= 0
     finally:
         await store.close()

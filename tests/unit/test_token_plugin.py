@@ -1,17 +1,16 @@
 """The token part's hooks, unit by unit: the credential hook and the answer
 hook (grace, `stale_sessions_up_to`, error descriptions), the token index, the
-last-used recorder, and the refresh loops failing closed on any exception."""
+last-used recorder, and the snapshots failing closed on any exception (the one
+loop that refreshes them: test_refresh.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import pytest
 
 from forwardauth import responses
-from forwardauth.accounts import Account
 from forwardauth.decision import decide
 from forwardauth.request import OriginalRequest
 from forwardauth.revocation import Revocations
@@ -20,11 +19,11 @@ from forwardauth.server import Context
 from forwardauth.session import Session
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens import plugin
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
 from forwardauth.tokens.service import OPERATOR, TokenService
-from forwardauth.tokens.store import token_store
 
 from .conftest import make_config
 
@@ -64,7 +63,7 @@ async def make_ctx(extra: str = "") -> tuple[Context, TokenService]:
 
 async def load(ctx: Context) -> None:
     await ctx.revocations.refresh(ctx.store)
-    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0, force=True)
+    await plugin.state(ctx).index.refresh(ctx.store, 10.0, force=True)
 
 
 def credential(ctx: Context, token: str | None, r: OriginalRequest | None = None, now: float | None = None):
@@ -223,17 +222,16 @@ async def test_token_index_loads_on_version_change_and_every_full_interval():
     await svc.accounts.add_account(Account("bob"))
     index = TokenIndex()
     assert index.unreachable_for() == float("inf")  # never loaded: refused
-    tokens = token_store(store)
-    assert await index.refresh(tokens, store, full_every=3600.0) is True
+    assert await index.refresh(store, full_every=3600.0) is True
     assert index.unreachable_for() == 0.0 and index.account("bob").active
     t = await svc.issue(OPERATOR, "bob")
-    await index.refresh(tokens, store, full_every=3600.0)
+    await index.refresh(store, full_every=3600.0)
     assert index.token(t.meta.id).name == "default"  # the version moved: reloaded
     await svc.lock(OPERATOR, "bob")
-    await index.refresh(tokens, store, full_every=3600.0)
+    await index.refresh(store, full_every=3600.0)
     assert not index.account("bob").active  # an account write moves the version too
     await svc.revoke(OPERATOR, t.meta.id)
-    await index.refresh(tokens, store, full_every=3600.0)
+    await index.refresh(store, full_every=3600.0)
     assert index.token(t.meta.id) is None  # revoked tokens leave the index
 
 
@@ -246,13 +244,13 @@ async def test_a_reload_that_changes_nothing_keeps_the_same_objects():
     await svc.accounts.add_account(Account("bob"))
     await svc.accounts.add_account(Account("carol"))
     t = await svc.issue(OPERATOR, "bob")
-    index, tokens = TokenIndex(), token_store(store)
-    await index.refresh(tokens, store, full_every=3600.0)
+    index = TokenIndex()
+    await index.refresh(store, full_every=3600.0)
     meta, bob, carol = index.token(t.meta.id), index.account("bob"), index.account("carol")
-    await index.refresh(tokens, store, full_every=3600.0, force=True)
+    await index.refresh(store, full_every=3600.0, force=True)
     assert index.token(t.meta.id) is meta and index.account("bob") is bob and index.account("carol") is carol
     await svc.lock(OPERATOR, "carol")
-    await index.refresh(tokens, store, full_every=3600.0)
+    await index.refresh(store, full_every=3600.0)
     assert index.account("bob") is bob and index.account("carol") is not carol
     assert not index.account("carol").active
 
@@ -281,41 +279,12 @@ class Broken:
 async def test_refresh_failures_of_any_kind_fail_closed_without_leaking(exc, error, caplog):
     index, rev = TokenIndex(), Revocations()
     index.last_ok = rev.last_ok = time.monotonic() - 40
-    assert await index.refresh(Broken(exc), None, 10.0) is False  # type: ignore[arg-type]
+    assert await index.refresh(Broken(exc), 10.0) is False  # type: ignore[arg-type]
     assert await rev.refresh(Broken(exc)) is False  # type: ignore[arg-type]
     for part in (index, rev):
         assert part.last_error.startswith(error)
         assert part.unreachable_for() >= 40
     assert "secret-looking-value" not in caplog.text and "fa1_notatoken" not in caplog.text
-
-
-async def test_the_refresh_loops_survive_an_unexpected_exception():
-    """Audit finding: only StoreUnavailable was caught, so anything else killed the task silently."""
-    calls = {"n": 0}
-
-    class Flaky:
-        async def revocation_version(self):
-            calls["n"] += 1
-            if calls["n"] <= 2:
-                raise RuntimeError("boom")
-            return 0
-
-        async def revocations(self, now):
-            from forwardauth.state.base import RevocationSnapshot
-
-            return RevocationSnapshot(0)
-
-    rev = Revocations()
-    task = asyncio.get_running_loop().create_task(rev.run(Flaky(), 0.01))  # type: ignore[arg-type]
-    try:
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if rev.last_ok is not None and rev.last_error is None:
-                break
-        assert calls["n"] >= 3 and not task.done()
-        assert rev.last_error is None and rev.unreachable_for() == 0.0
-    finally:
-        task.cancel()
 
 
 # --- the last-used recorder ---------------------------------------------------------------------
@@ -335,10 +304,10 @@ async def test_usage_recorder_keeps_the_batch_when_the_write_fails_and_retries()
     t = await svc.issue(OPERATOR, "bob")
     rec.pending[t.meta.id] = rec.pending.pop("t1")
     reported: list[dict] = []
-    await rec.flush(token_store(store), reported.append)
+    await rec.flush(store, reported.append)
     assert rec.pending == {} and (await svc.tokens.get_token(t.meta.id)).last_used == 12.0
     assert reported == [{t.meta.id: 12.0, "t2": 11.0}]
-    await rec.flush(token_store(store), reported.append)
+    await rec.flush(store, reported.append)
     assert len(reported) == 1  # nothing pending: no write, no report
 
 
@@ -367,5 +336,5 @@ async def test_the_fast_path_for_known_tokens_still_checks_everything_per_reques
     assert credential(ctx, other.token, now=now + 3)[1] == "ok"
     assert credential(ctx, other.token, now=now + 3)[1] == "ok"
     await svc.lock(OPERATOR, "bob")
-    await plugin.state(ctx).index.refresh(token_store(ctx.store), ctx.store, 10.0)
+    await plugin.state(ctx).index.refresh(ctx.store, 10.0)
     assert credential(ctx, other.token, now=now + 4) == (None, "token: account missing or locked")

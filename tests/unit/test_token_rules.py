@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forwardauth.accounts import Account
+from forwardauth.state.records import Account
 from forwardauth.audit import EVENTS
 from forwardauth.keyring import Key, KeyRing
 from forwardauth.revocation import FAR_FUTURE, Revocations
@@ -292,7 +292,7 @@ async def test_a_service_account_keeps_one_token_even_when_two_issues_race(svc):
     """Two issues that both read "no active token" before either wrote: after
     the write, every active token but the newest is revoked, and the loser is told."""
     from forwardauth.tokens.service import Conflict
-    from forwardauth.tokens.store import TokenMeta
+    from forwardauth.state.records import TokenMeta
 
     first = await svc.issue(ADMIN, "backup", now=1000.0)
     # Another issuer's token, written a moment later, that `first`'s issuer never saw.

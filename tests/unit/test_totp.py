@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 
-from forwardauth.accounts import Account
+from forwardauth.state.records import Account
 from forwardauth.keyring import Key, KeyRing
 from forwardauth.sealing import SealError
 from forwardauth.state.memory import MemoryStore
