@@ -12,12 +12,13 @@ Modules, bottom up (none imports aiohttp at import time):
   settings    the `devices:` config section
   words       phrases and the three choices
   credentials pairing codes and device credentials (generated, hashed, checked)
-  records     what the store keeps: devices, pairings, approval requests
   approvals   pure rules: new requests, judging a decision, the ETag of a set
   longpoll    the pure long-poll state machine
-  store       the store protocol this part needs (+ the change feed)
-  memory      the in-memory store (tests, single process)
   hub         per-process wake-up of waiting polls, fed by the store's change feed
   service     the operations the routes call (pair, request, decide, poll)
-  client      the device client (`forwardauth device pair|watch|forget`)
+  api         the device-facing HTTP API
+  client      the device client (`forwardauth device pair|watch|forget`), cli its commands
+
+What is stored (devices, pairing codes, approval requests, the change feed)
+is in forwardauth.state: records.py, base.DeviceStore, and each backend.
 """

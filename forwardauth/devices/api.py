@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from forwardauth.devices.approvals import device_view, request_view
 from forwardauth.devices.hub import Busy
 from forwardauth.devices.longpoll import Reply
 from forwardauth.devices.service import DeviceService, Refusal
@@ -79,7 +80,7 @@ def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth
     async def pair(request: web.Request) -> web.StreamResponse:
         async def work(svc: DeviceService) -> web.StreamResponse:
             device, token = await svc.pair(await _body(request), client_of(request))
-            return _json({"device": device.public(), "credential": token}, 201)
+            return _json({"device": device_view(device), "credential": token}, 201)
         return await guarded(request, work)
 
     async def poll(request: web.Request) -> web.StreamResponse:
@@ -125,4 +126,4 @@ def _reply(reply: Reply | None, realm: str) -> web.StreamResponse:
     headers = {"ETag": reply.etag or ""}
     if reply.status == 304:
         return web.Response(status=304, headers={**NO_STORE, **headers})
-    return _json({"requests": [r.for_device() for r in reply.requests]}, 200, headers)
+    return _json({"requests": [request_view(r) for r in reply.requests]}, 200, headers)

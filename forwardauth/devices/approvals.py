@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from forwardauth.devices import words
-from forwardauth.devices.records import ApprovalRequest, State
+from forwardauth.state.records import ApprovalRequest, ApprovalState, Device
 
 MAX_USER_AGENT = 256
 MAX_NAME = 64
@@ -149,12 +149,25 @@ def judge(request: ApprovalRequest, answer: Answer, now: float) -> Verdict:
     return Verdict.WRONG_PHRASE
 
 
-def resolution(verdict: Verdict) -> tuple[State, str | None]:
+def resolution(verdict: Verdict) -> tuple[ApprovalState, str | None]:
     """The state a verdict writes, and its reason."""
     if verdict is Verdict.APPROVED:
-        return State.APPROVED, None
+        return ApprovalState.APPROVED, None
     if verdict is Verdict.WRONG_PHRASE:
-        return State.DENIED, "wrong_phrase"
+        return ApprovalState.DENIED, "wrong_phrase"
     if verdict is Verdict.DENIED:
-        return State.DENIED, "denied_on_device"
+        return ApprovalState.DENIED, "denied_on_device"
     raise ValueError(verdict)
+
+
+# --- what is shown -----------------------------------------------------------------
+
+def device_view(d: Device) -> dict[str, Any]:
+    """A device as pages, the admin API and the CLI show it (never its hash)."""
+    return {"id": d.id, "user": d.user, "name": d.name, "created": d.created, "last_seen": d.last_seen}
+
+
+def request_view(r: ApprovalRequest) -> dict[str, Any]:
+    """One entry of the long-poll's list: the choices, not which one is right."""
+    return {"id": r.id, "host": r.host, "path": r.path, "client": r.client, "user_agent": r.user_agent,
+            "level": r.level, "created": r.created, "expires": r.expires, "phrases": list(r.choices)}

@@ -39,7 +39,7 @@ import time
 from typing import Any, Awaitable, Callable, Protocol
 
 from forwardauth.devices.longpoll import LongPoll, Reply, Snapshot, Wait
-from forwardauth.devices.store import PulledChanges, PushedChanges
+from forwardauth.state.base import PulledChanges, PushedChanges
 
 log = logging.getLogger("forwardauth.devices")
 
@@ -208,9 +208,13 @@ class Hub:
     def _went_stale(self) -> None:
         self._stale += 1
         if self._stale > 256 and 2 * self._stale > len(self._timers):
-            self._timers = [e for e in self._timers if e[2].until == e[0] and e[2].conn is not CLOSED]
-            heapq.heapify(self._timers)
-            self._stale = 0
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the timer entries of polls that have ended or wait again."""
+        self._timers = [e for e in self._timers if e[2].until == e[0] and e[2].conn is not CLOSED]
+        heapq.heapify(self._timers)
+        self._stale = 0
 
     # --- background tasks ----------------------------------------------------------------
     def start(self, feed: PulledChanges | PushedChanges | None) -> None:

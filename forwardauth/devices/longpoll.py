@@ -27,7 +27,7 @@ import enum
 from dataclasses import dataclass
 
 from forwardauth.devices.approvals import etag, etag_matches
-from forwardauth.devices.records import ApprovalRequest
+from forwardauth.state.records import ApprovalRequest
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from forwardauth.devices import approvals, credentials
 from forwardauth.devices.approvals import Verdict
 from forwardauth.devices.hub import Connection, Hub, run_poll
 from forwardauth.devices.longpoll import Reply, Snapshot
-from forwardauth.devices.records import ApprovalRequest, Device, Pairing, State
 from forwardauth.devices.settings import DevicesSettings
-from forwardauth.devices.store import DeviceStore
-from forwardauth.regulation import FailureStore, Regulator, client_key, user_key
+from forwardauth.regulation import Regulator, client_key, user_key
+from forwardauth.state.base import ClaimStore, DeviceStore, FailureStore
+from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing
 
 # The audit events this part writes (to join audit.EVENTS when wired).
 AUDIT_EVENTS = (
@@ -45,8 +45,8 @@ class Audit(Protocol):
                  path: str | None = ..., level: str | None = ..., reason: str | None = ...) -> Any: ...
 
 
-class Store(DeviceStore, FailureStore, Protocol):
-    async def claim_once(self, key: str, ttl: float, now: float) -> bool: ...
+class Store(DeviceStore, FailureStore, ClaimStore, Protocol):
+    """What the service needs of the state store (every StateStore has it)."""
 
 
 class Refusal(Exception):
@@ -206,14 +206,14 @@ class DeviceService:
         now = self.clock()
         verdict = approvals.judge(req, ans, now)
         if verdict is Verdict.NOT_PENDING:
-            if req.outcome(now) is State.EXPIRED:
+            if req.outcome(now) is ApprovalState.EXPIRED:
                 await self._expire(req.id, now)
             raise self._not_pending(req.outcome(now))
         state, reason = approvals.resolution(verdict)
         done = await self.store.resolve(req.id, state, reason, now, device.id)
         if done is None:  # decided by another device, or cancelled, meanwhile
             latest = await self.store.request(req.id)
-            raise self._not_pending(latest.outcome(now) if latest else State.EXPIRED)
+            raise self._not_pending(latest.outcome(now) if latest else ApprovalState.EXPIRED)
         self.hub.wake(req.user)
         where = {"user": req.user, "client": req.client, "host": req.host, "path": req.path, "level": req.level}
         if verdict is Verdict.APPROVED:
@@ -229,7 +229,7 @@ class DeviceService:
         return done
 
     @staticmethod
-    def _not_pending(state: State) -> Refusal:
+    def _not_pending(state: ApprovalState) -> Refusal:
         return Refusal(409, "not_pending", f"the request is {state.value} already")
 
     # --- the browser's side -------------------------------------------------------------
@@ -271,13 +271,13 @@ class DeviceService:
         if req is None:
             return None
         now = self.clock()
-        if req.outcome(now) is State.EXPIRED and req.state is State.PENDING:
+        if req.outcome(now) is ApprovalState.EXPIRED and req.state is ApprovalState.PENDING:
             return await self._expire(req.id, now) or await self.store.request(request_id)
         return req
 
     async def cancel(self, request_id: str) -> ApprovalRequest | None:
         now = self.clock()
-        done = await self.store.resolve(request_id, State.CANCELLED, "cancelled_in_browser", now)
+        done = await self.store.resolve(request_id, ApprovalState.CANCELLED, "cancelled_in_browser", now)
         if done is not None:
             self.hub.wake(done.user)
             self.audit("approval_cancelled", user=done.user, client=done.client, host=done.host, path=done.path,

@@ -15,6 +15,10 @@ Layout (every key under the `forwardauth:` prefix):
     events          pub/sub channel: "rev" / "tok" after each change (account
                     writes send "tok": a lock or a group change reaches every
                     replica's token index in milliseconds)
+    dev:, devs:, pair:, req:, reqs:, req:live:, device-changes
+                    approving devices, pairing codes, approval requests and
+                    their change feed: see redis_devices.py (epoch writes
+                    publish the user on device-changes too)
 
 Replicas subscribe to `events` and refresh at once, so a revocation through
 one replica is in force on the others in milliseconds; the periodic refresh
@@ -41,6 +45,7 @@ from redis.exceptions import RedisError, WatchError
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.redis_devices import DEVICE_CHANNEL, RedisDevices
 
 log = logging.getLogger("forwardauth.state.redis")
 P = "forwardauth:"
@@ -53,6 +58,7 @@ if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then
 end
 redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], 'rev')
+redis.call('PUBLISH', KEYS[4], ARGV[1])
 return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
@@ -67,7 +73,7 @@ return 1
 """
 
 
-class RedisStore(StateStore):
+class RedisStore(RedisDevices, StateStore):
     def __init__(self, url: str, timeout: float = 1.0):
         self.url = url
         self.timeout = timeout
@@ -169,7 +175,8 @@ class RedisStore(StateStore):
 
     async def set_epoch(self, user: str, epoch: float) -> float:
         async with self._guard():
-            out = await self.r.eval(_SET_EPOCH, 3, P + "epochs", P + "rev:version", CHANNEL, user, repr(float(epoch)))
+            out = await self.r.eval(_SET_EPOCH, 4, P + "epochs", P + "rev:version", CHANNEL, DEVICE_CHANNEL, user,
+                                    repr(float(epoch)))
         return float(out)
 
     async def reset_epoch(self, user: str, epoch: float) -> None:
@@ -178,6 +185,7 @@ class RedisStore(StateStore):
                 p.hset(P + "epochs", user, repr(float(epoch)))
                 p.incr(P + "rev:version")
                 p.publish(CHANNEL, "rev")
+                p.publish(DEVICE_CHANNEL, user)
                 await p.execute()
 
     async def revoke(self, ident: str, until: float) -> None:

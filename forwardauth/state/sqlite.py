@@ -3,8 +3,9 @@ and the CLI share one file safely.
 
 All SQL runs on one dedicated thread per store: sqlite3 connections are not
 shared across threads, and the event loop never waits on the disk. The store
-creates every table it holds when it opens (`SCHEMA`, then `_upgrade` for
-files made by older versions); nothing else adds to it.
+creates every table it holds when it opens (`SCHEMA` and the devices'
+tables from `sqlite_devices`, then `_upgrade` for files made by older
+versions); nothing else adds to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.sqlite_devices import SCHEMA as DEVICES_SCHEMA
+from forwardauth.state.sqlite_devices import SQLiteDevices, publish
 
 T = TypeVar("T")
 
@@ -141,7 +144,7 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
-class SQLiteStore(StateStore):
+class SQLiteStore(SQLiteDevices, StateStore):
     def __init__(self, path: str):
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
@@ -163,7 +166,7 @@ class SQLiteStore(StateStore):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=5000")
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA + DEVICES_SCHEMA)
                 _upgrade(conn)
             except BaseException:
                 conn.close()
@@ -241,6 +244,7 @@ class SQLiteStore(StateStore):
             c.execute("INSERT INTO epochs (user, epoch) VALUES (?, ?) "
                       "ON CONFLICT(user) DO UPDATE SET epoch = max(epoch, excluded.epoch)", (user, epoch))
             _bump_revocations(c)
+            publish(c, user)  # the user's devices may be revoked: their polls look again
             return c.execute("SELECT epoch FROM epochs WHERE user=?", (user,)).fetchone()[0]
 
         return await self.write(q)
@@ -250,6 +254,7 @@ class SQLiteStore(StateStore):
             c.execute("INSERT INTO epochs (user, epoch) VALUES (?, ?) "
                       "ON CONFLICT(user) DO UPDATE SET epoch = excluded.epoch", (user, epoch))
             _bump_revocations(c)
+            publish(c, user)
 
         await self.write(q)
 

@@ -13,11 +13,11 @@ from aiohttp.typedefs import Handler
 from forwardauth.devices import credentials
 from forwardauth.devices.api import routes
 from forwardauth.devices.hub import Hub
-from forwardauth.devices.memory import MemoryDeviceStore
-from forwardauth.devices.records import ApprovalRequest
 from forwardauth.devices.service import DeviceService
 from forwardauth.devices.settings import DevicesSettings, Limits
 from forwardauth.regulation import RegulationConfig, Regulator
+from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import ApprovalRequest
 
 from .procs import free_port
 
@@ -36,7 +36,7 @@ class DeviceStub:
         self.settings = settings or DevicesSettings(True, "mfa", poll_timeout=50,
                                                     limits=Limits(requests_per_user=1000, requests_per_client=10**5))
         self.port = port or free_port()
-        self.store = MemoryDeviceStore()
+        self.store = MemoryStore()
         self.hub = Hub(self.settings.limits.polls_per_user, reap_interval=reap_interval)
         self.audit = Audit()
         self.svc = DeviceService(self.settings, self.store, self.hub,

@@ -19,8 +19,8 @@ from harness.devices_stub import DeviceStub
 from harness.procs import free_port
 
 from forwardauth.devices import client as cl
-from forwardauth.devices.records import State
 from forwardauth.devices.settings import DevicesSettings, Limits
+from forwardauth.state.records import ApprovalState
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ async def test_watch_once_picks_the_browsers_phrase_and_approves_over_one_connec
     req = await stub.ask()
     person.pick = req.phrase
     assert await asyncio.wait_for(watch, 5) == 0
-    assert (await stub.store.request(req.id)).state is State.APPROVED
+    assert (await stub.store.request(req.id)).state is ApprovalState.APPROVED
     shown = person.lines[-2]
     assert "app.example.com/admin (level mfa)" in shown and "203.0.113.5, Firefox/130" in shown
     assert all(p in shown for p in req.choices) and person.lines[-1] == "approved"
@@ -146,7 +146,7 @@ async def test_watch_wrong_pick_is_denied(stub, tmp_path):
     person = Person(next(c for c in req.choices if c != req.phrase))
     assert await asyncio.wait_for(fast(saved, person).run(once=True), 5) == 1
     r = await stub.store.request(req.id)
-    assert (r.state, r.reason) == (State.DENIED, "wrong_phrase")
+    assert (r.state, r.reason) == (ApprovalState.DENIED, "wrong_phrase")
     assert person.lines[-1].startswith("denied: that is not the phrase the browser showed.")
     assert "approval_wrong_phrase" in stub.audit.events
 
@@ -186,7 +186,7 @@ async def test_server_down_then_back_up_reconnects_with_backoff_and_picks_up_the
     req = await stub.ask()
     person.pick = req.phrase
     assert await asyncio.wait_for(watch, 5) == 0
-    assert (await stub.store.request(req.id)).state is State.APPROVED
+    assert (await stub.store.request(req.id)).state is ApprovalState.APPROVED
 
 
 async def fake_server(handler) -> tuple[web.AppRunner, str]:

@@ -10,7 +10,7 @@ import pytest
 
 from forwardauth.devices import approvals, credentials, words
 from forwardauth.devices.approvals import Answer, Decision, Verdict, etag, etag_matches, judge, new_request
-from forwardauth.devices.records import State
+from forwardauth.state.records import ApprovalState
 
 T = 1_700_000_000.0
 
@@ -101,9 +101,9 @@ def test_new_request_keeps_what_the_device_shows():
     assert approvals.valid_request_id(r.id)
     assert (r.host, r.path, r.client, r.user_agent, r.level) == ("app.example.com", "/admin", "192.0.2.7",
                                                                    "Mozilla/5.0", "mfa")
-    assert (r.created, r.expires, r.state) == (T, T + 120, State.PENDING)
+    assert (r.created, r.expires, r.state) == (T, T + 120, ApprovalState.PENDING)
     assert r.phrase in r.choices and len(r.choices) == 3
-    shown = r.for_device()
+    shown = approvals.request_view(r)
     assert shown["phrases"] == list(r.choices) and "phrase" not in shown and r.phrase not in str(
         {k: v for k, v in shown.items() if k != "phrases"})
 
@@ -156,10 +156,11 @@ def test_judge():
     assert judge(r, Answer(Decision.APPROVE, r.phrase), T + 120) is Verdict.NOT_PENDING  # expired
     from dataclasses import replace
 
-    assert judge(replace(r, state=State.DENIED), Answer(Decision.APPROVE, r.phrase), T + 1) is Verdict.NOT_PENDING
-    assert approvals.resolution(Verdict.WRONG_PHRASE) == (State.DENIED, "wrong_phrase")
-    assert approvals.resolution(Verdict.DENIED) == (State.DENIED, "denied_on_device")
-    assert approvals.resolution(Verdict.APPROVED) == (State.APPROVED, None)
+    decided = replace(r, state=ApprovalState.DENIED)
+    assert judge(decided, Answer(Decision.APPROVE, r.phrase), T + 1) is Verdict.NOT_PENDING
+    assert approvals.resolution(Verdict.WRONG_PHRASE) == (ApprovalState.DENIED, "wrong_phrase")
+    assert approvals.resolution(Verdict.DENIED) == (ApprovalState.DENIED, "denied_on_device")
+    assert approvals.resolution(Verdict.APPROVED) == (ApprovalState.APPROVED, None)
 
 
 def test_etag_names_the_set_not_the_order():
@@ -180,4 +181,4 @@ def test_if_none_match(header, matches):
 def test_expiry_is_strict():
     r = req(now=time.time(), ttl=10)
     assert r.live(r.expires - 0.001) and not r.live(r.expires)
-    assert r.outcome(r.expires) is State.EXPIRED
+    assert r.outcome(r.expires) is ApprovalState.EXPIRED

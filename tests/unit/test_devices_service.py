@@ -13,11 +13,11 @@ import pytest
 
 from forwardauth.devices import credentials
 from forwardauth.devices.hub import Busy, Hub
-from forwardauth.devices.memory import MemoryDeviceStore
-from forwardauth.devices.records import State
 from forwardauth.devices.service import DeviceService, Refusal
 from forwardauth.devices.settings import DevicesSettings, Limits
 from forwardauth.regulation import RegulationConfig, Regulator
+from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import ApprovalState
 
 T = 1_700_000_000.0
 SETTINGS = DevicesSettings(True, "mfa", max_devices=2, request_ttl=120, pairing_ttl=600, poll_timeout=5,
@@ -58,7 +58,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def svc(clock) -> DeviceService:
-    store = MemoryDeviceStore()
+    store = MemoryStore()
     reg = Regulator(store, RegulationConfig(max_failures=3, max_client_failures=50, window=600, ban_time=900))
     return DeviceService(SETTINGS, store, Hub(polls_per_user=3), reg, Audit(), clock=clock)
 
@@ -176,8 +176,8 @@ async def test_right_phrase_approves(svc):
     device, _ = await paired(svc)
     r = await ask(svc)
     done = await svc.answer(device, r.id, {"decision": "approve", "phrase": r.phrase})
-    assert (done.state, done.reason, done.device_id) == (State.APPROVED, None, device.id)
-    assert (await svc.outcome(r.id)).state is State.APPROVED
+    assert (done.state, done.reason, done.device_id) == (ApprovalState.APPROVED, None, device.id)
+    assert (await svc.outcome(r.id)).state is ApprovalState.APPROVED
     event, fields = svc.audit.lines[-1]
     assert event == "approval_approved" and fields == {"user": "alice", "client": "203.0.113.5",
                                                        "host": "app.example.com", "path": "/admin", "level": "mfa",
@@ -190,7 +190,7 @@ async def test_wrong_phrase_denies_is_audited_and_regulated(svc):
         r = await ask(svc)
         wrong = next(c for c in r.choices if c != r.phrase)
         done = await svc.answer(device, r.id, {"decision": "approve", "phrase": wrong})
-        assert (done.state, done.reason) == (State.DENIED, "wrong_phrase")
+        assert (done.state, done.reason) == (ApprovalState.DENIED, "wrong_phrase")
         assert svc.audit.events[-1] == "approval_wrong_phrase"
     # three wrong picks (max_failures) ban the username: no more requests for it
     status, error, message, retry = await refused(ask(svc))
@@ -202,7 +202,7 @@ async def test_deny_on_the_device(svc):
     device, _ = await paired(svc)
     r = await ask(svc)
     done = await svc.answer(device, r.id, {"decision": "deny"})
-    assert (done.state, done.reason) == (State.DENIED, "denied_on_device")
+    assert (done.state, done.reason) == (ApprovalState.DENIED, "denied_on_device")
     assert svc.audit.events[-1] == "approval_denied"
     assert not (await svc.regulator.check("alice", "203.0.113.5", T)).banned
 
@@ -272,7 +272,7 @@ async def test_expiry_is_audited_once_and_said_plainly(svc, clock):
     clock.now += 121
     assert await refused(svc.answer(device, r.id, {"decision": "approve", "phrase": r.phrase})) == (
         409, "not_pending", "the request is expired already", None)
-    assert (await svc.outcome(r.id)).state is State.EXPIRED
+    assert (await svc.outcome(r.id)).state is ApprovalState.EXPIRED
     await svc.snapshot(device.id, "alice")
     assert svc.audit.events.count("approval_expired") == 1
 
@@ -280,7 +280,7 @@ async def test_expiry_is_audited_once_and_said_plainly(svc, clock):
 async def test_cancel_by_the_browser(svc):
     device, _ = await paired(svc)
     r = await ask(svc)
-    assert (await svc.cancel(r.id)).state is State.CANCELLED
+    assert (await svc.cancel(r.id)).state is ApprovalState.CANCELLED
     assert await svc.cancel(r.id) is None
     assert svc.audit.events[-1] == "approval_cancelled"
     assert (await refused(svc.answer(device, r.id, {"decision": "deny"})))[2] == "the request is cancelled already"
@@ -294,7 +294,7 @@ async def test_outcome_of_unknown_request(svc):
 # --- polls through the service ---------------------------------------------------------
 
 async def test_poll_sees_a_new_request_and_removal_ends_it_with_401():
-    svc = DeviceService(SETTINGS, MemoryDeviceStore(), Hub(), Regulator(MemoryDeviceStore(), RegulationConfig()),
+    svc = DeviceService(SETTINGS, MemoryStore(), Hub(), Regulator(MemoryStore(), RegulationConfig()),
                         Audit())
     device, _ = await paired(svc)
     first = await svc.poll(device, None, CONN)
@@ -312,7 +312,7 @@ async def test_poll_sees_a_new_request_and_removal_ends_it_with_401():
 
 
 async def test_too_many_polls_is_429():
-    svc = DeviceService(SETTINGS, MemoryDeviceStore(), Hub(polls_per_user=1), Regulator(MemoryDeviceStore(),
+    svc = DeviceService(SETTINGS, MemoryStore(), Hub(polls_per_user=1), Regulator(MemoryStore(),
                         RegulationConfig()), Audit())
     d1, _ = await paired(svc)
     d2, _ = await paired(svc)
