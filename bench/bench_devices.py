@@ -17,7 +17,8 @@ What it does:
 5. prints waiting polls, RSS, p50/p99/max, errors, and as a baseline the
    p50/p99 of a request that does nothing, sent to the same server right
    after each create (what the machine and the event loop cost at that
-   moment), and the server's GC pauses during the request phase. Targets:
+   moment), the server's GC pauses during the request phase, and the CPU
+   and wall time of one full collection with every poll waiting. Targets:
    RSS < 250 MB at 10,000 waiting polls, p99 < 100 ms, no error.
 
 Server: for now the devices part's own API (forwardauth/devices/api.py) over
@@ -64,8 +65,11 @@ def rss_mb(pid: int) -> float:
 
 # --- the server (child process) -------------------------------------------------------
 
-def serve_stub(devices: int, creds_file: Path, poll_timeout: float) -> None:
+def serve_stub(devices: int, creds_file: Path, poll_timeout: float, gc_threshold2: int | None) -> None:
     raise_nofile(devices + 1000)
+    if gc_threshold2 is not None:  # an experiment: full collections rarer (see bench/README.md)
+        g0, g1, _ = gc.get_threshold()
+        gc.set_threshold(g0, g1, gc_threshold2)
     try:
         import uvloop
 
@@ -107,8 +111,18 @@ def serve_stub(devices: int, creds_file: Path, poll_timeout: float) -> None:
         async def ping(request: web.Request) -> web.Response:
             return web.Response()
 
+        async def gc_cost(request: web.Request) -> web.Response:
+            """One full collection now: its CPU time (what it costs whatever
+            else the machine runs) and wall time, and how many objects it walked."""
+            cpu, wall = time.thread_time(), time.perf_counter()
+            gc.collect()
+            return web.json_response({"cpu_ms": round((time.thread_time() - cpu) * 1000, 1),
+                                      "wall_ms": round((time.perf_counter() - wall) * 1000, 1),
+                                      "tracked_objects": len(gc.get_objects())})
+
         extra = [web.post("/_bench/ask", ask), web.get("/_bench/waiting", waiting),
-                 web.post("/_bench/gc-reset", gc_reset), web.get("/_bench/ping", ping)]
+                 web.post("/_bench/gc-reset", gc_reset), web.get("/_bench/ping", ping),
+                 web.post("/_bench/gc-cost", gc_cost)]
         await stub.start(extra_routes=extra)
         creds_file.write_text(json.dumps({"port": stub.port, "creds": creds}))
         print("ready", flush=True)
@@ -128,16 +142,19 @@ class GcPauses:
 
     def reset(self) -> None:
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.collected = {0: 0, 1: 0, 2: 0}  # objects found to be cyclic garbage
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
         else:
             self.pauses[info["generation"]].append(time.perf_counter() - self._t0)
+            self.collected[info["generation"]] += info["collected"]
 
     def summary(self) -> dict[str, object]:
         return {f"gen{g}": {"count": len(p), "max_ms": round(max(p, default=0) * 1000, 1),
-                            "total_ms": round(sum(p) * 1000, 1)} for g, p in self.pauses.items()}
+                            "total_ms": round(sum(p) * 1000, 1), "collected": self.collected[g]}
+                for g, p in self.pauses.items()}
 
 
 class _Nothing(list):
@@ -269,6 +286,8 @@ async def run(args: argparse.Namespace, port: int, creds: list[list[str]], pid: 
         except TimeoutError:
             bench.errors.append(f"{bench.expected - len(bench.latencies)} requests never reached their device")
         waiting_after = await waiting()  # and the GC pauses of the request phase
+        async with http.post(f"http://127.0.0.1:{port}/_bench/gc-cost") as r:
+            full_gc = await r.json()
     bench.closing = True
     for d in devices:
         if d.transport is not None:
@@ -284,6 +303,7 @@ async def run(args: argparse.Namespace, port: int, creds: list[list[str]], pid: 
         "baseline_noop_p50_ms": round(statistics.median(pings) * 1000, 2) if pings else None,
         "baseline_noop_p99_ms": round(sorted(pings)[max(0, int(len(pings) * 0.99) - 1)] * 1000, 2) if pings else None,
         "server_gc_during_requests": gc_seen,
+        "full_gc_at_the_end": full_gc,
     }
 
 
@@ -295,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-timeout", type=float, default=50.0)
     p.add_argument("--target", choices=["stub"], default="stub",
                    help="stub: the part's API on the in-memory store (serve: not done, see the docstring)")
+    p.add_argument("--gc-threshold2", type=int, help="the server's third GC threshold (default: CPython's, 10): "
+                                                      "how many gen1 collections before a full one")
     p.add_argument("--serve-stub", type=Path, help=argparse.SUPPRESS)  # the child process
     args = p.parse_args(argv)
     if args.serve_stub:
-        serve_stub(args.devices, args.serve_stub, args.poll_timeout)
+        serve_stub(args.devices, args.serve_stub, args.poll_timeout, args.gc_threshold2)
         return 0
     have = raise_nofile(args.devices + 1000)
     if have < args.devices + 100:
@@ -312,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     creds_file = Path(tempfile.mkdtemp(prefix="bench_devices_")) / "creds.json"
     child = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(creds_file), "--devices",
-                              str(args.devices), "--poll-timeout", str(args.poll_timeout)],
+                              str(args.devices), "--poll-timeout", str(args.poll_timeout)]
+                             + (["--gc-threshold2", str(args.gc_threshold2)] if args.gc_threshold2 else []),
                              stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert child.stdout is not None
