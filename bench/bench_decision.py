@@ -292,10 +292,10 @@ def _per_call_us(fn, budget: float, repeats: int) -> float:
 
 
 def policy_bench(sizes: list[int], workdir: Path) -> list[tuple[int, float, float, float]]:
-    from forwardauth.config import load_config
-    from forwardauth.decision import Outcome, decide
-    from forwardauth.request import build
-    from forwardauth.runtime import Runtime
+    from forwardauth.composition import load_config
+    from forwardauth.core.decision import Outcome, decide
+    from forwardauth.core.request import build
+    from forwardauth.core.runtime import Runtime
 
     rows = []
     for n in sizes:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
-from forwardauth.levels import Levels
+from forwardauth.core.levels import Levels
 from forwardauth.oidc.settings import OidcConfig
 
 

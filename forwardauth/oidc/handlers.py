@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import json
 import logging
 import math
@@ -23,14 +22,14 @@ from aiohttp import web
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
-from forwardauth.pages import HEADERS as PAGE_HEADERS
-from forwardauth.pages import page
-from forwardauth.redirects import safe_redirect
-from forwardauth.sealing import SealError, Sealer
-from forwardauth.server import APP_HOOKS, CTX, Context, current_session, session_cookie
-from forwardauth.session import Session
-from forwardauth.start import AUTHENTICATORS, Need
+from forwardauth.core.cookies import set_cookie
+from forwardauth.core.redirects import safe_redirect
+from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.session import Session
+from forwardauth.services.audit import request_id
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.web.context import CTX, AppContext
+from forwardauth.web.pages import continue_to, page
 
 log = logging.getLogger("forwardauth.oidc")
 CLIENT = web.AppKey("oidc_client", ProviderClient)
@@ -55,11 +54,11 @@ def oidc_config(request: web.Request) -> OidcConfig | None:
     return request.app.get(SETTINGS)
 
 
-def callback_url(ctx: Context) -> str:
+def callback_url(ctx: AppContext) -> str:
     return ctx.runtime.config.server.public_url + "/oauth2/callback"
 
 
-def _sealer(ctx: Context) -> Sealer:
+def _sealer(ctx: AppContext) -> Sealer:
     return Sealer(ctx.runtime.keyring, "oidc-login")
 
 
@@ -67,31 +66,25 @@ def redirect(url: str) -> web.Response:
     return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
-def _login_prefix(ctx: Context) -> str:
+def _login_prefix(ctx: AppContext) -> str:
     # Scoped to /oauth2/, so it cannot be a __Host- cookie.
     return ("__Secure-" if ctx.runtime.config.session.secure else "") + "forwardauth"
 
 
-def _login_cookie(ctx: Context, state: str) -> str:
+def _login_cookie(ctx: AppContext, state: str) -> str:
     return flow.login_cookie_name(_login_prefix(ctx), state)
 
 
-def login_set_cookie(ctx: Context, name: str, value: str, max_age: int) -> str:
+def login_set_cookie(ctx: AppContext, name: str, value: str, max_age: int) -> str:
     """Set-Cookie for a per-login cookie: always SameSite=Lax, whatever `session.same_site` says.
 
     The provider sends the browser back to the callback with a cross-site
     navigation, which a SameSite=Strict cookie would not come with.
     """
-    scfg = ctx.runtime.config.session
-    parts = [f"{name}={value}", f"Path={LOGIN_PATH}", f"Max-Age={max(0, int(max_age))}", "HttpOnly", "SameSite=Lax"]
-    if scfg.secure:
-        parts.append("Secure")
-    if scfg.domain:
-        parts.append(f"Domain={scfg.domain}")
-    return "; ".join(parts)
+    return set_cookie(replace(ctx.runtime.config.session, same_site="Lax"), name, value, max_age, LOGIN_PATH)
 
 
-def _stale_logins(request: web.Request, ctx: Context, cfg: OidcConfig, new_bytes: int, now: float) -> list[str]:
+def _stale_logins(request: web.Request, ctx: AppContext, cfg: OidcConfig, new_bytes: int, now: float) -> list[str]:
     """Names of this browser's login cookies to clear so that, with a new one of
     `new_bytes`, at most MAX_LOGINS_PER_BROWSER and LOGIN_COOKIES_BUDGET bytes remain.
     The oldest go first; expired or unreadable ones always go."""
@@ -114,22 +107,6 @@ def _stale_logins(request: web.Request, ctx: Context, cfg: OidcConfig, new_bytes
         else:
             kept, used = kept + 1, used + size
     return stale
-
-
-def continue_to(url: str) -> web.Response:
-    """A page that moves on to `url` by itself (meta refresh; no script).
-
-    For `session.same_site: strict`: the callback is reached by a cross-site
-    navigation from the provider, and a browser does not send a Strict cookie
-    anywhere along a redirect chain that started cross-site, so a 302 to the
-    app would arrive without the new session and start the sign-in again, in
-    a loop. A navigation started by this page is same-site.
-    """
-    u = html.escape(url, quote=True)
-    body = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f'<meta http-equiv="refresh" content="0;url={u}"><title>Signed in</title></head>'
-            f'<body><p>Signed in. <a href="{u}">Continue</a></p></body></html>')
-    return web.Response(status=200, text=body, content_type="text/html", headers=PAGE_HEADERS)
 
 
 def _too_long(rd: str) -> web.Response:
@@ -175,18 +152,15 @@ async def begin(request: web.Request, rd: str, level: str, max_age: float | None
     return resp
 
 
-def _audit(request: web.Request, ctx: Context, event: str, user: str | None, level: str | None, reason: str,
+def _audit(request: web.Request, ctx: AppContext, event: str, user: str | None, level: str | None, reason: str,
            rd: str | None = None) -> None:
     """One line in the audit log (never a code, token or cookie: `reason` is a safe message)."""
-    from forwardauth.audit import for_context, request_id
-    from forwardauth.signin.routes import client_of
-
     host = path = None
     if rd:
         parts = urlsplit(rd)
         host, path = parts.hostname, parts.path or "/"
-    for_context(ctx).emit(event, user=user, client=client_of(request, ctx), host=host, path=path, level=level,
-                          reason=reason, request_id=request_id(request.headers))
+    ctx.audit.emit(event, user=user, client=ctx.client(request), host=host, path=path, level=level,
+                   reason=reason, request_id=request_id(request.headers))
 
 
 async def callback(request: web.Request) -> web.Response:
@@ -194,7 +168,7 @@ async def callback(request: web.Request) -> web.Response:
     cfg = oidc_config(request)
     if cfg is None:
         return page(404, "Not found", "Upstream sign-in is not configured.")
-    _warn_if_changed(request, ctx, cfg)
+    warn_if_changed(request, ctx, cfg)
     try:
         return await _callback(request, ctx, cfg)
     except flow.LoginError as exc:
@@ -228,7 +202,7 @@ class StateStoreDown(Exception):
     """The state store did not answer at the callback."""
 
 
-async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.Response:
+async def _callback(request: web.Request, ctx: AppContext, cfg: OidcConfig) -> web.Response:
     q = request.query
     state = q.get("state")
     if not state or len(state) > 256:
@@ -279,7 +253,7 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
         raise flow.LoginError(403, "The identity provider did not prove any level configured here "
                                    f"(acr {proven.acr!r}).")
 
-    current, _, _ = current_session(ctx, request.cookies, now)
+    current = ctx.current_session(request, now)
     levels = ctx.runtime.config.levels
     proven_at = flow.proof_time(proven, login, now)
     if current is not None and current.source == "oidc" and current.sub == proven.sub:
@@ -308,8 +282,13 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
                     (login.rd, "Back to the page"))
     else:
         _audit(request, ctx, "signin_ok", new.sub, new.level, f"oidc: proved {proven.level}", login.rd)
+        # For `session.same_site: strict`: the callback is reached by a cross-site
+        # navigation from the provider, and a browser does not send a Strict cookie
+        # anywhere along a redirect chain that started cross-site, so a 302 to the
+        # app would arrive without the new session and start the sign-in again, in
+        # a loop. A navigation started by a page of this site is same-site.
         resp = continue_to(login.rd) if ctx.runtime.config.session.same_site == "Strict" else redirect(login.rd)
-    resp.headers.add("Set-Cookie", session_cookie(ctx, new, now))
+    resp.headers.add("Set-Cookie", ctx.session_cookie(new, now))
     resp.headers.add("Set-Cookie", login_set_cookie(ctx, name, "", 0))
     return resp
 
@@ -317,7 +296,7 @@ async def _callback(request: web.Request, ctx: Context, cfg: OidcConfig) -> web.
 CHECKED = web.AppKey("oidc_checked_config", dict)
 
 
-def _warn_if_changed(request: web.Request, ctx: Context, started: OidcConfig | None) -> None:
+def warn_if_changed(request: web.Request, ctx: AppContext, started: OidcConfig | None) -> None:
     """Once per loaded config: say so when a reload changed the `oidc:` section (it needs a restart)."""
     now_cfg = ctx.runtime.config
     checked = request.app[CHECKED]
@@ -374,35 +353,8 @@ async def signed_out(request: web.Request) -> web.Response:
     return redirect(safe_redirect(rd, server.public_url, server.allowed_redirect_domains))
 
 
-def _setup(app: web.Application, ctx: Context) -> None:
-    app[CHECKED] = {"config": ctx.runtime.config}
-    cfg = ctx.runtime.config.sections.get("oidc")
-    if cfg is None:
-        return
-    app[SETTINGS] = cfg
-    app[CLIENT] = ProviderClient(cfg)
-    app.router.add_get("/oauth2/callback", callback)
-    app.router.add_get(SIGNED_OUT_PATH, signed_out)
-
-    async def close(app: web.Application):
-        yield
-        await app[CLIENT].close()
-
-    app.cleanup_ctx.append(close)
-
-
-async def authenticate(request: web.Request, need: Need) -> web.StreamResponse | None:
-    """The upstream provider handles a need when it is configured and the level has acr/amr values."""
-    ctx = request.app[CTX]
-    cfg = oidc_config(request)
-    _warn_if_changed(request, ctx, cfg)
-    if cfg is None:
+async def sign_out(request: web.Request, session: Session, rd: str) -> str | None:
+    """After a local sign-out of a session that came from the provider: its logout, when it has one."""
+    if session.source != "oidc":
         return None
-    lv = ctx.runtime.config.levels[need.level]
-    if not (lv.acr or lv.amr):
-        return None
-    return await begin(request, need.rd, need.level, need.max_age, need.session)
-
-
-APP_HOOKS.append(_setup)
-AUTHENTICATORS.append(authenticate)
+    return await end_session_url(request, rd)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forwardauth.config import SECTION_PARSERS, Reader
+from forwardauth.core.config import Reader
 
 MAX_LOGIN_TIMEOUT = 3600.0
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -83,5 +83,3 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
         clock_skew=r.duration(d, "clock_skew", w, 60.0) or 0.0,
     )
 
-
-SECTION_PARSERS["oidc"] = parse

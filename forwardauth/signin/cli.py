@@ -29,30 +29,28 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from forwardauth import cli as core_cli
 from forwardauth.accounts import account_store, check_username, normalise_username
-from forwardauth.audit import for_cli
-from forwardauth.config import Config
-from forwardauth.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
+from forwardauth.core.config import Config
+from forwardauth.services.audit import AuditLog
+from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
+from forwardauth.services.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
 from forwardauth.regulation import Regulator, failure_store
-from forwardauth.runtime import Runtime, resolve_state_url
+from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
 from forwardauth.state import StateStore, open_store
+from forwardauth.signin.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
 from forwardauth.state.records import MAX_KEY, Account, AccountError, check_groups
-from forwardauth.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
-
-CliError = core_cli.CliError
 
 
 class Ops:
     """What a command works with: config, settings, store, audit."""
 
-    def __init__(self, cfg: Config, store: StateStore):
+    def __init__(self, cfg: Config, store: StateStore, audit_log: AuditLog):
         self.cfg = cfg
         self.settings: LocalSettings = settings(cfg)
         self.store = store
         self.accounts = account_store(store)
-        self.audit_log = for_cli(cfg)
+        self.audit_log = audit_log
 
     def audit(self, event: str, user: str, reason: str) -> None:
         self.audit_log.emit(event, user=user, reason=reason)
@@ -73,28 +71,22 @@ class Ops:
             await self.store.set_epoch(name.split(":", 1)[1], now)
 
 
-def _config(args: argparse.Namespace) -> Config:
-    from forwardauth.serve import load_or_default
-
-    return load_or_default(args.config, args.data_dir)
-
-
-def _run(args: argparse.Namespace, fn: Callable[[Ops], Awaitable[int]]) -> int:
-    cfg = _config(args)
+def _run(args: argparse.Namespace, env: CliEnv, fn: Callable[[Ops], Awaitable[int]]) -> int:
+    cfg = env.config_or_default(args)
     if cfg.state == "memory://":
         raise CliError("state memory:// lives inside one server process; the CLI cannot reach it")
 
     async def go() -> int:
         store = open_store(resolve_state_url(cfg))
         await store.open()
-        ops = Ops(cfg, store)
+        ops = Ops(cfg, store, env.audit(cfg))
         try:
             return await fn(ops)
         finally:
             ops.audit_log.close()
             await store.close()
 
-    return asyncio.run(core_cli.with_store(cfg, go()))
+    return asyncio.run(with_store(cfg, go()))
 
 
 def _username(text: str) -> str:
@@ -150,7 +142,7 @@ def _show_generated(user: str, pw: str) -> None:
 # --- commands ------------------------------------------------------------------
 
 
-def _cmd_add(args: argparse.Namespace) -> int:
+def _cmd_add(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         now = time.time()
         try:
@@ -178,10 +170,10 @@ def _cmd_add(args: argparse.Namespace) -> int:
             print(f"{args.user}: created ({acct.kind}; groups: {', '.join(groups) or 'none'})")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_passwd(args: argparse.Namespace) -> int:
+def _cmd_passwd(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         acct = await ops.need(args.user)
         if ":" in args.user:
@@ -198,10 +190,10 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
             print(f"{args.user}: password changed; existing sessions are signed out")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_groups(args: argparse.Namespace) -> int:
+def _cmd_groups(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         acct = await ops.need(args.user)
         groups = list(acct.groups)
@@ -229,10 +221,10 @@ def _cmd_groups(args: argparse.Namespace) -> int:
         print(f"{args.user}: groups: {', '.join(groups) or 'none'} (signed out, to pick them up at next sign-in)")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_lock(args: argparse.Namespace) -> int:
+def _cmd_lock(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         await ops.need(args.user)
         # The same as `accounts lock` and the API: epoch to the far future.
@@ -243,10 +235,10 @@ def _cmd_lock(args: argparse.Namespace) -> int:
         print(f"{args.user}: locked; existing sessions are signed out")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_unlock(args: argparse.Namespace) -> int:
+def _cmd_unlock(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         await ops.need(args.user)
         # The same as `accounts unlock` and the API: active, epoch back to now.
@@ -259,10 +251,10 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
         print(f"{args.user}: unlocked (and any ban for failed attempts lifted)")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_delete(args: argparse.Namespace) -> int:
+def _cmd_delete(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         await ops.need(args.user)
         # The same as `accounts delete` and the API: tokens revoked, database
@@ -276,7 +268,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         print(f"{args.user}: deleted; existing sessions and tokens are revoked")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
 def _row(a: Account) -> dict[str, Any]:
@@ -285,7 +277,7 @@ def _row(a: Account) -> dict[str, Any]:
             "created": int(a.created), "updated": int(a.updated)}
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _cmd_list(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         rows = [_row(a) for a in await ops.accounts.list_accounts()]
         if args.json:
@@ -300,10 +292,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
                   f"{','.join(r['groups']) or '-'}")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_totp_enroll(args: argparse.Namespace) -> int:
+def _cmd_totp_enroll(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         acct = await ops.need(args.user)
         if acct.kind != "human":
@@ -326,10 +318,10 @@ def _cmd_totp_enroll(args: argparse.Namespace) -> int:
             qr_terminal(uri, sys.stdout)
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
-def _cmd_totp_reset(args: argparse.Namespace) -> int:
+def _cmd_totp_reset(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
         acct = await ops.need(args.user)
         if not acct.has_totp:
@@ -341,7 +333,7 @@ def _cmd_totp_reset(args: argparse.Namespace) -> int:
         print(f"{args.user}: TOTP removed; the next page that needs it will guide them through setting it up again")
         return 0
 
-    return _run(args, go)
+    return _run(args, env, go)
 
 
 # --- argparse ------------------------------------------------------------------
@@ -367,7 +359,7 @@ def _password_source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generate", action="store_true", help="generate a password and print it once")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _register(sub: SubCommands) -> None:
     p = sub.add_parser("users", help="local accounts: add, passwd, groups, lock, unlock, delete, list, totp")
     us = p.add_subparsers(dest="users_cmd", required=True)
 
@@ -375,7 +367,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _user(a, new=True)
     a.add_argument("--display-name")
     a.add_argument("--email")
-    a.add_argument("--groups", type=core_cli._csv, default=(), help="comma-separated groups (roles)")
+    a.add_argument("--groups", type=csv, default=(), help="comma-separated groups (roles)")
     a.add_argument("--system", action="store_true", help="a system account: API tokens only, never a password")
     _password_source(a)
     a.set_defaults(func=_cmd_add)
@@ -387,9 +379,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = us.add_parser("groups", help="set, add or remove groups (roles)")
     _user(g)
-    g.add_argument("groups", nargs="?", type=core_cli._csv, help="the new comma-separated list (replaces)")
-    g.add_argument("--add", type=core_cli._csv, help="groups to add")
-    g.add_argument("--remove", type=core_cli._csv, help="groups to remove")
+    g.add_argument("groups", nargs="?", type=csv, help="the new comma-separated list (replaces)")
+    g.add_argument("--add", type=csv, help="groups to add")
+    g.add_argument("--remove", type=csv, help="groups to remove")
     g.set_defaults(func=_cmd_groups)
 
     for name, fn, text in (("lock", _cmd_lock, "lock: no sign-in, and existing sessions end"),
@@ -416,4 +408,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_cmd_totp_reset)
 
 
-core_cli.COMMANDS.append(register)
+def commands() -> tuple[Register, ...]:
+    """The command group this part adds: users."""
+    return (_register,)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from forwardauth.levels import Levels
-from forwardauth.session import Session
+from forwardauth.core.levels import Levels
+from forwardauth.core.session import Session
 
 
 class Step(str, Enum):

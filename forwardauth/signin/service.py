@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from forwardauth.accounts import USERNAME_RE, account_store
-from forwardauth.levels import Level
-from forwardauth.passwords import (
+from forwardauth.core.levels import Level
+from forwardauth.services.passwords import (
     dummy_verify,
     generate_password,
     hash_password,
@@ -26,14 +26,14 @@ from forwardauth.passwords import (
     verify_password,
 )
 from forwardauth.regulation import Regulator, failure_store
-from forwardauth.runtime import Runtime
-from forwardauth.sealing import SealError
-from forwardauth.session import Session, new_session_id
+from forwardauth.core.runtime import Runtime
+from forwardauth.core.sealing import SealError
+from forwardauth.core.session import Session, new_session_id
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
+from forwardauth.signin.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
 from forwardauth.state.base import AccountStore, StateStore
 from forwardauth.state.records import Account
-from forwardauth.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
 
 log = logging.getLogger("forwardauth.signin")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forwardauth.accounts import USERNAME_RE
-from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
-from forwardauth.levels import Level, Levels
-from forwardauth.passwords import ScryptParams
+from forwardauth.core.config import Config, Reader, show
+from forwardauth.core.levels import Level, Levels
+from forwardauth.services.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
 from forwardauth.state.records import AccountError, check_groups
 
@@ -63,12 +63,12 @@ def totp_levels(levels: Levels) -> tuple[Level, ...]:
 def _int(r: Reader, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {_show(v)}")
+        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
         return default
     return v
 
 
-def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
+def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     w = "local"
     d = r.mapping(raw, w, {"enabled", "password_level", "min_password_length", "scrypt", "totp", "regulation",
                            "audit", "bootstrap_admin"})
@@ -76,7 +76,7 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     enabled = r.boolean(d, "enabled", w, True)
     plevel = r.string(d, "password_level", w, None)
     if plevel is not None and plevel not in levels:
-        r.error(f"{w}.password_level", f"unknown level {_show(plevel)} (levels: {', '.join(levels.names)})")
+        r.error(f"{w}.password_level", f"unknown level {show(plevel)} (levels: {', '.join(levels.names)})")
         plevel = None
     min_len = _int(r, d, "min_password_length", w, 10, 8, 256)
 
@@ -111,7 +111,7 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
                        {"username", "groups"})
         user = r.string(bd, "username", f"{w}.bootstrap_admin", "admin")
         if not USERNAME_RE.match(user):
-            r.error(f"{w}.bootstrap_admin.username", f"not a valid username: {_show(user)}")
+            r.error(f"{w}.bootstrap_admin.username", f"not a valid username: {show(user)}")
         groups: tuple[str, ...] = ("admins",)
         if "groups" in bd:
             try:
@@ -123,7 +123,7 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     for i, lv in enumerate(levels.items):
         if lv.local_factor is not None and lv.local_factor not in LOCAL_FACTORS:
             r.error(f"levels[{i}] ({lv.name}).local_factor",
-                    f"unknown local factor {_show(lv.local_factor)} (known: {', '.join(LOCAL_FACTORS)})")
+                    f"unknown local factor {show(lv.local_factor)} (known: {', '.join(LOCAL_FACTORS)})")
     base = levels[plevel] if plevel else levels.items[0]
     for lv in totp_levels(levels):
         if lv.rank <= base.rank:
@@ -132,5 +132,3 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     return LocalSettings(enabled, plevel, min_len, ScryptParams(log_n, sr, sp), TotpSettings(issuer, self_enrol), reg,
                          audit, boot)
 
-
-SECTION_PARSERS["local"] = _parse

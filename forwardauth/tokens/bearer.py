@@ -1,11 +1,13 @@
-"""Bearer tokens on the decision endpoints: token in, Session-like principal out.
+"""Bearer tokens on the decision endpoints: token in, typed credential out.
 
 `principal()` is pure (no I/O, `now` passed in): it verifies the macaroon's
 HMAC chain under the key ring, reads its caveats, checks them against the
 original request, looks the token and account up in the in-memory index and
 applies revocation (token id and account epoch). What comes out is a
-`Session` with `source="token"` and `sid` = token id, which `decide()` then
-judges like any session: the policy, not the token, says what a level allows.
+`Credential` (core.credentials): a valid one holds a `Session` with
+`source="token"` and `sid` = token id, which `decide()` then judges like any
+session (the policy, not the token, says what a level allows); a refused one
+names the check, never the token.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from forwardauth.keyring import KeyRing
-from forwardauth.levels import Levels
-from forwardauth.request import OriginalRequest
-from forwardauth.revocation import Revocations
-from forwardauth.session import Session
+from forwardauth.core.credentials import Credential, RevocationView, Source, refused, valid
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.levels import Levels
+from forwardauth.core.request import OriginalRequest
+from forwardauth.core.session import Session
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.index import TokenIndex
@@ -71,8 +73,8 @@ class TokenVerifier:
         # in; emptied when full (its keys come from clients).
         self.by_header: dict[str, _Known] = {}
 
-    def known(self, authorization: str, req: OriginalRequest, index: TokenIndex, revocations: Revocations,
-              now: float) -> Session | None:
+    def known(self, authorization: str, req: OriginalRequest, index: TokenIndex, revocations: RevocationView,
+              now: float) -> Credential | None:
         """The principal for an Authorization header whose token was accepted
         before, re-checked for this request: its record and account are still
         the very objects the index holds (so not revoked, not changed, account
@@ -95,7 +97,7 @@ class TokenVerifier:
                 return None
         if revocations.is_revoked(k.meta.account, k.token_id, c.issued):
             return None
-        return k.session
+        return k.credential
 
     def remember(self, authorization: str, token: str, session: Session) -> None:
         hit = self.principals.get(token)
@@ -105,7 +107,7 @@ class TokenVerifier:
         if len(self.by_header) >= self.size:
             self.by_header.clear()
         c = v.claims
-        self.by_header[authorization] = _Known(v.token_id, hit[0], hit[1], c, session,
+        self.by_header[authorization] = _Known(v.token_id, hit[0], hit[1], c, valid(session, Source.TOKEN),
                                                bool(c.hosts or c.paths or c.methods))
 
 
@@ -128,34 +130,40 @@ class _Known:
     meta: object  # the TokenMeta object the index held when accepted
     acct: object  # the Principal object likewise
     claims: cv.Claims
-    session: Session
+    credential: Credential  # made once: the hot path hands out this very object
     restricted: bool
 
 
+UNKNOWN = refused("unknown or revoked", Source.TOKEN)
+MISMATCH = refused("does not match its record", Source.TOKEN)
+NO_ACCOUNT = refused("account missing or locked", Source.TOKEN)
+REVOKED = refused("revoked", Source.TOKEN)
+
+
 def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: TokenIndex,
-              revocations: Revocations, levels: Levels, now: float) -> tuple[Session | None, str]:
-    """(session, "ok") or (None, why not)."""
+              revocations: RevocationView, levels: Levels, now: float) -> Credential:
+    """The token checked: valid (its session), or refused (the check that refused it)."""
     try:
         v = verifier.verify(token)
         v.claims.check(now=now, host=req.host, path=req.paths, method=req.methods)
         level = v.claims.level(levels)
     except (mac.TokenError, cv.CaveatError) as exc:
-        return None, f"token: {exc}"
+        return refused(str(exc), Source.TOKEN)
     meta = index.token(v.token_id)
     if meta is None:
-        return None, "token: unknown or revoked"
+        return UNKNOWN
     if meta.account != v.claims.account or meta.key_id != v.key_id:
-        return None, "token: does not match its record"
+        return MISMATCH
     acct = index.account(meta.account)
     if acct is None or not acct.active:
-        return None, "token: account missing or locked"
+        return NO_ACCOUNT
     if revocations.is_revoked(meta.account, v.token_id, v.claims.issued):
-        return None, "token: revoked"
+        return REVOKED
     if not levels.at_least(meta.level, level):  # never above what was issued
         level = meta.level
     hit = verifier.principals.get(token)
     if hit is not None and hit[0] is meta and hit[1] is acct and hit[2] == level:
-        return hit[3], "ok"
+        return valid(hit[3], Source.TOKEN)
     session = Session(
         sid=v.token_id,
         sub=meta.account,
@@ -170,4 +178,4 @@ def principal(verifier: TokenVerifier, token: str, req: OriginalRequest, index: 
         source="token",
     )
     verifier.principals[token] = (meta, acct, level, session)
-    return session, "ok"
+    return valid(session, Source.TOKEN)

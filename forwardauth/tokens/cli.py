@@ -17,40 +17,30 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from forwardauth import cli as core_cli
 from forwardauth.accounts import USERNAME_RE
-from forwardauth.config import Config
-from forwardauth.durations import parse_duration
-from forwardauth.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.core.durations import parse_duration
+from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.service import OPERATOR, Conflict, Denied, Invalid, NotFound, TokenService
 
-CliError = core_cli.CliError
-
 
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
 
 
-def _audit_for(cfg: Config) -> Callable[..., None]:
-    """The configured audit log (a file), or stderr: stdout is for the CLI's own output."""
-    from forwardauth.audit import for_cli
-
-    return for_cli(cfg).emit
-
-
-def _run(args: argparse.Namespace, fn: Callable[[TokenService, StateStore], Awaitable[int]]) -> int:
-    cfg = core_cli._config(args)
+def _run(args: argparse.Namespace, env: CliEnv, fn: Callable[[TokenService, StateStore], Awaitable[int]]) -> int:
+    cfg = env.config(args)
     rt = Runtime.build(cfg)
 
     async def go() -> int:
         store = open_store(resolve_state_url(cfg))
         await store.open()
         try:
-            return await fn(TokenService(cfg, rt.keyring, store, _audit_for(cfg)), store)
+            return await fn(TokenService(cfg, rt.keyring, store, env.audit(cfg).emit), store)
         finally:
             await store.close()
 
@@ -80,7 +70,7 @@ def _dur(text: str) -> float:
 # --- accounts ----------------------------------------------------------------
 
 
-def _register_accounts(sub: argparse._SubParsersAction) -> None:
+def _register_accounts(sub: SubCommands) -> None:
     p = sub.add_parser("accounts", help="human and service accounts, roles, locking")
     s = p.add_subparsers(dest="accounts_cmd", required=True)
     c = s.add_parser("create", help="create an account")
@@ -120,7 +110,7 @@ def _show_account(a: Account) -> str:
             f"totp={'yes' if a.totp_secret_enc else 'no'}")
 
 
-def _cmd_create(args: argparse.Namespace) -> int:
+def _cmd_create(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         now = time.time()
         a = Account(username=args.name, kind=args.kind, email=args.email, display_name=args.display_name,
@@ -131,27 +121,27 @@ def _cmd_create(args: argparse.Namespace) -> int:
         print(_show_account(a))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_list_accounts(args: argparse.Namespace) -> int:
+def _cmd_list_accounts(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         for a in await svc.accounts.list_accounts():
             print(_show_account(a))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+def _cmd_show(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         print(_show_account(await svc.account(args.name)))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_roles(args: argparse.Namespace) -> int:
+def _cmd_roles(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         before = await svc.account(args.name)
         a = await svc.set_roles(OPERATOR, args.name, check_groups(args.roles))
@@ -160,40 +150,40 @@ def _cmd_roles(args: argparse.Namespace) -> int:
             print(f"{a.username}: roles changed: sessions and tokens issued until now are revoked", file=sys.stderr)
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_lock(args: argparse.Namespace) -> int:
+def _cmd_lock(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         a = await svc.lock(OPERATOR, args.name)
         print(f"{a.username}: locked; every session and token is revoked")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_unlock(args: argparse.Namespace) -> int:
+def _cmd_unlock(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         a = await svc.unlock(OPERATOR, args.name)
         print(f"{a.username}: active again; sessions and tokens from before the unlock stay revoked")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_delete(args: argparse.Namespace) -> int:
+def _cmd_delete(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         await svc.delete_account(OPERATOR, args.name)
         print(f"{args.name}: deleted; its tokens and sessions are revoked, its database credentials removed")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
 # --- tokens ------------------------------------------------------------------
 
 
-def _register_tokens(sub: argparse._SubParsersAction) -> None:
+def _register_tokens(sub: SubCommands) -> None:
     p = sub.add_parser("tokens", aliases=["token"], help="API tokens: issue, list, revoke, attenuate, inspect")
     s = p.add_subparsers(dest="tokens_cmd", required=True)
     i = s.add_parser("issue", help="issue a token (printed once, alone on stdout)")
@@ -253,7 +243,7 @@ def _token_line(t: TokenMeta) -> str:
             f"last used {_when(t.last_used)}\t{status}")
 
 
-def _cmd_issue(args: argparse.Namespace) -> int:
+def _cmd_issue(args: argparse.Namespace, env: CliEnv) -> int:
     restrictions = tuple(_restriction_caveats(args))
 
     async def fn(svc: TokenService, store: StateStore) -> int:
@@ -265,25 +255,25 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         print(issued.token)
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_list_tokens(args: argparse.Namespace) -> int:
+def _cmd_list_tokens(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         for t in await svc.list(OPERATOR, args.account):
             print(_token_line(t))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_revoke(args: argparse.Namespace) -> int:
+def _cmd_revoke(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         t = await svc.revoke(OPERATOR, args.token_id)
         print(_token_line(t))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
 def _read_token(text: str) -> mac.Macaroon:
@@ -295,7 +285,7 @@ def _read_token(text: str) -> mac.Macaroon:
         raise CliError(f"not a valid token: {exc}") from None
 
 
-def _cmd_attenuate(args: argparse.Namespace) -> int:
+def _cmd_attenuate(args: argparse.Namespace, env: CliEnv) -> int:
     m = _read_token(args.token)
     added = []
     if args.expires is not None:
@@ -313,7 +303,7 @@ def _cmd_attenuate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
+def _cmd_inspect(args: argparse.Namespace, env: CliEnv) -> int:
     m = _read_token(args.token)
     key_id, token_id = mac.parse_identifier(m.identifier)
     out: dict[str, Any] = {"token_id": token_id, "key_id": key_id, "caveats": list(m.caveats)}
@@ -337,12 +327,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 out["last_used"] = _when(meta.last_used)
             return 0
 
-        _run(args, fn)
+        _run(args, env, fn)
     print(json.dumps(out, indent=2))
     return 0
 
 
-def _cmd_jwt_secret(args: argparse.Namespace) -> int:
+def _cmd_jwt_secret(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.tokens.jwt import new_hs512_secret
 
     p = Path(args.output)
@@ -358,7 +348,7 @@ def _cmd_jwt_secret(args: argparse.Namespace) -> int:
 # --- dbcreds -------------------------------------------------------------------
 
 
-def _register_dbcreds(sub: argparse._SubParsersAction) -> None:
+def _register_dbcreds(sub: SubCommands) -> None:
     p = sub.add_parser("dbcreds", help="database credentials of service accounts (encrypted at rest)")
     s = p.add_subparsers(dest="dbcreds_cmd", required=True)
     st = s.add_parser("set", help="set them (the password is read from stdin or prompted, never an argument)")
@@ -380,7 +370,7 @@ def _register_dbcreds(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_cmd_dbcreds_get)
 
 
-def _cmd_dbcreds_set(args: argparse.Namespace) -> int:
+def _cmd_dbcreds_set(args: argparse.Namespace, env: CliEnv) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("database password: ")
     creds: dict[str, Any] = {"host": args.host, "port": args.port, "database": args.database,
                              "username": args.username, "password": password}
@@ -392,17 +382,20 @@ def _cmd_dbcreds_set(args: argparse.Namespace) -> int:
         print(f"{args.account}: database credentials set")
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-def _cmd_dbcreds_get(args: argparse.Namespace) -> int:
+def _cmd_dbcreds_get(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
         # The operator holds the key ring: reading is theirs to do (audited as "operator (cli)").
         actor = OPERATOR if args.actor is None else await svc.actor(args.actor)
         print(json.dumps(await svc.get_dbcreds(actor, args.account), indent=2))
         return 0
 
-    return _run(args, fn)
+    return _run(args, env, fn)
 
 
-core_cli.COMMANDS.extend([_register_accounts, _register_tokens, _register_dbcreds])
+
+def commands() -> tuple[Register, ...]:
+    """The command groups this part adds: accounts, tokens (alias token), dbcreds."""
+    return (_register_accounts, _register_tokens, _register_dbcreds)

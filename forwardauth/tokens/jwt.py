@@ -22,7 +22,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OctKey
 
-from forwardauth.keyring import KeyRing, b64d, b64e
+from forwardauth.core.keyring import KeyRing, b64d, b64e
 
 MAX_JWT_CHARS = 8192
 HS512_SECRET_BYTES = 64

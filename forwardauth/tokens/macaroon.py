@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from forwardauth.keyring import KEY_ID_RE, KeyRing, b64d, b64e
+from forwardauth.core.keyring import KEY_ID_RE, KeyRing, b64d, b64e
 
 PREFIX = "fa1_"
 VERSION = 1

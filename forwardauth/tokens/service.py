@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from forwardauth.accounts import account_store, lock_account, set_account_groups, unlock_account
-from forwardauth.config import Config
-from forwardauth.keyring import KeyRing
-from forwardauth.sealing import SealError, Sealer
+from forwardauth.core.config import Config
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.sealing import SealError, Sealer
 from forwardauth.state.base import AccountStore, StateStore, TokenStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv

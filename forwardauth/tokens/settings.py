@@ -1,4 +1,4 @@
-"""The `tokens:` config section (registered in config.SECTION_PARSERS).
+"""The `tokens:` config section (its parser is declared with the part in composition.py).
 
 Every option has a safe default, so a config without `tokens:` gets bearer
 tokens with the lowest level, ES256 JWTs from the key ring and no identity
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwardauth.config import SECTION_PARSERS, Config, Reader, _show
+from forwardauth.core.config import Config, Reader, show
 from forwardauth.tokens.caveats import ACCOUNT_RE
 
 ALGORITHMS = ("ES256", "HS512")
@@ -60,7 +60,7 @@ def settings(config: Config) -> TokensSettings:
     return config.sections.get("tokens") or TokensSettings()
 
 
-def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
+def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
     w = "tokens"
     levels = so_far["levels"]
     d = r.mapping(raw, w, {"default_lifetime", "max_lifetime", "default_level", "levels", "last_used_flush",
@@ -82,7 +82,7 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
         if v is None:
             return None
         if v not in levels:
-            r.error(f"{where}.{key}", f"unknown level {_show(v)} (levels: {', '.join(levels.names)})")
+            r.error(f"{where}.{key}", f"unknown level {show(v)} (levels: {', '.join(levels.names)})")
             return None
         return v
 
@@ -97,15 +97,15 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
     else:
         for acct, lv in raw_levels.items():
             if not isinstance(acct, str) or not ACCOUNT_RE.match(acct):
-                r.error(f"{w}.levels", f"not an account name: {_show(acct)}")
+                r.error(f"{w}.levels", f"not an account name: {show(acct)}")
             elif lv not in levels:
-                r.error(f"{w}.levels.{acct}", f"unknown level {_show(lv)}")
+                r.error(f"{w}.levels.{acct}", f"unknown level {show(lv)}")
             else:
                 per_account[acct] = lv
     j = r.mapping(d.get("jwt"), f"{w}.jwt", {"algorithm", "lifetime", "issuer", "audience", "hs512_secret_file"})
     alg = j.get("algorithm", "ES256")
     if alg not in ALGORITHMS:
-        r.error(f"{w}.jwt.algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {_show(alg)}")
+        r.error(f"{w}.jwt.algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {show(alg)}")
         alg = "ES256"
     secret_file = r.string(j, "hs512_secret_file", f"{w}.jwt", None)
     if alg == "HS512" and not secret_file:
@@ -130,5 +130,3 @@ def _parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> TokensSettings:
         assertion=assertion,
     )
 
-
-SECTION_PARSERS["tokens"] = _parse

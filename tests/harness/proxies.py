@@ -110,25 +110,26 @@ def start_nginx(workdir: Path, fa_port: int, app_port: int, host: str) -> Runnin
     return Running("nginx", port, Proc("nginx", argv, workdir / "error.log"))
 
 
-def traefik_static(workdir: Path, port: int) -> Path:
+def traefik_static(workdir: Path, port: int, log_level: str = "DEBUG") -> Path:
     """examples/traefik/traefik.yaml as shipped, with only the test's address, the
     dynamic file's path and debug logging changed (so its other settings, such
     as aliasHeadersStrategy, are what the tests run with)."""
     static = yaml.safe_load(TRAEFIK_STATIC.read_text())
     static["entryPoints"]["web"]["address"] = f"127.0.0.1:{port}"
     static["providers"]["file"].update(filename=str(TRAEFIK_DYNAMIC), watch=False)
-    static["log"] = {"level": "DEBUG"}
+    static["log"] = {"level": log_level}
     static.pop("accessLog", None)
     path = workdir / "traefik.yaml"
     path.write_text(yaml.safe_dump(static, sort_keys=False))
     return path
 
 
-def start_traefik(workdir: Path, fa_port: int, app_port: int, host: str, cookie: str) -> Running:
+def start_traefik(workdir: Path, fa_port: int, app_port: int, host: str, cookie: str,
+                  log_level: str = "DEBUG") -> Running:
     binary = require("traefik")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, f"--configFile={traefik_static(workdir, port)}"]
+    argv = [binary, f"--configFile={traefik_static(workdir, port, log_level)}"]
     env = {**os.environ, "APP_HOST": host, "FORWARDAUTH_URL": f"http://127.0.0.1:{fa_port}",
            "APP_URL": f"http://127.0.0.1:{app_port}", "FORWARDAUTH_COOKIE": cookie}
     return Running("traefik", port, Proc("traefik", argv, workdir / "traefik.log", env=env, cwd=workdir))

@@ -18,13 +18,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from forwardauth.composition import build_app, parse_config
+from forwardauth.core.runtime import Runtime
+from forwardauth.services.passwords import ScryptParams, hash_password
 from forwardauth.state.records import Account
-from forwardauth.config import parse_config
-from forwardauth.passwords import ScryptParams, hash_password
-from forwardauth.runtime import Runtime
-from forwardauth.server import CTX, build_app
+from forwardauth.web.context import CTX
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.totp import SecretBox, code_at, current_step
+from forwardauth.signin.totp import SecretBox, code_at, current_step
 
 FAST = ScryptParams(log_n=10)
 PASSWORD = "correct-horse-battery"
@@ -82,7 +82,7 @@ class Site:
         self.client, self.audit_path, self.store, self.rt = client, audit, store, rt
 
     def audit(self) -> list[dict]:
-        log = self.client.server.app[CTX].extensions.get("audit")
+        log = self.client.server.app[CTX].audit
         if log is not None:
             assert log.flush(), "audit lines still queued after 5 s"
         if not self.audit_path.exists():
@@ -804,7 +804,7 @@ async def test_a_basic_session_cannot_enrol_its_way_to_mfa(three_levels):
     pending = box.seal_pending("oidc:eve", SECRET, time.time())
     nonce_page = await site.form("/oauth2/sign_in")  # sets the CSRF nonce cookie
     del nonce_page
-    from forwardauth.signin import csrf as csrf_mod
+    from forwardauth.web import csrf as csrf_mod
 
     nonce = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))["fa-csrf"].value
     sid = site.rt.codec.open(site.client.session.cookie_jar.filter_cookies(
@@ -823,7 +823,7 @@ async def test_a_basic_session_cannot_enrol_its_way_to_mfa(three_levels):
 
 async def test_a_basic_session_cannot_use_a_totp_code_for_mfa(three_levels):
     site = three_levels
-    from forwardauth.signin import csrf as csrf_mod
+    from forwardauth.web import csrf as csrf_mod
 
     await site.form("/oauth2/sign_in")  # the CSRF nonce cookie
     jar = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))
@@ -847,7 +847,7 @@ async def test_a_post_for_a_level_no_code_proves_is_404_and_audited(tmp_path, mo
     try:
         await site.sign_in(username="alice")
         for path, form in (("/oauth2/totp", "totp"), ("/oauth2/totp/enroll", "enroll")):
-            from forwardauth.signin import csrf as csrf_mod
+            from forwardauth.web import csrf as csrf_mod
 
             jar = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))
             sid = site.rt.codec.open(jar["fa"].value, time.time()).session.sid
@@ -917,7 +917,7 @@ async def test_decision_denied_carries_the_request_id(site):
 
 
 async def test_an_audit_file_that_cannot_be_written_stops_the_start(tmp_path):
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     (tmp_path / "ro").mkdir()
     target = tmp_path / "ro" / "missing-dir" / "audit.log"
@@ -933,7 +933,7 @@ async def test_a_failing_audit_write_does_not_fail_the_decision(site, capfd):
     the failure is reported once on stderr."""
     await site.sign_in(username="alice")
     cookie = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))["fa"].value
-    log = site.client.server.app[CTX].extensions["audit"]
+    log = site.client.server.app[CTX].audit
     import os as _os
 
     _os.close(log._fd)
@@ -991,7 +991,7 @@ async def test_with_secure_cookies_the_nonce_is_a_host_cookie_and_a_tossed_one_i
     monkeypatch.setattr(__import__(__name__), "CONFIG", CONFIG.replace("secure: false", "secure: true"))
     site = await make_site(tmp_path, accounts=(human("alice"),))
     try:
-        from forwardauth.signin import csrf as csrf_mod
+        from forwardauth.web import csrf as csrf_mod
 
         r = await site.client.get("/oauth2/sign_in")
         assert re.fullmatch(r"__Host-fa-csrf=[A-Za-z0-9_-]{32}; Path=/; Max-Age=43200; HttpOnly; SameSite=Strict; "

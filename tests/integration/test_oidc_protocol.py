@@ -20,12 +20,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from forwardauth.config import parse_config
+from forwardauth.composition import parse_config
 from forwardauth.oidc.client import ProviderDown
 from forwardauth.oidc.flow import login_cookie_name
-from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD, continue_to
-from forwardauth.runtime import Runtime
-from forwardauth.server import CTX, build_app
+from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD
+from forwardauth.web.pages import continue_to
+from forwardauth.core.runtime import Runtime
+from forwardauth.composition import build_app
+from forwardauth.web.context import CTX
 from forwardauth.state.memory import MemoryStore
 from harness.oidc import ACR_MFA, ACR_PASSWORD, OidcProvider
 from harness.procs import free_port
@@ -393,7 +395,7 @@ async def test_a_state_store_down_at_the_callback_refuses_with_503(fa, provider,
     monkeypatch.setattr(ctx.store, "claim_once", down)
     r = await b.get(callback)
     assert r.status == 503
-    assert ("The sign-in could not be completed because forwardauth&#x27;s state store cannot be reached right "
+    assert ("The sign-in could not be completed because forwardauth&#39;s state store cannot be reached right "
             "now. Please start again in a minute.") in await r.text()
     assert "Set-Cookie" not in r.headers and b.session(ctx) is None
     monkeypatch.undo()
@@ -666,7 +668,7 @@ async def test_long_rd_login_cookies_stay_within_the_budget(fa, provider):
 
 async def test_login_cookie_is_samesite_lax_even_when_the_session_is_strict(fa_port, provider):
     server, ctx = await _server(fa_port, provider, session_extra=", same_site: strict")
-    assert '<meta http-equiv="refresh" content="0;url=http://app.test/?a=&#x27;&amp;b=&quot;">' \
+    assert '<meta http-equiv="refresh" content="0;url=http://app.test/?a=&#39;&amp;b=&#34;">' \
         in continue_to("http://app.test/?a='&b=\"").text
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
@@ -716,16 +718,16 @@ async def test_provider_userinfo_fills_in_email_and_groups(fa, provider):
 
 
 async def test_sign_ins_and_refusals_are_in_the_audit_log(fa, provider, tmp_path):
-    from forwardauth.audit import AuditLog
+    from forwardauth.services.audit import AuditLog
 
     b, ctx = fa
-    ctx.extensions["audit"] = AuditLog(str(tmp_path / "audit.log"))
+    ctx.audit = AuditLog(str(tmp_path / "audit.log"))
     authorize = await b.start("http://app.test/page?secret=1")
     provider.next_login("alice", ACR_PASSWORD)
     callback = provider.user_agent().follow(authorize)
     assert (await b.get(callback)).status == 302
     assert (await b.get(callback)).status == 400  # replayed (its login cookie is gone)
-    ctx.extensions["audit"].close()
+    ctx.audit.close()
     lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     assert [(d["event"], d["user"], d["host"], d["path"], d["level"], d["reason"]) for d in lines] == [
         ("signin_ok", "alice", "app.test", "/page", "password", "oidc: proved password"),

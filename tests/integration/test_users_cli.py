@@ -12,13 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from forwardauth.config import load_config
-from forwardauth.passwords import verify_password
+from forwardauth.composition import load_config
+from forwardauth.services.passwords import verify_password
 from forwardauth.regulation import Regulator
-from forwardauth.runtime import Runtime
+from forwardauth.core.runtime import Runtime
 from forwardauth.signin.settings import settings
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.totp import SecretBox
+from forwardauth.signin.totp import SecretBox
 
 CONFIG = """
 server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}

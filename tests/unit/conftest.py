@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from forwardauth.config import parse_config
-from forwardauth.keyring import Key, KeyRing
+from forwardauth.composition import parse_config
+from forwardauth.core.keyring import Key, KeyRing
 
 BASE = """
 server:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from forwardauth.audit import EVENTS, FIELDS, AuditLog, request_id
+from forwardauth.services.audit import EVENTS, FIELDS, AuditLog, request_id
 
 SECRETS = ["hunter2-password", "123456", "JBSWY3DPEHPK3PXP", "k1.c2VhbGVkLWNvb2tpZQ", "eyJhbGciOiJFUzI1NiJ9.tok"]
 
@@ -75,7 +75,7 @@ def test_file_is_appended_with_private_mode(tmp_path):
 
 
 def test_stdout_target():
-    code = ("from forwardauth.audit import AuditLog; AuditLog('stdout').emit('signout', user='bob', now=0)")
+    code = ("from forwardauth.services.audit import AuditLog; AuditLog('stdout').emit('signout', user='bob', now=0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == ('{"time":"1970-01-01T00:00:00.000Z","event":"signout","user":"bob","client":null,"host":null,'
                    '"path":null,"level":null,"reason":null,"request_id":null}\n')
@@ -147,8 +147,8 @@ def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
 
 
 def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
-    from forwardauth.audit import open_target
-    from forwardauth.errors import ConfigError
+    from forwardauth.services.audit import open_target
+    from forwardauth.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):
@@ -156,7 +156,7 @@ def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
 
 
 def test_a_stuck_writer_drops_lines_instead_of_growing(tmp_path, capsys, monkeypatch):
-    import forwardauth.audit as audit_mod
+    import forwardauth.services.audit as audit_mod
 
     monkeypatch.setattr(audit_mod, "MAX_QUEUED", 3)
     log = AuditLog(str(tmp_path / "a.log"))

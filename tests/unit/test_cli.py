@@ -7,9 +7,9 @@ import stat
 import pytest
 
 from forwardauth.cli import main
-from forwardauth.keyring import KeyRing
-from forwardauth.runtime import Runtime
-from forwardauth.config import load_config
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.runtime import Runtime
+from forwardauth.composition import load_config
 
 CONFIG = """
 server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}
@@ -106,6 +106,34 @@ def test_explain_bad_input(cfg, capsys):
     assert "--level: unknown level 'god' (levels: password, mfa)" in capsys.readouterr().err
 
 
+def test_explain_checks_a_cookie_as_the_server_does(cfg, capsys):
+    rt = Runtime.build(load_config(cfg))
+    now = __import__("time").time()
+    value = rt.codec.seal(rt.codec.new("bob", "mfa", now, groups=("admins",)))
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/admin/x", "--cookie", value]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "credential: cookie: ok"
+    assert out[2] == "identity: bob (level mfa, proven just now; groups: admins)"
+    assert "outcome:  allow: rules[1] (admin) is satisfied at level mfa" in out
+    assert out[out.index("answer:   200 from /auth/nginx") + 1] == "  X-Auth-Request-User: bob"
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/x", "--cookie", value[:-4] + "AAAA",
+                 "--proxy", "traefik"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == ["credential: cookie: tampered", "identity: not signed in"]
+    assert "answer:   302 from /auth/traefik" in out
+
+
+def test_explain_credential_errors(cfg, capsys):
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/x", "--user", "bob",
+                 "--cookie", "x"]) == 2
+    assert capsys.readouterr().err == ("forwardauth: --user makes up a session: give it, or --cookie/--token, "
+                                       "not both\n")
+    cfg.write_text(cfg.read_text().replace("state: sqlite://state.db", "state: memory://"))
+    assert main(["explain", "-c", str(cfg), "--url", "https://app.example.com/x", "--token", "fa1_x"]) == 2
+    assert capsys.readouterr().err == ("forwardauth: state memory:// lives inside one server process: --cookie "
+                                       "and --token cannot see its revocations\n")
+
+
 def test_keys_generate_rotate_list(tmp_path, capsys):
     f = tmp_path / "k.json"
     assert main(["keys", "generate", "-o", str(f)]) == 0
@@ -121,7 +149,7 @@ def test_keys_generate_rotate_list(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{ring.current.id}\tseals+opens") and lines[1].startswith(f"{first}\topens")
     # Never the key material: no secret (or private key) in any encoding appears in the listing.
-    from forwardauth.keyring import b64e
+    from forwardauth.core.keyring import b64e
 
     text = "\n".join(lines)
     for k in ring.keys:

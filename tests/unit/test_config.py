@@ -2,8 +2,8 @@
 
 import pytest
 
-from forwardauth.config import load_config, parse_config
-from forwardauth.errors import ConfigError
+from forwardauth.composition import load_config, parse_config
+from forwardauth.core.errors import ConfigError
 
 from .conftest import BASE, make_config
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from forwardauth.decision import Outcome, decide
-from forwardauth.request import headers_nginx
-from forwardauth.responses import answer
-from forwardauth.session import Session
+from forwardauth.core.decision import Outcome, decide
+from forwardauth.core.request import headers_nginx
+from forwardauth.core.responses import answer
+from forwardauth.core.session import Session
 
 from .conftest import make_config
 
@@ -203,7 +203,7 @@ def test_strictest_reading_wins(path, session, method, expected, level):
 
 
 def test_two_asks_combine_to_the_highest_level_and_shortest_max_age():
-    from forwardauth.decision import Decision, stricter
+    from forwardauth.core.decision import Decision, stricter
 
     a = Decision(Outcome.UNAUTHENTICATED, "a", required_level="password", max_age=3600)
     b = Decision(Outcome.UNAUTHENTICATED, "b", required_level="mfa", max_age=None)
@@ -213,7 +213,7 @@ def test_two_asks_combine_to_the_highest_level_and_shortest_max_age():
 
 
 def test_allow_keeps_the_earlier_until():
-    from forwardauth.decision import Decision, stricter
+    from forwardauth.core.decision import Decision, stricter
 
     a = Decision(Outcome.ALLOW, "a", until=100.0)
     b = Decision(Outcome.ANONYMOUS, "b")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OctKey
 
-from forwardauth import keyring
+from forwardauth.core import keyring
 from forwardauth.tokens.jwt import JwtError, JwtSigner, keyset_from_jwks, verify
 
 ISS = "https://auth.example.com"

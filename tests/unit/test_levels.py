@@ -1,4 +1,4 @@
-from forwardauth.levels import Level, Levels
+from forwardauth.core.levels import Level, Levels
 
 L = Levels((Level("password", 0, ("urn:p",), ("pwd",)), Level("mfa", 1, ("urn:m",), ("otp", "mfa")),
             Level("hardware", 2, ("urn:h",), ("hwk",))))
@@ -34,7 +34,7 @@ def test_and_above():
 
 
 def test_non_string_names_are_not_levels():
-    from forwardauth.levels import Level, Levels
+    from forwardauth.core.levels import Level, Levels
 
     lv = Levels((Level("password", 0), Level("mfa", 1)))
     assert ["mfa"] not in lv and {"a": 1} not in lv and lv.get(["mfa"]) is None  # type: ignore[arg-type]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from forwardauth.errors import ConfigError
-from forwardauth.passwords import ScryptParams
+from forwardauth.core.errors import ConfigError
+from forwardauth.services.passwords import ScryptParams
 from forwardauth.regulation import RegulationConfig
 from forwardauth.signin.settings import BootstrapAdmin, LocalSettings, settings, totp_levels
 
@@ -43,16 +43,17 @@ def test_example_local_section_is_valid_when_uncommented():
 
 
 def test_example_levels_use_totp_for_mfa():
-    from forwardauth.config import load_config
+    from forwardauth.composition import load_config
 
     cfg = load_config(Path(__file__).parents[2] / "config.example.yaml")
     assert [lv.name for lv in totp_levels(cfg.levels)] == ["mfa"]
 
 
 def test_embedded_default_is_a_working_local_sidecar(tmp_path):
-    from forwardauth.serve import embedded_default
+    from forwardauth.composition import parse_config
+    from forwardauth.core.defaults import embedded_default
 
-    cfg = embedded_default(tmp_path / "var")
+    cfg = embedded_default(tmp_path / "var", parse_config)
     s = settings(cfg)
     assert s.enabled and s.bootstrap_admin == BootstrapAdmin("admin", ("admins",))
     assert [lv.name for lv in totp_levels(cfg.levels)] == ["mfa"]

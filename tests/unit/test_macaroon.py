@@ -7,13 +7,14 @@ import struct
 
 import pytest
 
-from forwardauth.keyring import Key, KeyRing, b64d, b64e
-from forwardauth.levels import Level, Levels
-from forwardauth.request import AmbiguousPath, build
+from forwardauth.core.keyring import Key, KeyRing, b64d, b64e
+from forwardauth.core.levels import Level, Levels
+from forwardauth.core.request import AmbiguousPath, build
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.records import RevocationSnapshot, TokenMeta
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
+from forwardauth.core.credentials import Source, Status
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, principal
 from forwardauth.tokens.index import Principal, TokenIndex
 
@@ -251,8 +252,12 @@ def world(ring):
 
 
 def run(world, token: str, now=NOW + 1, **req):
+    """(session, what the logs say: "ok" or "token: why"), the credential's type checked."""
     ring, index, rev = world
-    return principal(TokenVerifier(ring), token, original(**req), index, rev, LEVELS, now)
+    found = principal(TokenVerifier(ring), token, original(**req), index, rev, LEVELS, now)
+    assert found.source is Source.TOKEN
+    assert found.status is (Status.VALID if found.session is not None else Status.REFUSED)
+    return found.session, found.label
 
 
 def test_principal_is_a_token_session(world):

@@ -13,12 +13,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth import server
-from forwardauth.config import parse_config
-from forwardauth.memo import Memo
-from forwardauth.runtime import Runtime
-from forwardauth.server import CTX, build_app, decisions_first
+from forwardauth.composition import build_app, parse_config
+from forwardauth.core import authorize
+from forwardauth.core.memo import Memo
+from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
+from forwardauth.web import decisions as endpoint
+from forwardauth.web.app import DECISIONS_BY_PATH
+from forwardauth.web.context import CTX
+from forwardauth.web.decisions import decisions_first
 
 from .conftest import BASE, make_config
 
@@ -36,24 +39,24 @@ URL = "https://app.test/x"
 @pytest.fixture
 def decisions(monkeypatch):
     calls = []
-    real = server.decide
+    real = authorize.decide
 
     def counting(*args, **kw):
         calls.append(args[0].path)
         return real(*args, **kw)
 
-    monkeypatch.setattr(server, "decide", counting)
+    monkeypatch.setattr(authorize, "decide", counting)
     return calls
 
 
 @pytest.fixture
 def clock(monkeypatch):
-    """server.time.time, settable; starts at the real time."""
+    """The decision endpoints' clock (web.decisions' time.time), settable; starts at the real time."""
 
     class Clock:
         now = time.time()
 
-    monkeypatch.setattr(server.time, "time", lambda: Clock.now)
+    monkeypatch.setattr(endpoint.time, "time", lambda: Clock.now)
     return Clock
 
 
@@ -169,25 +172,25 @@ async def test_other_header_values_are_other_requests(client, decisions):
 
 
 def test_tables_are_bounded():
-    memo = Memo(runtime=None, max_entries=2)
+    memo = Memo(max_entries=2)
     for i in range(5):
         memo.request(("p", (str(i),)), lambda: object())
-        memo.remember(("p", (str(i),)), None, "allow", {}, float("inf"))
+        memo.remember(("p", (str(i),)), None, "allow", float("inf"))
     assert len(memo._requests) <= 2 and len(memo._answers) <= 2
 
 
 def test_an_answer_is_not_given_for_another_session_object():
-    memo = Memo(runtime=None)
+    memo = Memo()
     a, b = object(), object()
-    memo.remember(("k",), a, "allow", {"X": "1"}, float("inf"))
-    assert memo.answer(("k",), a, 0.0)[1]["X"] == "1"
+    memo.remember(("k",), a, {"X": "1"}, float("inf"))
+    assert memo.answer(("k",), a, 0.0)["X"] == "1"
     assert memo.answer(("k",), b, 0.0) is None
     assert memo.answer(("k",), None, 0.0) is None
 
 
 def test_an_answer_expires_at_its_deadline():
-    memo = Memo(runtime=None)
-    memo.remember(("k",), None, "allow", {}, 100.0)
+    memo = Memo()
+    memo.remember(("k",), None, "allow", 100.0)
     assert memo.answer(("k",), None, 99.9) is not None
     assert memo.answer(("k",), None, 100.0) is None
 
@@ -207,7 +210,7 @@ async def test_decisions_first_skips_the_router_and_nothing_else():
         return await general(request)
 
     runner.server.request_handler = counting
-    decisions_first(runner.server, app)
+    decisions_first(runner.server, app, app[DECISIONS_BY_PATH])
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
@@ -232,9 +235,9 @@ async def test_decisions_first_skips_the_router_and_nothing_else():
 def index_down(c, seconds=31.0):
     """The token index has not loaded for `seconds` (past the 30 s default grace);
     the revocation store still answers."""
-    from forwardauth.tokens import plugin
+    from forwardauth.tokens.api.auth import TOKENS
 
-    index = plugin.state(c.ctx).index
+    index = c.app[TOKENS].index
     index.last_ok, index.last_error = time.monotonic() - seconds, "redis unreachable (ConnectionError)"
     assert c.ctx.revocations.last_error is None
 

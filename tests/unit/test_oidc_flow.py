@@ -155,7 +155,7 @@ def test_login_state_refuses_odd_fields(change):
 
 @pytest.mark.parametrize("name", ["response_mode", "request", "request_uri", "state", "prompt"])
 def test_protocol_parameters_cannot_be_extra_auth_params(name):
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as exc:
         make_config("policy: {rules: []}\noidc: {issuer: https://idp.test, client_id: fa, client_secret: s, "
@@ -164,7 +164,7 @@ def test_protocol_parameters_cannot_be_extra_auth_params(name):
 
 
 def test_login_timeout_is_at_most_an_hour():
-    from forwardauth.errors import ConfigError
+    from forwardauth.core.errors import ConfigError
 
     base = "policy: {rules: []}\noidc: {issuer: https://idp.test, client_id: fa, client_secret: s, login_timeout: %s}\n"
     assert make_config(base % "1h").sections["oidc"].login_timeout == 3600

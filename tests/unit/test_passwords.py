@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from forwardauth.keyring import b64d
-from forwardauth.passwords import (
+from forwardauth.core.keyring import b64d
+from forwardauth.services.passwords import (
     DEFAULT_PARAMS,
     MAX_PASSWORD_CHARS,
     PasswordError,

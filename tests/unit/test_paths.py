@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from forwardauth.paths import AmbiguousPath, BadRequest, casefold_path, normalise_path, path_readings
+from forwardauth.core.paths import AmbiguousPath, BadRequest, casefold_path, normalise_path, path_readings
 
 DOT = "ambiguous path: dot segment"
 HASH = "ambiguous path: '#' in the path"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwardauth.policy import Action, PathPattern, Policy, Rule, host_matches
+from forwardauth.core.policy import Action, PathPattern, Policy, Rule, host_matches
 
 from .conftest import make_config
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from forwardauth.redirects import check_redirect, safe_redirect
+from forwardauth.core.redirects import check_redirect, safe_redirect
 
 PUBLIC = "https://auth.example.com"
 ALLOWED_DOMAINS = (".example.com", "app.test", "127.0.0.1")

@@ -140,9 +140,10 @@ async def test_the_server_runs_one_loop_for_both_snapshots():
     and one notification refreshes both."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from forwardauth.runtime import Runtime
-    from forwardauth.server import CTX, build_app
-    from forwardauth.tokens import plugin
+    from forwardauth.composition import build_app
+    from forwardauth.core.runtime import Runtime
+    from forwardauth.tokens.api.auth import TOKENS
+    from forwardauth.web.context import CTX
 
     from .conftest import make_config
 
@@ -161,7 +162,7 @@ async def test_the_server_runs_one_loop_for_both_snapshots():
     app = build_app(Runtime.build(make_config("policy: {default: deny}\n")), store)
     async with TestClient(TestServer(app, host="127.0.0.1")):
         ctx = app[CTX]
-        index = plugin.state(ctx).index
+        index = app[TOKENS].index
         assert "sid-1" in ctx.revocations.snapshot.revoked and index.token(meta(1).id) is not None
         await until(lambda: store.subscribers)
         await asyncio.sleep(0.1)

@@ -5,8 +5,9 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.runtime import Runtime
-from forwardauth.server import CTX, build_app
+from forwardauth.core.runtime import Runtime
+from forwardauth.composition import build_app
+from forwardauth.web.context import CTX
 from forwardauth.state.memory import MemoryStore
 
 from .conftest import BASE, make_config
@@ -168,7 +169,7 @@ async def test_metrics_count_outcomes(client):
 
 
 async def test_reload_keeps_old_config_when_new_one_is_invalid(tmp_path):
-    from forwardauth.config import load_config
+    from forwardauth.composition import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(BASE + POLICY)
@@ -282,9 +283,9 @@ async def test_every_reading_of_an_admin_path_needs_mfa(client, uri):
 async def test_ambiguous_paths_are_refused_on_every_endpoint(client, uri, message):
     """Never judged, signed in or not: 400 (nginx: 403 carrying the 400), a
     log line and the ambiguous_path counter."""
-    from forwardauth.metrics import DECISIONS
+    from forwardauth.web.metrics import DECISIONS
 
-    before = DECISIONS._counts[("traefik", "ambiguous_path")]
+    before = DECISIONS.count("traefik", "ambiguous_path")
     for h in ({}, cookie(client, level="mfa")):
         r = await client.get("/auth/traefik", headers={**traefik("app.test", uri), **h})
         assert (r.status, await r.text()) == (400, f"400 Bad Request: {message}\n")
@@ -293,15 +294,15 @@ async def test_ambiguous_paths_are_refused_on_every_endpoint(client, uri, messag
         r = await client.get("/auth/nginx", headers={**nginx("https://app.test" + uri), **h})
         assert (r.status, r.headers["X-Forwardauth-Status"], r.headers["X-Forwardauth-Error"]) == (403, "400", message)
         assert "X-Auth-Request-User" not in r.headers
-    assert DECISIONS._counts[("traefik", "ambiguous_path")] == before + 2
+    assert DECISIONS.count("traefik", "ambiguous_path") == before + 2
 
 
 async def test_a_refusal_is_logged_without_the_query(client, caplog):
     import logging
 
-    import forwardauth.server as server
+    from forwardauth.core import authorize
 
-    server._REFUSALS.__init__()
+    authorize._REFUSALS.__init__()
     with caplog.at_level(logging.WARNING, logger="forwardauth"):
         r = await client.get("/auth/traefik", headers=traefik("app.test", "/a/../b?token=secret"))
     assert r.status == 400
@@ -312,12 +313,12 @@ async def test_a_refusal_is_logged_without_the_query(client, caplog):
 async def test_refusal_log_lines_are_throttled(client, caplog):
     import logging
 
-    import forwardauth.server as server
+    from forwardauth.core import authorize
 
-    server._REFUSALS.__init__()
+    authorize._REFUSALS.__init__()
     with caplog.at_level(logging.WARNING, logger="forwardauth"):
         for _ in range(25):
             await client.get("/auth/traefik", headers=traefik("app.test", "/a/../b"))
     lines = [r for r in caplog.records if r.getMessage() == "ambiguous path refused"]
     assert len(lines) == 10
-    assert server._REFUSALS.suppressed == 15
+    assert authorize._REFUSALS.suppressed == 15

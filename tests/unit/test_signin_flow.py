@@ -2,8 +2,8 @@
 
 import pytest
 
-from forwardauth.levels import Level, Levels
-from forwardauth.session import Session
+from forwardauth.core.levels import Level, Levels
+from forwardauth.core.session import Session
 from forwardauth.signin.flow import Step, next_step
 
 LEVELS = Levels((Level("password", 0), Level("mfa", 1, local_factor="totp"), Level("hardware", 2)))

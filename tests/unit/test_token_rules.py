@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.services.audit import EVENTS
 from forwardauth.state.records import Account
-from forwardauth.audit import EVENTS
-from forwardauth.keyring import Key, KeyRing
 from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.memory import MemoryStore
 from forwardauth.tokens import macaroon as mac

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from forwardauth.errors import ConfigError
+from forwardauth.core.errors import ConfigError
 from forwardauth.tokens.settings import TokensSettings, settings
 
 from .conftest import make_config

@@ -6,12 +6,12 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 
+from forwardauth.core.keyring import Key, KeyRing
+from forwardauth.core.sealing import SealError
 from forwardauth.state.records import Account
-from forwardauth.keyring import Key, KeyRing
-from forwardauth.sealing import SealError
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.sqlite import SQLiteStore
-from forwardauth.totp import (
+from forwardauth.signin.totp import (
     SecretBox,
     code_at,
     current_step,

@@ -1,0 +1,259 @@
+"""The audit log: one JSON line per authentication event.
+
+Separate from the operational log on purpose: it is the record an operator
+(or an incident review) reads to answer "who signed in, from where, and what
+was refused". Every line has the same fields, in the same order:
+
+    time, event, user, client, host, path, level, reason, request_id
+
+The signature of `emit` is the whole vocabulary: there is no free-form
+field, so a password, code, secret, cookie or token cannot be passed in by
+mistake. `path` is the path only: a query string (which may carry tokens)
+is cut off. Lines are written with one `write` on a file opened for append,
+so lines from several worker processes never interleave. Writing never
+raises into a request, and the decision endpoints only queue their lines
+(see `AuditLog`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import secrets
+import sys
+import threading
+import time
+from typing import Mapping
+
+from forwardauth.core.config import Config
+from forwardauth.core.errors import ConfigError
+from forwardauth.core.runtime import resolve_path
+
+EVENTS = frozenset(
+    {
+        "signin_ok",  # password accepted, session issued
+        "signin_failed",  # wrong password, unknown user, system account, malformed input
+        "signin_refused",  # banned (regulation), locked account, bad CSRF token
+        "step_up",  # a local factor raised the session's level
+        "totp_failed",  # wrong or replayed code
+        "totp_enrolled",
+        "totp_reset",
+        "signout",
+        "session_revoked",
+        "decision_denied",  # the proxy asked and the answer was no (403)
+        "account_created",
+        "account_updated",
+        "account_locked",
+        "account_unlocked",
+        "account_deleted",
+        "token_issued",
+        "token_used",
+        "token_revoked",
+        "token_exchanged",  # a token or a password exchanged for a short-lived JWT
+        "dbcreds_set",  # service-account database credentials written (never their value)
+        "dbcreds_read",
+    }
+)
+
+FIELDS = ("time", "event", "user", "client", "host", "path", "level", "reason", "request_id")
+_MAX = 512
+MAX_QUEUED = 100_000  # background lines waiting for the writer thread, at most
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The proxy's X-Request-Id when it looks like one, else a new one."""
+    rid = headers.get("X-Request-Id") or headers.get("X-Request-ID") or ""
+    return rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(8)
+
+
+def _text(v: object) -> str | None:
+    if v is None:
+        return None
+    s = str(v)
+    return s if len(s) <= _MAX else s[: _MAX - 3] + "..."
+
+
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int((now % 1) * 1000):03d}Z"
+
+
+class AuditLog:
+    """Writes audit lines to `target`: "stdout", "stderr" or a file path.
+
+    The file is opened here, so a path that cannot be written fails when the
+    log is made (at startup), with an OSError naming it. After that, writing
+    never raises: a failed write (full disk, file gone) is reported once on
+    stderr, the line is dropped, and the next success is reported too.
+
+    `emit` writes before it returns (the sign-in pages and the CLI, where a
+    line must be there when the answer is). `emit(..., background=True)`
+    only queues the line for a writer thread: the decision endpoints use it,
+    so a slow disk never holds up the event loop. `flush()` waits for the
+    queue; `close()` flushes and closes.
+    """
+
+    def __init__(self, target: str = "stdout"):
+        self.target = target
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._failing = False
+        self._closed = False
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._dropped = 0
+        self._done = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        if target not in ("stdout", "stderr"):
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def line(
+        self,
+        event: str,
+        *,
+        user: str | None = None,
+        client: str | None = None,
+        host: str | None = None,
+        path: str | None = None,
+        level: str | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        """The serialised line for an event (no newline). Raises ValueError for an unknown event."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown audit event {event!r}")
+        if path is not None:
+            path = path.split("?", 1)[0].split("#", 1)[0]
+        record = {
+            "time": _timestamp(time.time() if now is None else now),
+            "event": event,
+            "user": _text(user),
+            "client": _text(client),
+            "host": _text(host),
+            "path": _text(path),
+            "level": _text(level),
+            "reason": _text(reason),
+            "request_id": _text(request_id),
+        }
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+
+    def emit(self, event: str, *, background: bool = False, **fields: str | float | None) -> str:
+        """Write one event; returns the line. Raises only for an unknown event
+        or field (programming errors), never for I/O."""
+        text = self.line(event, **fields)  # type: ignore[arg-type]
+        data = (text + "\n").encode("ascii")
+        if background:
+            with self._done:
+                if self._pending >= MAX_QUEUED:  # the writer is stuck (a hung disk): drop, never grow without end
+                    self._dropped += 1
+                    if self._dropped == 1:
+                        _report(f"forwardauth: audit log {self.target}: {MAX_QUEUED} lines waiting to be written; "
+                                "dropping more until the writer catches up\n")
+                    return text
+                self._pending += 1
+            self._start_writer()
+            self._queue.put(data)
+        else:
+            self._write(data)
+        return text
+
+    def _write(self, data: bytes) -> None:
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ValueError("closed")
+                if self._fd is not None:
+                    while data:  # one write per call; loop only on a short write
+                        data = data[os.write(self._fd, data):]
+                else:
+                    stream = sys.stdout if self.target == "stdout" else sys.stderr
+                    stream.write(data.decode("ascii"))
+                    stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream or file
+            if not self._failing:
+                self._failing = True
+                why = getattr(exc, "strerror", None) or str(exc)
+                _report(f"forwardauth: audit log {self.target}: write failed: {why}; "
+                        "audit lines are being lost until it works again\n")
+            return
+        if self._failing:
+            self._failing = False
+            _report(f"forwardauth: audit log {self.target}: writing again\n")
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
+                    self._writer.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:  # whatever else is queued goes out in the same write (whole lines only)
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            lines = [b for b in batch if b is not None]
+            if lines:
+                self._write(b"".join(lines))
+            with self._done:
+                self._pending -= len(lines)
+                if self._pending == 0 and self._dropped:
+                    _report(f"forwardauth: audit log {self.target}: {self._dropped} lines were dropped\n")
+                    self._dropped = 0
+                self._done.notify_all()
+            if stop:
+                return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued line is written (or failed); False on timeout."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._queue.put(None)
+            writer.join(5.0)
+            self._writer = None
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _report(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def open_target(target: str, where: str = "local.audit") -> AuditLog:
+    """An AuditLog for `target`, or ConfigError naming the setting and why it cannot be written."""
+    try:
+        return AuditLog(target)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot open the audit log {target!r} for writing: "
+                           f"{exc.strerror or exc}"]) from None
+
+
+def audit_log(cfg: Config, target: str, *, cli: bool = False, setting: str = "local.audit") -> AuditLog:
+    """The audit log a config asks for: `target` is the setting's value
+    (stdout, stderr, or a file path relative to the config file). For a
+    command (`cli`), stdout becomes stderr: a command's own output is on
+    stdout. A file that cannot be written is a ConfigError naming `setting`."""
+    if target in ("stdout", "stderr"):
+        target = "stderr" if cli else target
+    else:
+        target = str(resolve_path(cfg, target))
+    return open_target(target, f"{cfg.path}: {setting}" if cfg.path else setting)

@@ -1,0 +1,23 @@
+"""/healthz and /readyz: for the orchestrator and the load balancer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from forwardauth.web.context import CTX
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once the state store has been read, and for as long as decisions
+    are answered as usual: through a store outage up to tokens.stale_grace
+    (answers come from memory meanwhile), so balancers do not pull every
+    replica at once during a short outage (the rule: core.authorize.StorePolicy)."""
+    ctx = request.app[CTX]
+    why = ctx.policy.not_ready(ctx.health(full=True))
+    if why is not None:
+        return web.Response(status=503, text=f"not ready: {why}\n")
+    return web.Response(text="ready\n")
