@@ -77,9 +77,9 @@ def serve_stub(devices: int, creds_file: Path, poll_timeout: float, gc_threshold
     except ImportError:
         pass
     from aiohttp import web
-    from harness.devices_stub import DeviceStub
 
     from forwardauth.devices.settings import DevicesSettings, Limits
+    from harness.devices_stub import DeviceStub
 
     gc_pauses = GcPauses()
 

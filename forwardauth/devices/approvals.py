@@ -9,8 +9,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from forwardauth.devices import words
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device

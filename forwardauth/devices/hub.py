@@ -36,7 +36,8 @@ import heapq
 import itertools
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from forwardauth.devices.longpoll import LongPoll, Reply, Snapshot, Wait
 from forwardauth.state.base import PulledChanges, PushedChanges

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from forwardauth.devices import approvals, credentials
 from forwardauth.devices.approvals import Verdict

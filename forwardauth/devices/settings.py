@@ -43,9 +43,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from forwardauth.config import Reader, _show
-from forwardauth.durations import format_duration
-from forwardauth.levels import Levels
+from forwardauth.core.config import Reader, show
+from forwardauth.core.durations import format_duration
+from forwardauth.core.levels import Levels
 
 SECTION = "devices"
 # Above this, a default nginx (proxy_read_timeout 60s) or a 60s cloud load
@@ -77,7 +77,7 @@ class DevicesSettings:
 def _int(r: Reader, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {_show(v)}")
+        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
         return default
     return v
 
@@ -87,7 +87,7 @@ def _seconds(r: Reader, d: dict, key: str, where: str, default: float, lo: float
     if v is None:
         return default
     if not lo <= v <= hi:
-        r.error(f"{where}.{key}", f"must be from {format_duration(lo)} to {format_duration(hi)}, got {_show(d[key])}")
+        r.error(f"{where}.{key}", f"must be from {format_duration(lo)} to {format_duration(hi)}, got {show(d[key])}")
         return default
     return v
 
@@ -113,7 +113,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> DevicesSettings:
             r.error(f"{w}.level", f"required: the level an approval proves (levels: {', '.join(levels.names)})")
         level = ""
     elif not isinstance(level, str) or level not in levels:
-        r.error(f"{w}.level", f"unknown level {_show(level)} (levels: {', '.join(levels.names)})")
+        r.error(f"{w}.level", f"unknown level {show(level)} (levels: {', '.join(levels.names)})")
         level = ""
     dflt = DevicesSettings()
     pairing_max_age = _seconds(r, d, "pairing_max_age", w, dflt.pairing_max_age, 10, 86400)

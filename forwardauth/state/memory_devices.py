@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import AsyncIterator
 
 from forwardauth.state.base import KEEP_DECIDED
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing

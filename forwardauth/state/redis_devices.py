@@ -22,7 +22,8 @@ import contextlib
 import json
 import logging
 import math
-from typing import Any, AsyncContextManager, AsyncIterator, Callable, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -115,7 +116,7 @@ class RedisDevices:
     # turning Redis failures into StoreUnavailable.
     url: str
     timeout: float
-    _guard: Callable[[], AsyncContextManager[None]]
+    _guard: Callable[[], contextlib.AbstractAsyncContextManager[None]]
 
     @property
     def r(self) -> aioredis.Redis:

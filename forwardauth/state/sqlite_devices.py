@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from forwardauth.state.base import KEEP_DECIDED
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing

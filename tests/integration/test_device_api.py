@@ -11,10 +11,10 @@ import time
 
 import aiohttp
 import pytest
-from harness.devices_stub import DeviceStub
 from multidict import CIMultiDict
 
 from forwardauth.devices.settings import DevicesSettings, Limits
+from harness.devices_stub import DeviceStub
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from harness.devices_stub import DeviceStub
-from harness.procs import free_port
 
 from forwardauth.devices import client as cl
 from forwardauth.devices.settings import DevicesSettings, Limits
 from forwardauth.state.records import ApprovalState
+from harness.devices_stub import DeviceStub
+from harness.procs import free_port
 
 
 @pytest.fixture

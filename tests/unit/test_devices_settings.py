@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from forwardauth.config import Reader
+from forwardauth.core.config import Reader
 from forwardauth.devices.settings import DevicesSettings, Limits, parse
 
 from .conftest import make_config
