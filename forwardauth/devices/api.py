@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -69,7 +69,11 @@ async def _body(request: web.Request) -> Any:
         raise _BadBody(400, "the body is not valid JSON") from None
 
 
-def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth") -> list[web.RouteDef]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth") -> list[tuple[str, str, Handler]]:
+    """(method, path, handler) of each route: the app adds them (web.py), and so does the tests' throwaway server."""
     async def guarded(request: web.Request, work: Callable[[DeviceService], Any]) -> web.StreamResponse:
         try:
             return await work(service_of(request))
@@ -112,10 +116,10 @@ def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth
         return await guarded(request, work)
 
     return [
-        web.post("/api/v1/device/pair", pair),
-        web.get("/api/v1/device/requests", poll, allow_head=False),
-        web.post("/api/v1/device/requests/{id}", answer),
-        web.delete("/api/v1/device", remove_self),
+        ("POST", "/api/v1/device/pair", pair),
+        ("GET", "/api/v1/device/requests", poll),
+        ("POST", "/api/v1/device/requests/{id}", answer),
+        ("DELETE", "/api/v1/device", remove_self),
     ]
 
 

@@ -1,7 +1,10 @@
-"""`forwardauth device pair|watch|forget`: this machine as an approving device.
+"""The CLI of device approval (composition.PARTS lists `commands()`):
 
-Registration only; the client (and aiohttp) is imported when a command runs,
-so `forwardauth check` and `explain` do not pay for it.
+- `forwardauth device pair|watch|forget`: this machine as an approving device
+  (the client, devices.client, with aiohttp's HTTP client: imported when such
+  a command runs, so `forwardauth check` and `explain` do not pay for it);
+- `forwardauth devices list|remove`: an administrator's view of any user's
+  devices, on the configured state store (removing one stops it at once).
 """
 
 from __future__ import annotations
@@ -11,10 +14,19 @@ import asyncio
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
+from forwardauth.core.runtime import resolve_state_url
+from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, with_store
+from forwardauth.state import open_store
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def commands() -> tuple[Register, ...]:
+    return (register, register_admin)
+
+
+def register(sub: SubCommands) -> None:
     p = sub.add_parser("device", help="use this machine as an approving device (pair, watch, forget)",
                        description="Approve sign-ins from this machine: pair it once with a code from the "
                                    "devices page, then watch for approval requests.")
@@ -62,7 +74,7 @@ def _run(work: object) -> int:
         return 130
 
 
-def _cmd_pair(args: argparse.Namespace) -> int:
+def _cmd_pair(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.devices.client import pair
 
     async def go() -> int:
@@ -73,7 +85,7 @@ def _cmd_pair(args: argparse.Namespace) -> int:
     return _run(go())
 
 
-def _cmd_watch(args: argparse.Namespace) -> int:
+def _cmd_watch(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.devices.client import Watcher, load
 
     async def go() -> int:
@@ -84,7 +96,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return _run(go())
 
 
-def _cmd_forget(args: argparse.Namespace) -> int:
+def _cmd_forget(args: argparse.Namespace, env: CliEnv) -> int:
     from forwardauth.devices.client import forget
 
     async def go() -> int:
@@ -119,3 +131,61 @@ async def ask_stdin(prompt: str) -> str:
 def _settle(fut: asyncio.Future[str], line: str) -> None:
     if not fut.done():  # cancelled meanwhile (Ctrl-C)
         fut.set_result(line)
+
+
+# --- forwardauth devices (administrators) ---------------------------------------------------
+
+def register_admin(sub: SubCommands) -> None:
+    p = sub.add_parser("devices", help="approving devices of any user: list, remove (administrators)")
+    s = p.add_subparsers(dest="devices_command", required=True)
+    ls = s.add_parser("list", help="a user's devices (never their credentials)")
+    ls.add_argument("user", help="the user (a local account, or the subject of an upstream sign-in)")
+    ls.add_argument("-c", "--config", required=True)
+    ls.set_defaults(func=_cmd_list)
+    rm = s.add_parser("remove", help="remove a device: its credential stops at once and its polls end with 401")
+    rm.add_argument("device_id", help="the device's id (from `forwardauth devices list`)")
+    rm.add_argument("-c", "--config", required=True)
+    rm.set_defaults(func=_cmd_remove)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+
+
+def _cmd_list(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> int:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            found = await store.devices(args.user)
+        finally:
+            await store.close()
+        if not found:
+            print(f"{args.user}: no device")
+        for d in found:
+            print(f"{d.id}  {d.name}  added {_when(d.created)}  last seen {_when(d.last_seen)}")
+        return 0
+
+    return asyncio.run(with_store(cfg, go()))
+
+
+def _cmd_remove(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> int:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            removed = await store.remove_device(args.device_id)
+        finally:
+            await store.close()
+        if removed is None:
+            raise CliError(f"no device {args.device_id}")
+        env.audit(cfg).emit("device_removed", user=removed.user, reason=f"device {removed.id} by forwardauth "
+                                                                        f"devices remove")
+        print(f"removed {removed.id} ({removed.name}) of {removed.user}")
+        return 0
+
+    return asyncio.run(with_store(cfg, go()))

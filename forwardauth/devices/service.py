@@ -24,7 +24,7 @@ from forwardauth.regulation import Regulator, client_key, user_key
 from forwardauth.state.base import ClaimStore, DeviceStore, FailureStore
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing
 
-# The audit events this part writes (to join audit.EVENTS when wired).
+# The audit events this part writes (services.audit.EVENTS lists them too).
 AUDIT_EVENTS = (
     "device_paired",
     "device_pair_failed",  # wrong, expired or used pairing code

@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from forwardauth.core.config import Reader, show
+from forwardauth.core.config import Config, Reader, show
 from forwardauth.core.durations import format_duration
 from forwardauth.core.levels import Levels
 
@@ -72,6 +72,12 @@ class DevicesSettings:
     max_devices: int = 5
     passwordless: bool = True
     limits: Limits = Limits()
+
+
+def settings(config: Config) -> DevicesSettings:
+    """The section, or approval off when there is none."""
+    found = config.sections.get(SECTION)
+    return found if isinstance(found, DevicesSettings) else DevicesSettings()
 
 
 def _int(r: Reader, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:

@@ -54,6 +54,15 @@ EVENTS = frozenset(
         "token_exchanged",  # a token or a password exchanged for a short-lived JWT
         "dbcreds_set",  # service-account database credentials written (never their value)
         "dbcreds_read",
+        "device_paired",  # a device exchanged a pairing code for its credential (never the code or credential)
+        "device_pair_failed",  # a wrong, expired or used pairing code
+        "device_removed",
+        "approval_requested",  # a browser asked the user's devices for approval (never the phrase)
+        "approval_approved",
+        "approval_denied",  # denied on the device
+        "approval_wrong_phrase",  # the device picked a phrase the browser did not show: denied, regulated
+        "approval_expired",
+        "approval_cancelled",  # by the browser that asked
     }
 )
 

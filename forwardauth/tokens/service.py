@@ -244,8 +244,8 @@ class TokenService:
         return epoch
 
     async def delete_account(self, actor: rules.Actor, name: str, now: float | None = None) -> None:
-        """Delete `name`: its tokens are revoked, its database credentials deleted
-        and its epoch raised to now, so an account made later under the same name
+        """Delete `name`: its tokens are revoked, its database credentials and
+        approving devices deleted and its epoch raised to now, so an account made later under the same name
         inherits nothing (no token, no session, no credentials)."""
         await self._admin_target(actor, name, "delete accounts")
         now = time.time() if now is None else now
@@ -254,10 +254,11 @@ class TokenService:
             if t.revoked is None:
                 await self._revoke(t, now, f"account deleted by {actor.name}")
         await self.tokens.delete_dbcreds(name)
+        await self.store.remove_devices(name)  # its approving devices (their polls end with 401)
         await self.store.set_epoch(name, now)
         await self.accounts.delete_account(name)
-        self.audit("account_deleted", user=name, reason=f"by {actor.name}; tokens, sessions and "
-                                                         "database credentials removed")
+        self.audit("account_deleted", user=name, reason=f"by {actor.name}; tokens, sessions, approving devices "
+                                                         "and database credentials removed")
 
     # --- database credentials --------------------------------------------
 

@@ -1,0 +1,201 @@
+"""Device approval in the app (composition.PARTS): routes, the factor, the hub's life.
+
+- the device API (devices.api): pairing, the long-poll, answers, self-removal;
+- the pages (devices.pages): the user's devices page with its pairing QR code,
+  the phone page, and the browser's side of an approval (ask, wait, cancel);
+- the factor "device": offered on the sign-in page (passwordless, when
+  `devices.passwordless`) and on the step-up and TOTP pages, whenever the level a
+  device proves is enough; /oauth2/start hands over to it when the person chose
+  it (`via=device`), or when no other way can prove the level at all (a level
+  that lists no acr, amr or local factor);
+- the hub (one per app): its feed follower starts with the app, every waiting
+  poll is answered (304) at shutdown; after each revocation refresh the polls of
+  users whose epoch moved (a lock, `session revoke`, an account deleted) look
+  again, and answer 401;
+- the admin API: list and remove any user's devices (admins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from forwardauth.devices import api, pages
+from forwardauth.devices.approvals import device_view
+from forwardauth.devices.context import DEVICES, DevicesState, request_service
+from forwardauth.devices.service import Refusal
+from forwardauth.devices.settings import DevicesSettings, settings
+from forwardauth.state.base import PulledChanges, PushedChanges
+from forwardauth.web.api import ApiError, error_response, fail, json_response
+from forwardauth.web.api import caller as api_caller
+from forwardauth.web.context import CTX, AppContext, Contribution, Route
+from forwardauth.web.factors import Factor, Need, Offer, Page
+from forwardauth.web.forms import query, redirect
+from forwardauth.web.oauth2_start import start_url
+
+ADMIN_ROLE = "admin"  # the admin API's administrators (the same role the tokens part's routes require)
+
+
+def enabled(request: web.Request) -> DevicesSettings | None:
+    s = settings(request.app[CTX].runtime.config)
+    return s if s.enabled and s.level else None
+
+
+# --- the factor ----------------------------------------------------------------------------
+
+def _proves(request: web.Request, s: DevicesSettings, level: str) -> bool:
+    return request.app[CTX].runtime.config.levels.at_least(s.level, level)
+
+
+def offer(request: web.Request, need: Need, where: Page) -> Offer | None:
+    s = enabled(request)
+    if s is None or not _proves(request, s, need.level):
+        return None
+    if where == "step_up" and need.session is not None:
+        return Offer("Approve on my device", start_url(need.rd, need.level, via="device"))
+    if where == "sign_in" and s.passwordless:
+        return Offer("Sign in by approving on my device", start_url(need.rd, need.level, via="device"))
+    return None
+
+
+async def start(request: web.Request, need: Need) -> web.StreamResponse | None:
+    s = enabled(request)
+    if s is None or not _proves(request, s, need.level):
+        return None
+    lv = request.app[CTX].runtime.config.levels[need.level]
+    only_devices = not (lv.acr or lv.amr or lv.local_factor)
+    if need.via == "device" or (only_devices and need.via in (None, "")):
+        return redirect(query(pages.APPROVE_PATH, rd=need.rd, level=need.level))
+    return None
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+
+def wake_revoked(app: web.Application) -> Callable[[], Awaitable[None]]:
+    """A job of the refresh loop, after the revocations: wake the polls of users
+    whose epoch changed, so a device revoked on another replica answers 401 within
+    one refresh (at once with Redis), not at its poll's timeout."""
+
+    async def job() -> None:
+        ctx, st = app[CTX], app[DEVICES]
+        snap = ctx.revocations.snapshot
+        before = st.epochs
+        if before is snap:
+            return
+        st.epochs = snap
+        if before is None:
+            return
+        for user, epoch in snap.epochs.items():
+            if before.epochs.get(user) != epoch:
+                st.hub.wake(user)
+
+    return job
+
+
+def build(app: web.Application, ctx: AppContext) -> Contribution:
+    st = app[DEVICES] = DevicesState()
+
+    async def startup() -> None:
+        if settings(ctx.runtime.config).enabled:
+            store = ctx.store
+            st.hub.start(store if isinstance(store, (PulledChanges, PushedChanges)) else None)
+
+    async def shutdown() -> None:
+        st.hub.end_all()  # every waiting poll answers now: stopping does not wait for the longest
+        await st.hub.stop()
+
+    device_api = [Route(method, path, _when_enabled(handler)) for method, path, handler in api.routes(
+        request_service, lambda request: request.app[CTX].client(request), realm_of(ctx))]
+    return Contribution(
+        routes=(*device_api, *pages.routes(), *admin_routes()),
+        factors=(Factor("device", start=start, offer=offer),),
+        refresh=(wake_revoked(app),),
+        startup=(startup,),
+        shutdown=(shutdown,),
+        openapi=openapi_fragment(),
+    )
+
+
+def realm_of(ctx: AppContext) -> str:
+    return ctx.runtime.config.server.realm
+
+
+def _when_enabled(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The device API answers 404 while approval is off (`devices.enabled: false` or no section)."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        if enabled(request) is None:
+            return api.error(404, "not_found", "device approval is not enabled here")
+        return await handler(request)
+
+    return run
+
+
+# --- the admin API -------------------------------------------------------------------------
+
+async def _admin(request: web.Request) -> str:
+    who = await api_caller(request)
+    s = who.session
+    if ADMIN_ROLE not in s.groups or who.narrowed:
+        fail(403, "forbidden", "only admins may manage other users' devices")
+    return s.sub
+
+
+def _guard(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]
+           ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            if enabled(request) is None:
+                fail(404, "not_found", "device approval is not enabled here")
+            return await fn(request)
+        except ApiError as exc:
+            return error_response(exc)
+        except Refusal as r:
+            return api.refusal_response(r, request.app[CTX].runtime.config.server.realm)
+    return run
+
+
+@_guard
+async def admin_list(request: web.Request) -> web.StreamResponse:
+    await _admin(request)
+    user = request.query.get("user", "")
+    if not user or len(user) > 256:
+        fail(400, "invalid_request", "the query parameter user is required")
+    return json_response([device_view(d) for d in await request_service(request).devices(user)])
+
+
+@_guard
+async def admin_remove(request: web.Request) -> web.StreamResponse:
+    who = await _admin(request)
+    await request_service(request).remove_device(request.match_info["id"], None, by=who,
+                                                 client=request.app[CTX].client(request))
+    return web.Response(status=204)
+
+
+def admin_routes() -> tuple[Route, ...]:
+    return (Route("GET", "/api/v1/devices", admin_list), Route("DELETE", "/api/v1/devices/{id}", admin_remove))
+
+
+def openapi_fragment() -> dict[str, object]:
+    """The admin routes' paths and schemas for the one OpenAPI 3.0 document (web.api)."""
+    err = {"$ref": "#/components/responses/Error"}
+    device = {"type": "object", "required": ["id", "user", "name", "created", "last_seen"], "properties": {
+        "id": {"type": "string"}, "user": {"type": "string"}, "name": {"type": "string"},
+        "created": {"type": "number"}, "last_seen": {"type": "number", "nullable": True}}}
+    return {
+        "paths": {
+            "/api/v1/devices": {"get": {
+                "summary": "List a user's approving devices (admin)",
+                "parameters": [{"name": "user", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the devices, oldest first", "content": {"application/json": {
+                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}}}}},
+                    "400": err, "401": err, "403": err, "404": err}}},
+            "/api/v1/devices/{id}": {"delete": {
+                "summary": "Remove a device (admin): its credential stops at once, its polls end with 401",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "removed"}, "401": err, "403": err, "404": err}}},
+        },
+        "schemas": {"Device": device},
+    }
