@@ -51,7 +51,8 @@ class DeviceStub:
 
     async def start(self, extra_routes: list[web.RouteDef] | None = None) -> DeviceStub:
         app = web.Application(middlewares=[self._note_peer] if self.record_peers else [])
-        app.add_routes(routes(lambda request: self.svc, lambda request: request.remote))
+        for method, path, handler in routes(lambda request: self.svc, lambda request: request.remote):
+            app.router.add_route(method, path, handler)
         app.add_routes(extra_routes or [])
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
