@@ -24,11 +24,11 @@ connection that the 304 exists to keep):
     `keepalive_timeout` (default 75s) only limits the idle time *between*
     requests on a client connection, and the device sends its next poll at
     once, so it never idles that long.
-  - Traefik: `entryPoints.<name>.transport.respondingTimeouts.readTimeout`
-    (default 60s since v2.11.2) is a deadline on the client connection from
-    the start of the request, so it bounds a long-poll too; `writeTimeout`
-    (default 0, none) likewise when set; `idleTimeout` (default 180s) is
-    between requests, like nginx's keepalive_timeout.
+  - Traefik: `entryPoints.<name>.transport.respondingTimeouts.writeTimeout`
+    (default 0, none) bounds the whole answer when set; `readTimeout`
+    (default 60s) covers reading the request only, and `idleTimeout`
+    (default 180s) the time between requests, so neither cuts a waiting
+    poll (tests/integration/test_devices_proxies.py checks all three).
   - Caddy: `servers.timeouts.write` (default none) and reverse_proxy's
     `transport http { read_timeout }` (default none); `idle` (default 5m)
     is between requests.
