@@ -106,6 +106,7 @@ async def _fresh(request: web.Request, ctx: AppContext, s: DevicesSettings
 class NewPairing:
     code: str
     base_url: str
+    url: str  # the phone page with the code in its fragment (what the QR code holds)
     expires: str
     qr_svg: str
 
@@ -168,7 +169,8 @@ async def devices_add(request: web.Request) -> web.StreamResponse:
     base = ctx.runtime.config.server.public_url
     shown = credentials.format_code(code)
     url = f"{base}{PHONE_PATH}#code={shown}"  # the fragment never reaches a server
-    return await _devices_page(request, ctx, s, session, NewPairing(shown, base, _when(pairing.expires), _qr(url)))
+    return await _devices_page(request, ctx, s, session, NewPairing(shown, base, url, _when(pairing.expires),
+                                                                    _qr(url)))
 
 
 async def devices_remove(request: web.Request) -> web.StreamResponse:
