@@ -179,23 +179,71 @@ def admin_routes() -> tuple[Route, ...]:
 
 
 def openapi_fragment() -> dict[str, object]:
-    """The admin routes' paths and schemas for the one OpenAPI 3.0 document (web.api)."""
+    """The part's /api/v1 routes for the one OpenAPI 3.0 document (web.api): the
+    admin routes, and the device API (whose bearer is a device credential)."""
     err = {"$ref": "#/components/responses/Error"}
     device = {"type": "object", "required": ["id", "user", "name", "created", "last_seen"], "properties": {
         "id": {"type": "string"}, "user": {"type": "string"}, "name": {"type": "string"},
         "created": {"type": "number"}, "last_seen": {"type": "number", "nullable": True}}}
+    request = {"type": "object", "required": ["id", "host", "path", "client", "user_agent", "level", "created",
+                                              "expires", "phrases"], "properties": {
+        "id": {"type": "string"}, "host": {"type": "string"}, "path": {"type": "string"},
+        "client": {"type": "string", "nullable": True}, "user_agent": {"type": "string"},
+        "level": {"type": "string"}, "created": {"type": "number"}, "expires": {"type": "number"},
+        "phrases": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 3}}}
+    etag = {"ETag": {"description": "names the set of pending requests", "schema": {"type": "string"}}}
+    pending = {"type": "object", "required": ["requests"], "properties": {"requests": {
+        "type": "array", "items": {"$ref": "#/components/schemas/ApprovalRequest"}}}}
+
+    def body(schema: dict[str, object]) -> dict[str, object]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def ok(description: str, schema: dict[str, object]) -> dict[str, object]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
     return {
         "paths": {
             "/api/v1/devices": {"get": {
                 "summary": "List a user's approving devices (admin)",
                 "parameters": [{"name": "user", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "the devices, oldest first", "content": {"application/json": {
-                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}}}}},
-                    "400": err, "401": err, "403": err, "404": err}}},
+                "responses": {"200": ok("the devices, oldest first", {"type": "array", "items": {
+                    "$ref": "#/components/schemas/Device"}}), "400": err, "401": err, "403": err, "404": err}}},
             "/api/v1/devices/{id}": {"delete": {
                 "summary": "Remove a device (admin): its credential stops at once, its polls end with 401",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"204": {"description": "removed"}, "401": err, "403": err, "404": err}}},
+            "/api/v1/device/pair": {"post": {
+                "summary": "Exchange a one-time pairing code for a device credential (shown once)",
+                "security": [],
+                "requestBody": body({"type": "object", "required": ["code", "name"], "properties": {
+                    "code": {"type": "string"}, "name": {"type": "string"}}}),
+                "responses": {"201": ok("paired", {"type": "object", "required": ["device", "credential"],
+                                                   "properties": {"device": {"$ref": "#/components/schemas/Device"},
+                                                                  "credential": {"type": "string"}}}),
+                              "400": err, "403": err, "404": err, "409": err, "413": err, "415": err, "429": err}}},
+            "/api/v1/device/requests": {"get": {
+                "summary": "Long-poll the pending approval requests of the device's user (device credential): "
+                           "200 at once when the set differs from If-None-Match, else when it changes; 304 at "
+                           "devices.poll_timeout",
+                "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {**ok("the pending requests", pending), "headers": etag},
+                              "304": {"description": "nothing changed", "headers": etag},
+                              "401": err, "404": err, "429": err}}},
+            "/api/v1/device/requests/{id}": {"post": {
+                "summary": "Approve (with the phrase the browser shows) or deny a request (device credential); "
+                           "a wrong phrase denies it",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": body({"type": "object", "required": ["decision"], "properties": {
+                    "decision": {"type": "string", "enum": ["approve", "deny"]}, "phrase": {"type": "string"}}}),
+                "responses": {"200": ok("decided", {"type": "object", "required": ["id", "state", "reason"],
+                                                    "properties": {"id": {"type": "string"},
+                                                                   "state": {"type": "string"},
+                                                                   "reason": {"type": "string", "nullable": True}}}),
+                              "400": err, "401": err, "404": err, "409": err, "413": err, "415": err}}},
+            "/api/v1/device": {"delete": {
+                "summary": "The device removes itself (device credential)",
+                "responses": {"204": {"description": "removed"}, "401": err, "404": err}}},
         },
-        "schemas": {"Device": device},
+        "schemas": {"Device": device, "ApprovalRequest": request},
     }
