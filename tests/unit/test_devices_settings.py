@@ -105,3 +105,24 @@ def test_poll_timeout_above_common_proxy_timeouts_warns():
                           "60s) or a 60s load balancer lets an answer take: raise those above it, or use 50s"]
     _, r = read("devices: {level: mfa, poll_timeout: 55s}")
     assert r.warnings == []
+
+
+def test_example_devices_section_is_valid_when_uncommented():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "config.example.yaml").read_text()
+    block = text[text.index("# devices:"):].split("\n\n")[0]
+    yaml_block = "\n".join(re.sub(r"^# ?", "", line) for line in block.splitlines())
+    s, r = read(yaml_block)
+    assert r.problems == [] and r.warnings == []
+    assert s == DevicesSettings(True, "mfa")  # the example shows the defaults
+
+
+def test_embedded_default_turns_approval_on_at_mfa(tmp_path):
+    from forwardauth.composition import parse_config
+    from forwardauth.core.defaults import embedded_default
+    from forwardauth.devices.settings import settings
+
+    cfg = embedded_default(tmp_path / "var", parse_config)
+    assert settings(cfg) == DevicesSettings(True, "mfa")
