@@ -19,6 +19,14 @@ from forwardauth.state.records import ApprovalState, Device, Pairing
 T = time.time()
 
 
+@pytest.fixture(autouse=True)
+def _now():
+    """Each test's "now": Redis expires keys on its own clock, so a time taken
+    when the module was imported (minutes earlier in a full run) is too old."""
+    global T
+    T = time.time()
+
+
 @pytest.fixture
 def store(any_store):
     assert isinstance(any_store, DeviceStore)
@@ -29,8 +37,8 @@ def dev(i: int, user: str = "alice", created: float = 100.0) -> Device:
     return Device(f"device-{i:09d}", user, f"phone {i}", created + i, f"hash{i}")
 
 
-def req(user: str = "alice", now: float = T, ttl: float = 120.0):
-    return new_request(user, "app.example.com", "/x", "192.0.2.1", "UA", "mfa", now, ttl)
+def req(user: str = "alice", now: float | None = None, ttl: float = 120.0):
+    return new_request(user, "app.example.com", "/x", "192.0.2.1", "UA", "mfa", T if now is None else now, ttl)
 
 
 # --- devices --------------------------------------------------------------------------
