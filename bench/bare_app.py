@@ -19,7 +19,6 @@ import argparse
 import uvloop
 from aiohttp import web
 
-
 BODY = ""
 
 

@@ -165,12 +165,12 @@ def parse_wrk(out: str) -> WrkResult:
 
 # Every request a path never asked before (/dashboard/<thread>/<n>): forwardauth
 # cannot answer from its memo (memo.py), so this measures the full decision.
-NEW_PATHS_LUA = """
+NEW_PATHS_LUA = f"""
 local threads = 0
 function setup(thread) thread:set("tid", threads); threads = threads + 1 end
 function init(args) n = 0 end
-function request() n = n + 1; return wrk.format(nil, "%s/" .. tid .. "/" .. n) end
-""" % BENCH_PATH
+function request() n = n + 1; return wrk.format(nil, "{BENCH_PATH}/" .. tid .. "/" .. n) end
+"""
 
 
 def wrk(binary: str, port: int, host: str, cookie: str, args, seconds: float, script: Path | None = None) -> WrkResult:
@@ -292,47 +292,49 @@ def _per_call_us(fn, budget: float, repeats: int) -> float:
 
 
 def policy_bench(sizes: list[int], workdir: Path) -> list[tuple[int, float, float, float]]:
+    return [_policy_row(n, workdir) for n in sizes]
+
+
+def _policy_row(n: int, workdir: Path) -> tuple[int, float, float, float]:
+    """(rules, match hot, decide hot, decide mix) for an `n`-rule policy, in microseconds per call."""
     from forwardauth.composition import load_config
     from forwardauth.core.decision import Outcome, decide
     from forwardauth.core.request import build
     from forwardauth.core.runtime import Runtime
 
-    rows = []
-    for n in sizes:
-        cfg = load_config(make_config(workdir / "policy", free_port(), policy=policy_of(n)))
-        codec = Runtime.build(cfg).codec
-        now = time.time()
-        session = codec.new("bench", "password", now, groups=("dev",))
-        host = target_host(n)
+    cfg = load_config(make_config(workdir / "policy", free_port(), policy=policy_of(n)))
+    codec = Runtime.build(cfg).codec
+    now = time.time()
+    session = codec.new("bench", "password", now, groups=("dev",))
+    host = target_host(n)
 
-        def req(h: str, path: str, method: str = "GET"):
-            return build(method=method, scheme="https", host=h, uri=path, forwarded_for=None, peer=None,
-                         trusted=(), accept="application/json")
+    def req(h: str, path: str, method: str = "GET"):
+        return build(method=method, scheme="https", host=h, uri=path, forwarded_for=None, peer=None,
+                     trusted=(), accept="application/json")
 
-        hot = req(host, BENCH_PATH)
-        d = decide(hot, session, cfg.policy, cfg.levels, now)
-        if d.outcome is not Outcome.ALLOW or d.rule is None or d.rule.hosts != (host,):
-            raise SystemExit(f"{n} rules: expected {host}'s catch-all to allow, got {d.outcome} ({d.reason})")
-        policy, levels = cfg.policy, cfg.levels
-        # A mix of hosts and paths, as a busy proxy would send.
-        hosts = full_exact_hosts(n)
-        paths = ("/dashboard", "/api/items/7", "/static/app.js", "/admin/users")
-        mix = [req(hosts[i % len(hosts)], paths[i % 4]) for i in range(1000)]
-        state = {"i": 0}
+    hot = req(host, BENCH_PATH)
+    d = decide(hot, session, cfg.policy, cfg.levels, now)
+    if d.outcome is not Outcome.ALLOW or d.rule is None or d.rule.hosts != (host,):
+        raise SystemExit(f"{n} rules: expected {host}'s catch-all to allow, got {d.outcome} ({d.reason})")
+    policy, levels = cfg.policy, cfg.levels
+    # A mix of hosts and paths, as a busy proxy would send.
+    hosts = full_exact_hosts(n)
+    paths = ("/dashboard", "/api/items/7", "/static/app.js", "/admin/users")
+    mix = [req(hosts[i % len(hosts)], paths[i % 4]) for i in range(1000)]
+    state = {"i": 0}
 
-        def match_hot():
-            policy.match(hot.host, hot.path, hot.method, hot.client)
+    def match_hot():
+        policy.match(hot.host, hot.path, hot.method, hot.client)
 
-        def decide_hot():
-            decide(hot, session, policy, levels, now)
+    def decide_hot():
+        decide(hot, session, policy, levels, now)
 
-        def decide_mix():
-            r = mix[state["i"] % 1000]
-            state["i"] += 1
-            decide(r, session, policy, levels, now)
+    def decide_mix():
+        r = mix[state["i"] % 1000]
+        state["i"] += 1
+        decide(r, session, policy, levels, now)
 
-        rows.append((n, per_call_us(match_hot), per_call_us(decide_hot), per_call_us(decide_mix)))
-    return rows
+    return n, per_call_us(match_hot), per_call_us(decide_hot), per_call_us(decide_mix)
 
 
 # --- main ---------------------------------------------------------------------
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"-d{args.duration:g}s x {args.rounds} rounds, {args.rules}-rule policy, host {target_host(args.rules)}, "
                   f"forwardauth with 1 worker")
             res = http_bench(args, workdir)
-            ratios = [x.rps / y.rps for x, y in zip(res["forwardauth"], res["bare"])]
+            ratios = [x.rps / y.rps for x, y in zip(res["forwardauth"], res["bare"], strict=True)]
             mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]  # the median round
             a, b = res["forwardauth"][mid], res["bare"][mid]
             print(f"  {'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  errors")

@@ -289,7 +289,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 w = wrk(wrk_bin, ports[name], host, args, seconds, cookie=hot[name])
             else:
                 w = wrk(wrk_bin, ports[name], host, args, seconds, script=scripts[name])
-            return Round(w, *(x - y for x, y in zip(clocks(), before)))
+            return Round(w, *(x - y for x, y in zip(clocks(), before, strict=True)))
 
         if args.warmup > 0:
             for mode in ("hot", "cold"):
@@ -323,9 +323,9 @@ def report(args: argparse.Namespace, res: dict) -> None:
                         ("cold", f"cold path: every request a new path ({BENCH_PATH}/<thread>/<n>), cookies of "
                                  f"{args.users:,} (forwardauth) / {args.o2p_users:,} (oauth2-proxy) users in turn")):
         a, b = res[mode, "forwardauth"], res[mode, "oauth2-proxy"]
-        ratios = [x.wrk.rps / y.wrk.rps for x, y in zip(a, b)]
+        ratios = [x.wrk.rps / y.wrk.rps for x, y in zip(a, b, strict=True)]
         mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
-        costs = [y.us_per_request / x.us_per_request for x, y in zip(a, b)]
+        costs = [y.us_per_request / x.us_per_request for x, y in zip(a, b, strict=True)]
         cost = sorted(costs)[len(costs) // 2]
         print(f"\n{title}")
         print(f"  {'':32}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}{'busy':>6}"
@@ -338,9 +338,9 @@ def report(args: argparse.Namespace, res: dict) -> None:
         print(f"  {'ratio a/b, requests/s':32}{ratio:>8.2f}   target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
         print(f"  {'ratio b/a, backend CPU per req':32}{cost:>8.2f}   (median of the rounds' ratios; > 1: forwardauth "
               "spends less CPU per decision)")
-        print(f"  every round, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
+        print("  every round, a and b taking turns: req/s a/b " + ", ".join(f"{r:.2f}" for r in ratios)
               + "; CPU b/a " + ", ".join(f"{r:.2f}" for r in costs)
-              + "; p99 ms a/b " + ", ".join(f"{x.wrk.p99_ms:.0f}/{y.wrk.p99_ms:.0f}" for x, y in zip(a, b)))
+              + "; p99 ms a/b " + ", ".join(f"{x.wrk.p99_ms:.0f}/{y.wrk.p99_ms:.0f}" for x, y in zip(a, b, strict=True)))
         if any(r.wrk.errors for r in a + b):
             print("  WARNING: some rounds had errors (above): their figures are not comparable")
 

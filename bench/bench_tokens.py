@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_decision import WrkResult, nginx_conf, parse_wrk  # noqa: E402
+
 from harness.procs import Proc, find_tool, free_port, http_status  # noqa: E402
 from harness.redis import RedisServer  # noqa: E402
 from harness.tokens import APP, TokenServer  # noqa: E402

@@ -103,7 +103,7 @@ class OAuth2Proxy:
             argv = ["taskset", "-c", cpu, *argv]
         self.proc = Proc("oauth2-proxy", argv, workdir / "oauth2-proxy.log", env=env)
 
-    def start(self) -> "OAuth2Proxy":
+    def start(self) -> OAuth2Proxy:
         self.proc.start()
         self.proc.wait_until(lambda: http_status(self.port, "/ping") == 200, what="answering /ping")
         return self

@@ -1,5 +1,5 @@
 """The `forwardauth` command: the core's commands (serve, check, explain, keys,
-session), then each part's command groups (composition.commands()), in part
+session, state), then each part's command groups (composition.commands()), in part
 order. Every command runs as `func(args, env)` with the composition's
 `CliEnv` (services.commands). `check` and `explain` import no aiohttp."""
 
@@ -9,20 +9,25 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from forwardauth import __version__, composition, explain
 from forwardauth.core import keyring
+from forwardauth.core.config import Config
 from forwardauth.core.credentials import MAX_COOKIE_BYTES
 from forwardauth.core.durations import format_duration
 from forwardauth.core.errors import ConfigError
-from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.core.runtime import Runtime, resolve_path, resolve_state_url
 from forwardauth.core.sealing import SealError
 from forwardauth.core.session import MAX_FIELD as MAX_SESSION_FIELD
 from forwardauth.core.session import MAX_GROUPS as MAX_SESSION_GROUPS
+from forwardauth.services import keys as keys_service
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
-from forwardauth.state import open_store
+from forwardauth.state import StateStore, open_store
 
+T = TypeVar("T")
 
 # --- serve -------------------------------------------------------------------
 
@@ -76,9 +81,22 @@ def _register_keys(sub: SubCommands) -> None:
     g.add_argument("-o", "--output", help="write a new key ring here (refuses to overwrite)")
     g.add_argument("--rotate", metavar="FILE", help="add a new sealing key to FILE; old keys still open")
     g.set_defaults(func=_cmd_keys_generate)
-    ls = ks.add_parser("list", help="list the key ids of a key ring file (never the secrets)")
+    ls = ks.add_parser("list", help="list the key ids of a key ring file and their roles (never the secrets)")
     ls.add_argument("file", help="the key ring file")
     ls.set_defaults(func=_cmd_keys_list)
+    rt = ks.add_parser("retire", help="stop a key opening cookies (its sessions end); its data at rest still opens")
+    rt.add_argument("file", help="the key ring file")
+    rt.add_argument("key_id", help="the key (not the first one)")
+    rt.set_defaults(func=_cmd_keys_retire)
+    rs = ks.add_parser("reseal", help="seal TOTP secrets and database credentials anew under the first key")
+    rs.add_argument("-c", "--config", required=True, help="the config file (YAML): its key ring and state store")
+    rs.set_defaults(func=_cmd_keys_reseal)
+    rm = ks.add_parser("remove", help="remove a key from the config's key ring, after saying what that retires")
+    rm.add_argument("-c", "--config", required=True, help="the config file (YAML): its key ring and state store")
+    rm.add_argument("key_id", help="the key (not the first one)")
+    rm.add_argument("--force", action="store_true",
+                    help="remove it although tokens or data at rest still need it (they stop working)")
+    rm.set_defaults(func=_cmd_keys_remove)
 
 
 def _cmd_keys_generate(args: argparse.Namespace, env: CliEnv) -> int:
@@ -112,10 +130,81 @@ def _cmd_keys_list(args: argparse.Namespace, env: CliEnv) -> int:
     ring = _load_ring(args.file)
     for i, k in enumerate(ring.keys):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created)) if k.created else "-"
-        print(f"{k.id}\t{'seals+opens' if i == 0 else 'opens'}\tcreated {created}Z")
+        print(f"{k.id}\t{'seals+opens' if i == 0 else 'opens'} {'+'.join(k.roles)}\tcreated {created}Z")
     for i, sk in enumerate(ring.signing):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sk.created)) if sk.created else "-"
         print(f"{sk.id}\t{sk.alg} {'signs+verifies' if i == 0 else 'verifies'}\tcreated {created}Z")
+    return 0
+
+
+def _cmd_keys_retire(args: argparse.Namespace, env: CliEnv) -> int:
+    try:
+        ring = keyring.retire(_load_ring(args.file), args.key_id, "cookies")
+    except keyring.KeyRingError as exc:
+        raise CliError(str(exc)) from None
+    ring.save(args.file)
+    print(f"{args.file}: {args.key_id} no longer opens cookies once every process reloads (SIGHUP): sessions, "
+          "login states and forms sealed under it end. Its data at rest (TOTP secrets, database credentials, "
+          "the roots of API tokens minted under it) still opens; `keys reseal` seals the data anew, and "
+          "`keys remove` says what else still needs it.")
+    return 0
+
+
+def _ring_file(cfg: Config) -> str:
+    if not cfg.keys.file:
+        raise CliError("this config's keys are inline (keys.inline): edit them there")
+    return str(resolve_path(cfg, cfg.keys.file))
+
+
+def _store_work(cfg: Config, work: Callable[[StateStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(with_store(cfg, go()))
+
+
+def _cmd_keys_reseal(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+    ring = Runtime.build(cfg).keyring
+    done = _store_work(cfg, lambda store: keys_service.reseal(store, ring))
+    print(f"sealed anew under {ring.current.id}: {done.totp} TOTP secrets, {done.dbcreds} database credentials")
+    if done.unreadable:
+        print(f"these no longer open with this key ring (their key was removed): {', '.join(done.unreadable)}; "
+              "reset them (users totp reset, dbcreds set)")
+        return 1
+    return 0
+
+
+def _cmd_keys_remove(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+    path = _ring_file(cfg)
+    ring = _load_ring(path)
+    try:
+        smaller = keyring.remove(ring, args.key_id)
+    except keyring.KeyRingError as exc:
+        raise CliError(str(exc)) from None
+    key = ring.get(args.key_id)
+    assert key is not None
+    deps = _store_work(cfg, lambda store: keys_service.dependents(store, args.key_id))
+    print(f"removing {args.key_id} retires:")
+    print("  cookies: " + ("every session, login state and form sealed under it (their holders sign in again)"
+                           if "cookies" in key.roles else "none (retired already)"))
+    print(f"  API tokens minted under it, still valid: {len(deps.tokens)}"
+          + (f" ({', '.join(deps.tokens)}; issue new ones)" if deps.tokens else ""))
+    print(f"  TOTP secrets sealed under it: {len(deps.totp)}" + (f" ({', '.join(deps.totp)})" if deps.totp else ""))
+    print(f"  database credentials sealed under it: {len(deps.dbcreds)}"
+          + (f" ({', '.join(deps.dbcreds)})" if deps.dbcreds else ""))
+    if deps.at_rest and not args.force:
+        raise CliError(f"not removed: {deps.at_rest} things stored still need {args.key_id} "
+                       "(`keys reseal` seals TOTP secrets and database credentials anew; tokens must be issued "
+                       "again); --force removes it anyway")
+    smaller.save(path)
+    print(f"{path}: {args.key_id} removed; it takes effect when every process reloads (SIGHUP)")
     return 0
 
 
@@ -181,10 +270,60 @@ def _cmd_session_revoke(args: argparse.Namespace, env: CliEnv) -> int:
 
 
 
+# --- state -------------------------------------------------------------------
+
+
+def _register_state(sub: SubCommands) -> None:
+    p = sub.add_parser("state", help="the state store's continuity (see README: When things break)")
+    ss = p.add_subparsers(dest="state_cmd", required=True)
+    st = ss.add_parser("status", help="is the store known good? (exit 0 when it is, 1 with the reason)")
+    st.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    st.set_defaults(func=_cmd_state_status)
+    ack = ss.add_parser("ack", help="the store as it is now is the truth: clear a recorded loss of its data, "
+                                    "or end a new Redis store's wait")
+    ack.add_argument("-c", "--config", required=True, help="the config file (YAML)")
+    ack.set_defaults(func=_cmd_state_ack)
+
+
+def _cmd_state_status(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> str | None:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            await store.revocation_version()  # reads the marker / the recorded loss
+            return store.problem()
+        finally:
+            await store.close()
+
+    problem = asyncio.run(with_store(cfg, go()))
+    if problem is not None:
+        print(problem)
+        return 1
+    print("ok")
+    return 0
+
+
+def _cmd_state_ack(args: argparse.Namespace, env: CliEnv) -> int:
+    cfg = env.config(args)
+
+    async def go() -> str:
+        store = open_store(resolve_state_url(cfg))
+        await store.open()
+        try:
+            return await store.acknowledge()
+        finally:
+            await store.close()
+
+    print(asyncio.run(with_store(cfg, go())))
+    return 0
+
+
 # --- main --------------------------------------------------------------------
 
 COMMANDS: tuple[Register, ...] = (_register_serve, _register_check, explain.register, _register_keys,
-                                  _register_session)
+                                  _register_session, _register_state)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,9 +22,10 @@ The order matters where parts are asked in turn: credential sources
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from forwardauth.core.authorize import StorePolicy
 from forwardauth.core.config import Config, SectionParser
@@ -55,7 +56,7 @@ class Part:
     name: str
     sections: Mapping[str, SectionParser] = field(default_factory=dict)
     commands: Callable[[], Sequence[Register]] | None = None
-    web: Callable[[], "WebBuild"] | None = None
+    web: Callable[[], WebBuild] | None = None
     decisions: Callable[[], DecisionLoader] | None = None
     audit_target: Callable[[Config], str] | None = None
     store_policy: Callable[[Config], StorePolicy] | None = None
@@ -70,13 +71,13 @@ def _signin_commands() -> Sequence[Register]:
     return cli.commands()
 
 
-def _signin_web() -> "WebBuild":
+def _signin_web() -> WebBuild:
     from forwardauth.signin import web
 
     return web.build
 
 
-def _oidc_web() -> "WebBuild":
+def _oidc_web() -> WebBuild:
     from forwardauth.oidc import web
 
     return web.build
@@ -88,7 +89,7 @@ def _tokens_commands() -> Sequence[Register]:
     return cli.commands()
 
 
-def _tokens_web() -> "WebBuild":
+def _tokens_web() -> WebBuild:
     from forwardauth.tokens import web
 
     return web.build
@@ -97,7 +98,7 @@ def _tokens_web() -> "WebBuild":
 def _tokens_decisions() -> DecisionLoader:
     from forwardauth.tokens.decisions import BearerTokens
 
-    async def load(store: "StateStore", revocations: "RevocationView") -> "DecisionPart":
+    async def load(store: StateStore, revocations: RevocationView) -> DecisionPart:
         tokens = BearerTokens(revocations)
         await tokens.load(store)
         return tokens
@@ -116,7 +117,7 @@ def _devices_commands() -> Sequence[Register]:
     return cli.commands()
 
 
-def _devices_web() -> "WebBuild":
+def _devices_web() -> WebBuild:
     from forwardauth.devices import web
 
     return web.build
@@ -181,7 +182,7 @@ def decision_loaders() -> list[DecisionLoader]:
     return [p.decisions() for p in PARTS if p.decisions is not None]
 
 
-def build_app(runtime: Runtime, store: "StateStore | None" = None) -> "web.Application":
+def build_app(runtime: Runtime, store: StateStore | None = None) -> web.Application:
     """The web app with every part: what `forwardauth serve` runs (and the tests)."""
     from forwardauth.web.app import build_app as build
 

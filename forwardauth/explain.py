@@ -30,10 +30,10 @@ from forwardauth.core.policy import Rule
 from forwardauth.core.request import FORWARDED, NGINX, AmbiguousPath, BadRequest, OriginalRequest, build, from_url
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.services.commands import CliEnv, CliError, SubCommands, csv, duration
 from forwardauth.state import open_store
 from forwardauth.state.base import StoreUnavailable
+from forwardauth.state.revocations import Revocations
 
 PROXIES = {"nginx": (NGINX, False), "traefik": (FORWARDED, True), "caddy": (FORWARDED, True)}
 # Answer headers whose values are credentials: shown by name only.
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, env: CliEnv) -> int:
         headers["Authorization"] = f"Bearer {args.token}"
     given = valid(session, Source.NONE) if session is not None else None
     result = authorizer.judge(req, headers, now, HEALTHY, credential=given)
-    return _show(args, cfg, req, result, checked)
+    return _print(args, cfg, req, result, checked)
 
 
 def _runtime_for_policy(cfg: Config) -> Runtime:
@@ -152,17 +152,19 @@ def _answer(result: Result) -> dict[str, Any]:
     return {"status": ans.status, "headers": headers, "body": ans.body}
 
 
-def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: Result, checked: bool) -> int:
+def _print(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: Result, checked: bool) -> int:
     decision = result.decision
     assert decision is not None
     policy = cfg.policy
     session = decision.session or (result.credential.session if result.credential else None)
     rule, skipped = policy.explain(req.host, req.path, req.method, req.client)
-    readings = [{"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
-                for m in req.methods for p in req.paths]
+    readings: list[dict[str, Any]] = [
+        {"path": p, "method": m, "matched": _rule_ref(policy.match(req.host, p, m, req.client))}
+        for m in req.methods for p in req.paths]
     proven_ago = args.proven_ago if args.user else (
         float(int(max(0.0, time.time() - session.auth_time))) if session is not None else None)
-    out = {
+    answer = _answer(result)
+    out: dict[str, Any] = {
         "request": {"method": req.method, "url": req.url, "host": req.host, "path": req.path,
                     "client": str(req.client) if req.client else None},
         "identity": None if session is None else {"user": session.sub, "groups": list(session.groups),
@@ -178,7 +180,7 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
         "reason": decision.reason,
         "required_level": decision.required_level,
         "max_age": decision.max_age,
-        "answer": _answer(result),
+        "answer": answer,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -205,7 +207,6 @@ def _show(args: argparse.Namespace, cfg: Config, req: OriginalRequest, result: R
             label = policy.rules[ref["rule"]].label if ref else "no rule"
             print(f"  {reading['method']} {reading['path']}: {label}")
     print(f"outcome:  {decision.outcome.value}: {decision.reason}")
-    answer = out["answer"]
     print(f"answer:   {answer['status']} from /auth/{args.proxy}")
     for k, v in answer["headers"]:
         print(f"  {k}: {v}")

@@ -17,7 +17,7 @@
   the parts add to an allow (the tokens part's identity assertion).
 
 `Authorizer` is pure: no aiohttp, no I/O, no clock of its own. The aiohttp
-handler of /auth/* (web/decisions.py) is a thin adapter around
+handler of /auth/* (web/decision_endpoints.py) is a thin adapter around
 `Authorizer.authorize`, and `forwardauth explain` calls `Authorizer.judge`,
 the very same code from the credential on, so it answers what the server
 would.
@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Mapping, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from forwardauth.core import responses
 from forwardauth.core.config import Config
 from forwardauth.core.cookies import cookie_value, set_cookie
-from forwardauth.core.credentials import (Credential, CredentialSource, RevocationView, Source, Status,
-                                          session_cookie)
+from forwardauth.core.credentials import Credential, CredentialSource, RevocationView, Source, Status, session_cookie
 from forwardauth.core.decision import Decision, Outcome, decide
 from forwardauth.core.durations import format_duration
 from forwardauth.core.logs import Throttle
@@ -207,7 +207,9 @@ class Result:
         self.wire: object | None = None
 
 
-_REFUSALS = Throttle(per_interval=10, interval=1.0)
+_REFUSALS = Throttle(per_interval=10, interval=1.0, name="refused_requests")
+# Denied decisions: limits.denial_log_lines a second (set from the config at each call).
+_DENIALS = Throttle(per_interval=10, interval=1.0, name="denials")
 
 
 class Authorizer:
@@ -295,6 +297,8 @@ class Authorizer:
         cfg = self.config
         decision = decide(req, session, cfg.policy, cfg.levels, now)
         ans = self.policy.refuse(cfg, decision, cred, health)
+        if ans is not None and self.via_nginx:
+            ans = responses.unavailable_via_nginx(ans)
         if ans is None:
             ans = responses.answer(cfg, decision, req, self.redirects, cred)
             if decision.outcome is Outcome.ALLOW and self.allow_headers:
@@ -329,7 +333,7 @@ class Authorizer:
             return
         fields: dict[str, object] = {"endpoint": self.endpoint, "reason": str(exc)}
         if ambiguous:
-            target = dict(zip(self.convention.fields, values))
+            target = dict(zip(self.convention.fields, values, strict=True))
             uri = target.get("X-Original-URL") or target.get("X-Original-URI") or target.get("X-Forwarded-Uri") or ""
             fields["path"] = uri.split("?", 1)[0][:200].encode("ascii", "backslashreplace").decode()
         if skipped:
@@ -337,26 +341,30 @@ class Authorizer:
         log.warning("request refused" if not ambiguous else "ambiguous path refused", extra={"fields": fields})
 
 
-def log_denial(result: Result) -> None:
+def log_denial(result: Result, per_second: int = 10) -> None:
     """One log line for a decision that said no (the common anonymous
-    "please sign in" is left out)."""
+    "please sign in" is left out), at most `per_second` a second
+    (limits.denial_log_lines): a flood of denials is a counter, not a flood
+    on the disk. The next line written says how many were left out."""
     decision, req, cred = result.decision, result.request, result.credential
     if decision is None or req is None or cred is None:
         return
     if decision.outcome is Outcome.UNAUTHENTICATED and cred.reason == "absent":
         return
-    log.info(
-        "decision",
-        extra={
-            "fields": {
-                "outcome": decision.outcome.value,
-                "reason": decision.reason,
-                "cookie": cred.label,
-                "user": decision.session.sub if decision.session else None,
-                "host": req.host,
-                "path": req.path,
-                "method": req.method,
-                "client": str(req.client) if req.client else None,
-            }
-        },
-    )
+    _DENIALS.per_interval = per_second
+    skipped = _DENIALS.allow()
+    if skipped is None:
+        return
+    fields: dict[str, object] = {
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+        "cookie": cred.label,
+        "user": decision.session.sub if decision.session else None,
+        "host": req.host,
+        "path": req.path,
+        "method": req.method,
+        "client": str(req.client) if req.client else None,
+    }
+    if skipped:
+        fields["suppressed"] = skipped
+    log.info("decision", extra={"fields": fields})

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
+from forwardauth.core import yamlsafe
 from forwardauth.core.durations import format_duration, parse_duration
 from forwardauth.core.errors import ConfigError
 from forwardauth.core.levels import Level, Levels
+from forwardauth.core.limits import Limits, parse_limits
 from forwardauth.core.policy import Action, PathPattern, Policy, Rule
+from forwardauth.core.shown import show
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,6 +84,7 @@ class Config:
     sections: dict[str, Any] = field(default_factory=dict)
     # Valid but probably not meant (shown by `check`, logged by `serve`).
     warnings: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
 
 
 # A part's config section: parser(reader, raw value, config so far) -> its
@@ -161,19 +166,16 @@ class Reader:
         return tuple(out)
 
 
-def show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:
     """Read and validate a YAML config file. Raises ConfigError listing every problem.
     `sections`: the parts' config sections (composition.load_config passes them all)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:  # was a traceback out of `check` (found by bench/fuzz.py's inputs)
+        raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(text, str(p), sections)
 
 
@@ -183,14 +185,16 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
     parsers = sections or {}
     r = Reader(file)
     try:
-        raw = yaml.safe_load(text)
+        raw = yamlsafe.load(text)
+    except yamlsafe.YamlRefused as exc:
+        raise ConfigError([f"{file}: YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise ConfigError([f"{file}: {where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
     if raw is None:
         raw = {}
-    core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy"}
+    core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy", "limits"}
     top = r.mapping(raw, "", core | set(parsers))
     server = _server(r, top.get("server"))
     session = _session(r, top.get("session"))
@@ -203,6 +207,7 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
             r.error("revocation.refresh_interval", f"must be at least 50ms, got {show(rev['refresh_interval'])}")
         refresh = 2.0
     headers = _headers(r, top.get("headers"))
+    limits = parse_limits(r, top.get("limits"))
     levels = _levels(r, top.get("levels"))
     policy = _policy(r, top.get("policy"), levels)
     so_far: dict[str, Any] = {"server": server, "session": session, "levels": levels, "policy": policy}
@@ -212,7 +217,8 @@ def parse_config(text: str, file: str = "<config>", sections: Mapping[str, Secti
             parsed[name] = parser(r, top[name], so_far)
     if r.problems:
         raise ConfigError(r.problems)
-    return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings))
+    return Config(file, server, session, keys, state, refresh, headers, levels, policy, parsed, tuple(r.warnings),
+                  limits)
 
 
 def _server(r: Reader, raw: Any) -> ServerConfig:
@@ -226,7 +232,7 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     host, port = dflt.listen_host, dflt.listen_port
     listen = d.get("listen")
     if listen is not None:
-        m = re.match(r"^\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$", str(listen))
+        m = re.match(r"^\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$", listen) if isinstance(listen, str) else None
         if not m or not (0 < int(m.group(2)) < 65536):
             r.error(f"{w}.listen", f"must be HOST:PORT, got {show(listen)}")
         else:
@@ -305,8 +311,12 @@ def _keys(r: Reader, raw: Any) -> KeysConfig:
 
 
 def _state(r: Reader, raw: Any) -> str:
-    if not isinstance(raw, str) or not re.match(r"^(sqlite://.+|memory://|redis(s)?://.+)$", raw):
-        r.error("state", f"must be sqlite:///path, memory:// or redis://..., got {show(raw)}")
+    if not isinstance(raw, str) or not re.match(r"^(sqlite://.+|memory://|redis(s)?://.+|redis\+sentinel://.+)$", raw):
+        r.error("state", f"must be sqlite:///path, memory://, redis://... or redis+sentinel://..., got {show(raw)}")
+        return "memory://"
+    if raw.startswith("redis+sentinel://") and not re.match(
+            r"^redis\+sentinel://([^@/]*@)?[^@/,:]+:\d+(,[^@/,:]+:\d+)*/[^/]+(/\d+)?/?$", raw):
+        r.error("state", "a sentinel URL is redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
         return "memory://"
     return raw
 
@@ -437,7 +447,8 @@ def _rule(r: Reader, i: int, entry: Any, levels: Levels) -> Rule | None:
         r.error(w, "must say exactly one of `allow: anonymous`, `deny: true`, `level: NAME`, `methods_levels`"
                 + (f" (has {', '.join(has)})" if has else ""))
         return None
-    action, level, mlevels = Action.LEVEL, None, ()
+    action, level = Action.LEVEL, None
+    mlevels: tuple[tuple[str, str], ...] = ()
     if "allow" in d:
         if d["allow"] != "anonymous":
             r.error(f"{w}.allow", f"the only allowed value is anonymous, got {show(d['allow'])}")

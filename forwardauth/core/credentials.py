@@ -20,13 +20,14 @@ decision, and a frozen dataclass costs several times as much to make.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from enum import Enum
-from typing import Mapping, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from forwardauth.core.levels import Levels
 from forwardauth.core.request import OriginalRequest
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
 from forwardauth.core.session import Session, new_session_id
 
 MAX_OPENED = 20_000  # opened cookies remembered per process

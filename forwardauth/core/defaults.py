@@ -8,8 +8,8 @@ the keys made on first use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from forwardauth.core import keyring
 from forwardauth.core.config import Config

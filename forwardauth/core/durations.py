@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+from forwardauth.core.shown import show
+
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 
@@ -21,18 +23,18 @@ def parse_duration(value: object) -> float:
     every time, so it would never expire.
     """
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {show(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
         m = _RE.match(value)
         if not m:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 12h, 30d)")
+            raise ValueError(f"not a duration: {show(value)} (use e.g. 90s, 15m, 12h, 30d)")
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     else:
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {show(value)}")
     if not math.isfinite(seconds) or seconds < 0 or seconds > 10 * 365 * 86400:
-        raise ValueError(f"duration out of range: {value!r}")
+        raise ValueError(f"duration out of range: {show(value)}")
     return seconds
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from forwardauth.core.shown import show  # one bounded repr for every message
+
+__all__ = ["ConfigError", "show"]
+
 
 class ConfigError(Exception):
     """A configuration problem: names the file, the place (rule, field) and the value.

@@ -1,8 +1,23 @@
-"""The key ring: the first key seals, every listed key opens.
+"""The key ring: the first key seals, every listed key opens what its roles say.
 
 Master secrets are never used directly: each purpose (session cookies,
 login-state cookies, secrets at rest, ...) gets its own key derived with
 HKDF-SHA256, so a key used for one thing cannot be abused for another.
+
+Each key has roles (`ROLES`), so that retiring the cookies of a key does not
+retire data stored under it:
+
+- "cookies": what lives in browsers and forms for hours (session cookies,
+  login states, CSRF tokens, a TOTP set-up in progress, sign-out state);
+- "data": what lives in the state store or in clients for months (TOTP
+  secrets and service accounts' database credentials, sealed; the root of
+  every API token, derived from the key it was minted under).
+
+A key without "roles" in the file has both; the first key (it seals and
+mints) must have both. `keys retire` takes "cookies" away (its sessions
+end; its data still opens), `keys reseal` seals data at rest anew under
+the first key, and `keys remove` says what removing a key retires (the
+tokens minted under it, any data not re-sealed) before it does it.
 """
 
 from __future__ import annotations
@@ -15,15 +30,18 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from forwardauth.core.shown import show
+
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 SECRET_BYTES = 32
+ROLES = ("cookies", "data")
 
 
 class KeyRingError(ValueError):
@@ -46,6 +64,7 @@ class Key:
     id: str
     secret: bytes = field(repr=False)
     created: float = 0.0
+    roles: tuple[str, ...] = ROLES  # what it still opens (see the module)
 
 
 @dataclass(frozen=True)
@@ -75,11 +94,17 @@ class KeyRing:
         sids = [k.id for k in self.signing]
         if len(set(sids)) != len(sids):
             raise KeyRingError("signing key ids must be unique")
-        for k in self.keys + self.signing:  # type: ignore[operator]
+        every: tuple[Key | SigningKey, ...] = (*self.keys, *self.signing)
+        for k in every:
             if not KEY_ID_RE.match(k.id):
                 raise KeyRingError(f"key id {k.id!r} must be 1-32 of A-Z a-z 0-9 _ -")
             if isinstance(k, Key) and len(k.secret) < SECRET_BYTES:
                 raise KeyRingError(f"key {k.id!r}: secret must be at least {SECRET_BYTES} bytes")
+            if isinstance(k, Key) and (not k.roles or any(r not in ROLES for r in k.roles)):
+                raise KeyRingError(f"key {k.id!r}: roles must be some of {', '.join(ROLES)}")
+        if set(self.keys[0].roles) != set(ROLES):
+            raise KeyRingError(f"key {self.keys[0].id!r} is the first key (it seals): it must have every role "
+                               f"({', '.join(ROLES)})")
         object.__setattr__(self, "_by_id", {k.id: k for k in self.keys})
         object.__setattr__(self, "_derived", {})
 
@@ -89,6 +114,11 @@ class KeyRing:
 
     def get(self, key_id: str) -> Key | None:
         return self._by_id.get(key_id)  # type: ignore[attr-defined]
+
+    def opener(self, key_id: str, role: str) -> Key | None:
+        """The key `key_id` if it is in the ring and still opens `role`'s values."""
+        k = self._by_id.get(key_id)  # type: ignore[attr-defined]
+        return k if k is not None and role in k.roles else None
 
     def derive(self, key_id: str, purpose: str, length: int = 32) -> bytes:
         """The subkey of `key_id` for `purpose` (memoised; HKDF is not free)."""
@@ -113,7 +143,7 @@ class KeyRing:
         return self.signing[0] if self.signing else None
 
     @classmethod
-    def from_entries(cls, entries: list, where: str, signing: list | None = None) -> "KeyRing":
+    def from_entries(cls, entries: object, where: str, signing: object = None) -> KeyRing:
         if not isinstance(entries, list) or not entries:
             raise KeyRingError(f"{where}: must be a non-empty list of {{id, secret}}")
         keys = []
@@ -123,12 +153,13 @@ class KeyRing:
             try:
                 secret = b64d(e["secret"])
             except ValueError:
-                raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): secret is not base64url") from None
-            keys.append(Key(e["id"], secret, _created(e, f"{where}[{i}] (id {e['id']!r})")))
+                raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): secret is not base64url") from None
+            keys.append(Key(e["id"], secret, _created(e, f"{where}[{i}] (id {show(e['id'], 40)})"),
+                            _roles(e, f"{where}[{i}] (id {show(e['id'], 40)})")))
         return cls(tuple(keys), _signing_entries(signing, where.rsplit(":", 1)[0] + ": signing"))
 
     @classmethod
-    def load(cls, path: str | Path) -> "KeyRing":
+    def load(cls, path: str | Path) -> KeyRing:
         p = Path(path)
         try:
             data = json.loads(p.read_text())
@@ -143,7 +174,8 @@ class KeyRing:
     def to_json(self) -> str:
         out: dict = {
             "version": 1,
-            "keys": [{"id": k.id, "secret": b64e(k.secret), "created": int(k.created)} for k in self.keys],
+            "keys": [{"id": k.id, "secret": b64e(k.secret), "created": int(k.created),
+                      **({"roles": list(k.roles)} if set(k.roles) != set(ROLES) else {})} for k in self.keys],
         }
         if self.signing:
             out["signing"] = [
@@ -190,8 +222,43 @@ def generate() -> KeyRing:
 
 
 def rotate(ring: KeyRing) -> KeyRing:
-    """A ring whose new first keys seal and sign; the old keys still open and verify."""
+    """A ring whose new first keys seal and sign; the old keys still open (every role they had) and verify."""
     return KeyRing((new_key(ring.keys),) + ring.keys, (new_signing_key(ring.signing),) + ring.signing)
+
+
+def retire(ring: KeyRing, key_id: str, role: str) -> KeyRing:
+    """The ring with `role` taken from `key_id` (never from the first key)."""
+    k = ring.get(key_id)
+    if k is None:
+        raise KeyRingError(f"no key {key_id!r} in the ring")
+    if k is ring.current:
+        raise KeyRingError(f"{key_id} is the first key (it seals): rotate first (keys generate --rotate)")
+    if role not in k.roles:
+        return ring
+    if set(k.roles) == {role}:
+        raise KeyRingError(f"{key_id} opens only {role} now: remove it instead (keys remove)")
+    keys = tuple(replace(x, roles=tuple(r for r in x.roles if r != role)) if x is k else x for x in ring.keys)
+    return KeyRing(keys, ring.signing)
+
+
+def remove(ring: KeyRing, key_id: str) -> KeyRing:
+    """The ring without `key_id` (never the first key)."""
+    k = ring.get(key_id)
+    if k is None:
+        raise KeyRingError(f"no key {key_id!r} in the ring")
+    if k is ring.current:
+        raise KeyRingError(f"{key_id} is the first key (it seals): rotate first (keys generate --rotate)")
+    return KeyRing(tuple(x for x in ring.keys if x is not k), ring.signing)
+
+
+def _roles(entry: dict, where: str) -> tuple[str, ...]:
+    """The optional "roles" field: a list of some of ROLES (absent: all)."""
+    v = entry.get("roles")
+    if v is None:
+        return ROLES
+    if not isinstance(v, list) or not v or any(r not in ROLES for r in v) or len(set(v)) != len(v):
+        raise KeyRingError(f"{where}: roles must be a non-empty list of some of {', '.join(ROLES)}")
+    return tuple(r for r in ROLES if r in v)
 
 
 def _signing_entries(entries: object, where: str) -> tuple[SigningKey, ...]:
@@ -205,14 +272,15 @@ def _signing_entries(entries: object, where: str) -> tuple[SigningKey, ...]:
         if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not isinstance(e.get("private"), str):
             raise KeyRingError(f"{where}[{i}]: each signing key needs string fields 'id' and 'private'")
         if e.get("alg", "ES256") != "ES256":
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): alg must be ES256")
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): alg must be ES256")
         try:
             key = serialization.load_der_private_key(b64d(e["private"]), password=None)
         except (ValueError, TypeError):
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): private is not a base64url PKCS#8 key") from None
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): private is not a base64url PKCS#8 key"
+                               ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise KeyRingError(f"{where}[{i}] (id {e['id']!r}): must be a P-256 key")
-        out.append(SigningKey(e["id"], key, _created(e, f"{where}[{i}] (id {e['id']!r})")))
+            raise KeyRingError(f"{where}[{i}] (id {show(e['id'], 40)}): must be a P-256 key")
+        out.append(SigningKey(e["id"], key, _created(e, f"{where}[{i}] (id {show(e['id'], 40)})")))
     return tuple(out)
 
 
@@ -225,12 +293,9 @@ def _created(entry: dict, where: str) -> float:
         try:
             v = float(v)
         except ValueError:
-            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}") from None
+            raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {_show(v)}")
+        raise KeyRingError(f"{where}: created must be a time in unix seconds, got {show(v, 40)}")
     return float(v)
 
 
-def _show(v: object) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -6,8 +6,8 @@ proved (acr, else amr), never taken from what was asked for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True)

@@ -37,17 +37,25 @@ def setup(level: str = "info") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# Every named Throttle, for forwardauth_log_lines_suppressed_total{what} (web/metrics.py).
+THROTTLES: dict[str, Throttle] = {}
+
+
 class Throttle:
     """At most `per_interval` lines per `interval` seconds from one call site;
     the rest are counted, and the next line that is written carries how many
     were left out (`suppressed`). A flood of bad requests is then a counter,
-    not a flood on the disk. The event loop is one thread: no lock."""
+    not a flood on the disk. With a `name`, the lines left out since start
+    are exported as a metric. The event loop is one thread: no lock."""
 
-    def __init__(self, per_interval: int = 10, interval: float = 1.0):
+    def __init__(self, per_interval: int = 10, interval: float = 1.0, name: str | None = None):
         self.per_interval, self.interval = per_interval, interval
         self._window = 0.0
         self._written = 0
-        self.suppressed = 0
+        self.suppressed = 0  # left out since the last line written
+        self.total_suppressed = 0  # left out since start
+        if name is not None:
+            THROTTLES[name] = self
 
     def allow(self) -> int | None:
         """None when this line is to be left out; else how many were left out before it."""
@@ -56,6 +64,7 @@ class Throttle:
             self._window, self._written = now, 0
         if self._written >= self.per_interval:
             self.suppressed += 1
+            self.total_suppressed += 1
             return None
         self._written += 1
         skipped, self.suppressed = self.suppressed, 0

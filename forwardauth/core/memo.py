@@ -33,7 +33,8 @@ limit, and an empty table costs one slow request per key.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from forwardauth.core.request import OriginalRequest
 from forwardauth.core.session import Session

@@ -118,6 +118,8 @@ def _decode(raw: str) -> str:
         text = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("path is not valid UTF-8 after percent-decoding") from None
+    except UnicodeEncodeError:  # a lone surrogate: a caller's own str (found by bench/fuzz.py)
+        raise BadRequest("path is not valid text") from None
     if not text.isprintable():
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
             raise BadRequest("path contains control characters")

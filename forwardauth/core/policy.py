@@ -11,11 +11,13 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Iterator
 
 from cachetools import LRUCache
+
+from forwardauth.core.shown import show
 
 
 class Action(str, Enum):
@@ -33,10 +35,10 @@ class PathPattern:
     regex: re.Pattern[str] | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "PathPattern":
+    def parse(cls, text: str) -> PathPattern:
         """Raises ValueError naming what is wrong with the pattern."""
         if not isinstance(text, str) or not text:
-            raise ValueError(f"path pattern must be a non-empty string, got {text!r}")
+            raise ValueError(f"path pattern must be a non-empty string, got {show(text)}")
         if text.startswith("re:"):
             try:
                 return cls(text, "regex", re.compile(text[3:]))
@@ -160,7 +162,7 @@ class Policy:
     _any: tuple[Rule, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def build(cls, rules: Iterable[Rule], default: Action = Action.DENY) -> "Policy":
+    def build(cls, rules: Iterable[Rule], default: Action = Action.DENY) -> Policy:
         rules = tuple(rules)
         exact: dict[str, list[Rule]] = {}
         wild: dict[str, list[Rule]] = {}

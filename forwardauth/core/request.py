@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from forwardauth.core.paths import AmbiguousPath, BadRequest, normalise_path, path_readings
@@ -149,12 +150,12 @@ def parse_uri(value: str | None) -> str:
 
 
 @lru_cache(maxsize=8192)
-def parse_ip(text: str) -> "IPAddress":
+def parse_ip(text: str) -> IPAddress:
     """ipaddress.ip_address, memoised: the same few proxy and client addresses recur."""
     return ipaddress.ip_address(text)
 
 
-_UNSEEN = object()
+_UNSEEN: Any = object()
 
 
 class TrustedNetworks:
@@ -162,18 +163,19 @@ class TrustedNetworks:
     few proxy addresses ask again and again; hashing the network list per
     call, as a plain lru_cache key would, costs more than the check)."""
 
-    def __init__(self, networks: tuple):
+    def __init__(self, networks: Iterable[IPNetwork]):
         self.networks = tuple(networks)
-        self._seen: dict = {}
+        self._seen: dict[object, bool] = {}
         self._peers: dict[str | None, IPAddress | None] = {}
 
-    def peer(self, remote: str | None) -> "IPAddress | None":
+    def peer(self, remote: str | None) -> IPAddress | None:
         """The peer's address when it is a trusted proxy, else None; memoised by
         the address text the server gives (hashing a str is cheaper than an
         ipaddress object)."""
-        addr = self._peers.get(remote, _UNSEEN)
-        if addr is not _UNSEEN:
-            return addr  # type: ignore[return-value]
+        found = self._peers.get(remote, _UNSEEN)  # one lookup: this runs on every decision
+        if found is not _UNSEEN:
+            return found
+        addr: IPAddress | None
         try:
             addr = parse_ip(remote or "")
         except ValueError:
@@ -182,27 +184,30 @@ class TrustedNetworks:
             addr = None
         if len(self._peers) >= 8192:
             self._peers.clear()
-        self._peers[remote] = addr  # type: ignore[index]
-        return addr  # type: ignore[return-value]
+        self._peers[remote] = addr
+        return addr
 
     def __contains__(self, addr: object) -> bool:
         found = self._seen.get(addr)
         if found is None:
-            found = any(addr in net for net in self.networks)  # type: ignore[operator]
+            found = any(addr in net for net in self.networks)
             if len(self._seen) >= 8192:
                 self._seen.clear()
             self._seen[addr] = found
         return found
 
 
-def is_trusted(addr: "IPAddress", trusted: "TrustedNetworks | tuple") -> bool:
+Trusted = TrustedNetworks | tuple[IPNetwork, ...]  # the trusted proxies, memoised or as configured
+
+
+def is_trusted(addr: IPAddress, trusted: Trusted) -> bool:
     if isinstance(trusted, TrustedNetworks):
         return addr in trusted
     return any(addr in net for net in trusted)
 
 
 def client_address(
-    forwarded_for: str | None, peer: IPAddress | None, trusted: tuple
+    forwarded_for: str | None, peer: IPAddress | None, trusted: Trusted
 ) -> IPAddress | None:
     """The client: the rightmost X-Forwarded-For entry that is not a trusted proxy.
 
@@ -225,7 +230,7 @@ def client_address(
 
 
 def client_of(remote: str | None, forwarded_for: str | None,
-              trusted: "TrustedNetworks | tuple[IPNetwork, ...]") -> IPAddress | None:
+              trusted: TrustedNetworks | tuple[IPNetwork, ...]) -> IPAddress | None:
     """The client of a request made to forwardauth itself (its pages, its API):
     the peer, or, when the peer is a trusted proxy, the client it names in
     X-Forwarded-For (a malformed header: the peer)."""
@@ -249,7 +254,7 @@ def build(
     uri: str | None,
     forwarded_for: str | None,
     peer: IPAddress | None,
-    trusted: tuple,
+    trusted: Trusted,
     accept: str | None,
 ) -> OriginalRequest:
     """Validate each part and assemble the original request."""
@@ -333,7 +338,7 @@ FORWARDED_FIELDS = ("X-Forwarded-Method", "X-Forwarded-Proto", "X-Forwarded-Host
                     "X-Forwarded-For", "Accept")
 
 
-def nginx_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+def nginx_fields(values: tuple[str | None, ...], peer: IPAddress | None, trusted: Trusted) -> OriginalRequest:
     """nginx auth_request: X-Original-URL, or X-Original-URI + Host; X-Original-Method.
 
     Without X-Original-URL the host is the Host header only, never
@@ -353,7 +358,7 @@ def nginx_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> Origi
                  trusted=trusted, accept=accept)
 
 
-def forwarded_fields(values: tuple, peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+def forwarded_fields(values: tuple[str | None, ...], peer: IPAddress | None, trusted: Trusted) -> OriginalRequest:
     """Traefik forwardAuth and Caddy forward_auth: the FORWARDED_FIELDS headers in order."""
     method, proto, host, uri, fwd_for, accept = values
     return build(method=method, scheme=proto, host=host, uri=uri, forwarded_for=fwd_for, peer=peer,
@@ -365,12 +370,12 @@ class Convention:
     """How one kind of proxy describes the original request."""
 
     fields: tuple[str, ...]
-    parse: Callable[[tuple, "IPAddress | None", tuple], OriginalRequest]
+    parse: Callable[[tuple[str | None, ...], IPAddress | None, Trusted], OriginalRequest]
 
-    def values(self, headers: Mapping[str, str]) -> tuple:
+    def values(self, headers: Mapping[str, str]) -> tuple[str | None, ...]:
         return tuple(map(headers.get, self.fields))
 
-    def __call__(self, headers: Mapping[str, str], peer: IPAddress | None, trusted: tuple) -> OriginalRequest:
+    def __call__(self, headers: Mapping[str, str], peer: IPAddress | None, trusted: Trusted) -> OriginalRequest:
         return self.parse(self.values(headers), peer, trusted)
 
 

@@ -221,6 +221,16 @@ def bad_request(message: str, via_nginx: bool = False) -> Answer:
     return Answer(400, (), body)
 
 
+def unavailable_via_nginx(ans: Answer) -> Answer:
+    """A 503 (the state store's outage policy) for nginx: auth_request would turn
+    it into its own 500, so it is a 403 saying 503 in `X-Forwardauth-Status`,
+    the reason in `X-Forwardauth-Error` (this code's own text: ASCII, one
+    line). The shipped snippet answers the client 503 with Retry-After; a
+    snippet that does not know these headers still refuses, with 403."""
+    reason = ans.body.strip().removeprefix("503 Service Unavailable: ")
+    return Answer(403, ans.headers + (("X-Forwardauth-Status", "503"), ("X-Forwardauth-Error", reason)), ans.body)
+
+
 def untrusted_peer(peer: str | None) -> Answer:
     """403 for a peer that is not one of `server.trusted_proxies` (its address
     as the server saw it, or None when it is not an address)."""

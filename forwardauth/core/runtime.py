@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forwardauth.core.config import Config
+from forwardauth.core.credentials import SessionCodec
 from forwardauth.core.errors import ConfigError
 from forwardauth.core.keyring import KeyRing, KeyRingError
 from forwardauth.core.request import TrustedNetworks
 from forwardauth.core.sealing import Sealer
-from forwardauth.core.credentials import SessionCodec
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Runtime:
     trusted: TrustedNetworks
 
     @classmethod
-    def build(cls, config: Config) -> "Runtime":
+    def build(cls, config: Config) -> Runtime:
         try:
             if config.keys.file:
                 ring = KeyRing.load(resolve_path(config, config.keys.file))

@@ -23,10 +23,13 @@ class SealError(ValueError):
 
 
 class Sealer:
-    def __init__(self, ring: KeyRing, purpose: str, max_length: int = 4096):
+    """`role`: which keys of the ring open it ("cookies" or "data", see core.keyring)."""
+
+    def __init__(self, ring: KeyRing, purpose: str, max_length: int = 4096, role: str = "cookies"):
         self.ring = ring
         self.purpose = purpose
         self.max_length = max_length
+        self.role = role
         self._aead: dict[str, AESGCM] = {}
 
     def _cipher(self, key_id: str) -> AESGCM:
@@ -54,8 +57,8 @@ class Sealer:
         kid, dot, body = token.partition(".")
         if not dot or not KEY_ID_RE.match(kid):
             raise SealError("malformed")
-        if self.ring.get(kid) is None:
-            raise SealError("unknown key")
+        if self.ring.opener(kid, self.role) is None:
+            raise SealError("unknown key" if self.ring.get(kid) is None else f"key retired for {self.role}")
         try:
             raw = b64d(body)
         except ValueError:

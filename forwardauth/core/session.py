@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from forwardauth.core.levels import Levels
 
@@ -71,7 +71,7 @@ class Session:
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Session":
+    def from_json(cls, raw: bytes) -> Session:
         """Strict: every field is type-checked; anything odd raises ValueError."""
         d = json.loads(raw)
         if not isinstance(d, dict) or d.get("v") != 1:

@@ -11,7 +11,7 @@ from forwardauth.core.runtime import Runtime
 from forwardauth.devices.hub import Hub
 from forwardauth.devices.service import DeviceService
 from forwardauth.devices.settings import settings
-from forwardauth.regulation import RegulationConfig, Regulator
+from forwardauth.services.regulation import RegulationConfig, Regulator
 from forwardauth.state.records import Device, RevocationSnapshot
 from forwardauth.web.context import CTX
 

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 import segno
 from aiohttp import web
 
-from forwardauth.accounts import normalise_username
 from forwardauth.core.cookies import clear_cookie, set_cookie
 from forwardauth.core.redirects import safe_redirect
 from forwardauth.core.sealing import Sealer, SealError
@@ -36,6 +35,7 @@ from forwardauth.devices import credentials
 from forwardauth.devices.context import request_service
 from forwardauth.devices.service import DeviceService, Refusal
 from forwardauth.devices.settings import DevicesSettings, settings
+from forwardauth.services.account_names import normalise_username
 from forwardauth.state.records import ApprovalState
 from forwardauth.web.context import CTX, AppContext, Route
 from forwardauth.web.factors import Need, Page

@@ -20,7 +20,7 @@ from forwardauth.devices.approvals import Verdict
 from forwardauth.devices.hub import Connection, Hub, run_poll
 from forwardauth.devices.longpoll import Reply, Snapshot
 from forwardauth.devices.settings import DevicesSettings
-from forwardauth.regulation import Regulator, client_key, user_key
+from forwardauth.services.regulation import Regulator, client_key, user_key
 from forwardauth.state.base import ClaimStore, DeviceStore, FailureStore
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing
 

@@ -192,7 +192,7 @@ def openapi_fragment() -> dict[str, object]:
         "level": {"type": "string"}, "created": {"type": "number"}, "expires": {"type": "number"},
         "phrases": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 3}}}
     etag = {"ETag": {"description": "names the set of pending requests", "schema": {"type": "string"}}}
-    pending = {"type": "object", "required": ["requests"], "properties": {"requests": {
+    pending: dict[str, object] = {"type": "object", "required": ["requests"], "properties": {"requests": {
         "type": "array", "items": {"$ref": "#/components/schemas/ApprovalRequest"}}}}
 
     def body(schema: dict[str, object]) -> dict[str, object]:

@@ -15,16 +15,19 @@ import asyncio
 import base64
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc import jwt
+from joserfc.errors import InvalidPayloadError, JoseError
 from joserfc.jwk import KeySet
 
+from forwardauth.core import jsonstrict
 from forwardauth.oidc.flow import LoginError
 from forwardauth.oidc.settings import OidcConfig
+from forwardauth.web.bodies import BodyError, read_stream
 
 DISCOVERY_TTL = 3600.0  # discovery document kept this long
 KEYS_TTL = 3600.0  # signing keys kept this long, then fetched again at the next sign-in
@@ -32,6 +35,8 @@ JWKS_MIN_INTERVAL = 30.0  # at most one refetch for an unknown kid in this long
 HEALTH_TTL = 10.0  # a provider that answered within this long is taken to be up
 DOWN_TTL = 5.0  # a failed request is remembered this long: starts answer at once
 MAX_DOCUMENT = 256 * 1024
+MAX_DOCUMENT_DEPTH = 32  # a JWKS or a discovery document nests 3 levels deep
+MAX_CLAIMS_DEPTH = 16
 
 
 class ProviderDown(Exception):
@@ -96,9 +101,11 @@ class ProviderClient:
                     raise self._failed(f"provider answered {r.status} for {url}")
                 if r.status != 200:  # it is up: this request was refused (e.g. userinfo's 401)
                     raise ProviderDown(f"provider answered {r.status} for {url}")
-                body = await r.content.read(MAX_DOCUMENT + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                body = await _read(r, url)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
+        except _TooLarge as exc:
+            raise self._failed(str(exc)) from None
         try:
             d = _json_object(body, url)
         except ProviderDown as exc:
@@ -175,23 +182,29 @@ class ProviderClient:
         return keys
 
     async def verify_id_token(self, id_token: str) -> dict:
-        """Signature (algorithm allow-list, key from JWKS) only; claims are checked by flow."""
+        """Signature (algorithm allow-list, key from JWKS), and claims that read one way only
+        (no key twice: `"sub":"alice", ..., "sub":"admin"` is refused, not read as admin);
+        the claims' values are checked by flow."""
         if not isinstance(id_token, str) or len(id_token) > 16384:
             raise LoginError(401, "ID token missing or oversized")
-        try:
-            header = jws.extract_compact(id_token.encode("ascii")).protected
-        except (JoseError, ValueError, UnicodeError):
-            raise LoginError(401, "ID token is malformed") from None
+        header = id_token_header(id_token)
         keys = await self._key_set(refresh=False)
         kid = header.get("kid")
         if kid is not None and not any(k.kid == kid for k in keys.keys):
             keys = await self._key_set(refresh=True)  # the provider may have rotated
         try:
-            return jwt.decode(id_token, keys, algorithms=list(self.cfg.id_token_algorithms)).claims
+            claims = jwt.decode(id_token, keys, algorithms=list(self.cfg.id_token_algorithms),
+                                decoder_cls=jsonstrict.StrictDecoder).claims
+        except InvalidPayloadError as exc:
+            why = exc.__cause__ if isinstance(exc.__cause__, jsonstrict.JsonError) else "not a JSON object"
+            raise LoginError(401, f"ID token claims refused ({why})") from None
         except JoseError as exc:
             raise LoginError(401, f"ID token signature refused ({exc.error})") from None
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise LoginError(401, "ID token is malformed") from None
+        if jsonstrict.depth(claims, MAX_CLAIMS_DEPTH) > MAX_CLAIMS_DEPTH:
+            raise LoginError(401, f"ID token claims refused (nested deeper than {MAX_CLAIMS_DEPTH} levels)")
+        return claims
 
     async def exchange(self, code: str, verifier: str, redirect_uri: str) -> dict:
         meta = await self.metadata()
@@ -200,15 +213,19 @@ class ProviderClient:
         basic = base64.b64encode(f"{_form(self.cfg.client_id)}:{_form(self.cfg.client_secret)}".encode()).decode()
         try:
             async with self._http().post(meta.token_endpoint, data=data,
-                                         headers={"Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
-                body = await r.content.read(MAX_DOCUMENT + 1)
+                                         headers={"Accept": "application/json",
+                                                  "Authorization": f"Basic {basic}"}) as r:
+                body = await _read(r, "token endpoint")
                 status = r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(f"cannot reach the provider ({exc.__class__.__name__})") from None
+        except _TooLarge as exc:
+            raise ProviderDown(str(exc)) from None
         d = _json_object(body, "token endpoint")
         self._answered()
         if status != 200:
-            err = d.get("error") if isinstance(d.get("error"), str) else "error"
+            given = d.get("error")
+            err = given if isinstance(given, str) else "error"
             raise LoginError(400, f"the provider refused the authorization code ({err[:64]})")
         if not isinstance(d.get("id_token"), str):
             raise LoginError(502, "the provider sent no ID token")
@@ -233,15 +250,45 @@ def _url(v: Any) -> str:
     return v
 
 
-def _json_object(body: bytes, what: str) -> dict:
-    import json
+class _TooLarge(Exception):
+    pass
 
+
+async def _read(r: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole answer, at most MAX_DOCUMENT bytes, in however many pieces it arrives
+    (`content.read(n)` alone returns only what has arrived: a token response in two TCP
+    packets was read half and refused as "not JSON"). The session's timeout bounds the time."""
+    if r.content_length is not None and r.content_length > MAX_DOCUMENT:
+        raise _TooLarge(f"{what}: answer too large")
+    try:
+        return await read_stream(r.content, MAX_DOCUMENT)
+    except BodyError:
+        raise _TooLarge(f"{what}: answer too large") from None
+
+
+def _json_object(body: bytes, what: str) -> dict:
+    """One JSON object that reads one way only (jsonstrict: no key twice, bounded nesting)."""
     if len(body) > MAX_DOCUMENT:
         raise ProviderDown(f"{what}: answer too large")
     try:
-        d = json.loads(body)
-    except ValueError:
-        raise ProviderDown(f"{what}: answer is not JSON") from None
+        d = jsonstrict.loads(body, MAX_DOCUMENT_DEPTH)
+    except jsonstrict.JsonError as exc:
+        if str(exc) == "not valid JSON":
+            raise ProviderDown(f"{what}: answer is not JSON") from None
+        raise ProviderDown(f"{what}: answer refused ({exc})") from None
     if not isinstance(d, dict):
         raise ProviderDown(f"{what}: answer is not a JSON object")
     return d
+
+
+def id_token_header(id_token: str) -> dict:
+    """The JOSE header of a compact ID token, read strictly (no key twice, shallow), or LoginError."""
+    head = id_token.split(".", 1)[0]
+    try:
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+        header = jsonstrict.loads(raw, 4)
+    except (ValueError, jsonstrict.JsonError):  # binascii.Error is a ValueError
+        raise LoginError(401, "ID token is malformed") from None
+    if not isinstance(header, dict) or id_token.count(".") != 2:
+        raise LoginError(401, "ID token is malformed")
+    return header

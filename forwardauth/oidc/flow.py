@@ -14,8 +14,9 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from forwardauth.core.levels import Levels
@@ -51,7 +52,7 @@ class LoginState:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "LoginState":
+    def from_json(cls, raw: bytes) -> LoginState:
         d = json.loads(raw)
         if not isinstance(d, dict):
             raise ValueError("bad login state")
@@ -167,12 +168,19 @@ def check_claims(
         raise LoginError(401, "ID token expired")
     if not _number(iat) or iat > now + skew or now - iat > cfg.login_timeout + skew:
         raise LoginError(401, "ID token issued at an unacceptable time (iat)")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not _number(nbf) or nbf > now + skew):  # RFC 7519 4.1.5
+        raise LoginError(401, "ID token not valid yet (nbf)")
     nonce = claims.get("nonce")
     if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), login.nonce.encode()):
         raise LoginError(401, "ID token nonce does not match this login")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise LoginError(401, "ID token has no valid subject")
+    if not sub.isprintable():
+        # The identity headers drop control characters: "admin\x00" would reach the
+        # app as "admin". Two subjects must never become one name.
+        raise LoginError(401, "ID token subject contains control or invisible characters")
     auth_time = claims.get("auth_time") if _number(claims.get("auth_time")) else None
     if login.max_age is not None:
         if auth_time is None:
@@ -224,9 +232,11 @@ def proof_time(proven: Proven, login: LoginState, now: float) -> float | None:
     return min(now, proven.auth_time)
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _text(v: Any) -> str | None:
-    return v if isinstance(v, str) and len(v) <= 255 else None
+    """A display claim (email, name): none when it is not printable text, since the identity
+    headers would pass it on with its control characters dropped (another user's email)."""
+    return v if isinstance(v, str) and len(v) <= 255 and v.isprintable() else None

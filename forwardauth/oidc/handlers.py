@@ -19,13 +19,13 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from forwardauth.core.cookies import set_cookie
+from forwardauth.core.redirects import safe_redirect
+from forwardauth.core.sealing import Sealer, SealError
+from forwardauth.core.session import Session
 from forwardauth.oidc import flow
 from forwardauth.oidc.client import ProviderClient, ProviderDown
 from forwardauth.oidc.settings import OidcConfig
-from forwardauth.core.cookies import set_cookie
-from forwardauth.core.redirects import safe_redirect
-from forwardauth.core.sealing import SealError, Sealer
-from forwardauth.core.session import Session
 from forwardauth.services.audit import request_id
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.web.context import CTX, AppContext

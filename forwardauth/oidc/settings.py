@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from forwardauth.core.config import Reader
+from forwardauth.core.shown import show
 
 MAX_LOGIN_TIMEOUT = 3600.0
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -35,7 +36,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
                            "http_timeout", "clock_skew"})
     issuer = r.string(d, "issuer", w, None)
     if not issuer or not re.match(r"^https?://[^\s?#@]+$", issuer):
-        r.error(f"{w}.issuer", f"must be the provider's http(s) issuer URL, got {issuer!r}")
+        r.error(f"{w}.issuer", f"must be the provider's http(s) issuer URL, got {show(issuer)}")
     client_id = r.string(d, "client_id", w, None)
     if not client_id:
         r.error(f"{w}.client_id", "is required")
@@ -54,7 +55,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> OidcConfig | None:
     algs = r.str_list(d, "id_token_algorithms", w) or ["RS256", "ES256", "EdDSA"]
     for i, a in enumerate(algs):
         if a not in ALLOWED_ALGS:
-            r.error(f"{w}.id_token_algorithms[{i}]", f"{a!r} is not allowed (allowed: {', '.join(ALLOWED_ALGS)})")
+            r.error(f"{w}.id_token_algorithms[{i}]", f"{show(a)} is not allowed (allowed: {', '.join(ALLOWED_ALGS)})")
     extra = d.get("extra_auth_params", {}) or {}
     reserved = {"state", "nonce", "code_challenge", "code_challenge_method", "redirect_uri", "client_id",
                 "response_type", "scope", "acr_values", "max_age", "prompt", "login_hint", "claims",

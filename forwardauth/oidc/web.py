@@ -33,8 +33,11 @@ async def start(request: web.Request, need: Need) -> web.StreamResponse | None:
 
 
 def offer(request: web.Request, need: Need, where: Page) -> Offer | None:
-    """On the sign-in page, when a provider is configured: sign in there instead."""
-    if where != "sign_in" or request.app[CTX].runtime.config.sections.get("oidc") is None:
+    """On the sign-in page, when the app runs with a provider: sign in there
+    instead. The settings the app started with, not the current config: an
+    `oidc:` section that a reload added is not in use before a restart, and
+    its button would lead nowhere."""
+    if where != "sign_in" or handlers.oidc_config(request) is None:
         return None
     return Offer(OFFER, start_url(need.rd, need.level, via="upstream"))
 

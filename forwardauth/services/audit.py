@@ -10,14 +10,28 @@ The signature of `emit` is the whole vocabulary: there is no free-form
 field, so a password, code, secret, cookie or token cannot be passed in by
 mistake. `path` is the path only: a query string (which may carry tokens)
 is cut off. Lines are written with one `write` on a file opened for append,
-so lines from several worker processes never interleave. Writing never
-raises into a request, and the decision endpoints only queue their lines
-(see `AuditLog`).
+under an exclusive `flock` shared by every writer of the file (the worker
+processes, the CLI), so lines never interleave, and a short write (a full
+disk) is cut back to the last whole line: a line is never torn, and the
+next one never glued to a fragment. Writing never raises into a request,
+and the decision endpoints only queue their lines (see `AuditLog`).
+
+When the sink fails (full disk, unwritable, gone), auth events ARE dropped:
+forwardauth keeps answering, since every app behind it would stop
+otherwise. Never silently: each lost line is counted
+(`forwardauth_audit_lines_lost_total{reason}` on /metrics, `LOST` here),
+and the log says when losing starts and how many were lost when it stops.
+A file deleted or renamed away (logrotate) is noticed before the next
+write and made anew at its path; SIGHUP reopens it too (`reopen`).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import queue
 import re
@@ -25,10 +39,11 @@ import secrets
 import sys
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from forwardauth.core.config import Config
 from forwardauth.core.errors import ConfigError
+from forwardauth.core.logs import JsonFormatter
 from forwardauth.core.runtime import resolve_path
 
 EVENTS = frozenset(
@@ -70,6 +85,13 @@ FIELDS = ("time", "event", "user", "client", "host", "path", "level", "reason", 
 _MAX = 512
 MAX_QUEUED = 100_000  # background lines waiting for the writer thread, at most
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+log = logging.getLogger("forwardauth.audit")
+
+# Lines lost in this process, by reason: "write_failed" (the sink refused the
+# write), "short_write" (a full disk took part of a batch: the lines cut back),
+# "queue_full" (the writer thread stuck behind a hung disk). Read by /metrics.
+LOST: collections.Counter[str] = collections.Counter()
+_write_fd = os.write  # the one call that writes a file's lines (tests make it fail like a full disk)
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -89,19 +111,29 @@ def _timestamp(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int((now % 1) * 1000):03d}Z"
 
 
+class _ShortWrite(OSError):
+    """Part of a batch was written: cut back to `kept` bytes (whole lines)."""
+
+    def __init__(self, lost: int, cause: OSError | None):
+        super().__init__(cause.errno if cause else 0, cause.strerror if cause else "short write")
+        self.lost = lost
+
+
 class AuditLog:
     """Writes audit lines to `target`: "stdout", "stderr" or a file path.
 
     The file is opened here, so a path that cannot be written fails when the
     log is made (at startup), with an OSError naming it. After that, writing
-    never raises: a failed write (full disk, file gone) is reported once on
-    stderr, the line is dropped, and the next success is reported too.
+    never raises: a failed write (full disk, file gone) is logged once when
+    it starts, the lines are dropped and counted (`lost`, and `LOST` for
+    /metrics), and the next success is logged with how many were lost.
 
     `emit` writes before it returns (the sign-in pages and the CLI, where a
     line must be there when the answer is). `emit(..., background=True)`
     only queues the line for a writer thread: the decision endpoints use it,
     so a slow disk never holds up the event loop. `flush()` waits for the
-    queue; `close()` flushes and closes.
+    queue; `close()` flushes and closes; `reopen()` (SIGHUP) opens the path
+    again.
     """
 
     def __init__(self, target: str = "stdout"):
@@ -113,10 +145,15 @@ class AuditLog:
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._pending = 0
         self._dropped = 0
+        self.lost = 0  # lines lost by this log, all reasons
+        self._lost_while_failing = 0
         self._done = threading.Condition(threading.Lock())
         self._writer: threading.Thread | None = None
         if target not in ("stdout", "stderr"):
-            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def line(
         self,
@@ -158,6 +195,7 @@ class AuditLog:
             with self._done:
                 if self._pending >= MAX_QUEUED:  # the writer is stuck (a hung disk): drop, never grow without end
                     self._dropped += 1
+                    self._count_lost(1, "queue_full")
                     if self._dropped == 1:
                         _report(f"forwardauth: audit log {self.target}: {MAX_QUEUED} lines waiting to be written; "
                                 "dropping more until the writer catches up\n")
@@ -169,28 +207,107 @@ class AuditLog:
             self._write(data)
         return text
 
+    def _count_lost(self, n: int, reason: str) -> None:
+        self.lost += n
+        LOST[reason] += n
+
+    def reopen(self) -> None:
+        """Open the path again (SIGHUP, after logrotate renamed the file)."""
+        with self._lock:
+            if self._fd is not None and not self._closed:
+                self._reopen("reopened on request")
+
+    def _reopen(self, why: str) -> None:
+        """Under the lock: a new descriptor for the path. Keeps the old one if the path cannot be opened."""
+        assert self._fd is not None
+        try:
+            fd = self._open()
+        except OSError as exc:
+            _report(f"forwardauth: audit log {self.target}: cannot open it again ({why}): "
+                    f"{exc.strerror or exc}\n")
+            return
+        os.close(self._fd)
+        self._fd = fd
+        _report(f"forwardauth: audit log {self.target}: {why}\n")
+
+    def _follow(self) -> None:
+        """Under the lock: the path must still name the open file. Deleted, or
+        renamed away without SIGHUP: made anew at its path, so nothing more goes
+        to a file nobody reads."""
+        assert self._fd is not None
+        try:
+            st = os.stat(self.target)
+        except FileNotFoundError:
+            st = None
+        mine = os.fstat(self._fd)
+        if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            self._reopen("the file was deleted or moved away; writing to a new one at its path")
+
+    def _append(self, data: bytes) -> None:
+        """Under the lock: `data` appended whole, or cut back to its last whole
+        line (raises _ShortWrite with the lines lost). The flock keeps other
+        processes' lines out between the write and the cut."""
+        fd = self._fd
+        assert fd is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            start = os.fstat(fd).st_size  # O_APPEND: the write lands here
+            done, cause = 0, None
+            while done < len(data):
+                try:
+                    n = _write_fd(fd, data[done:])
+                except OSError as exc:
+                    cause = exc
+                    break
+                if n <= 0:
+                    break
+                done += n
+            if done < len(data):
+                keep = data.rfind(b"\n", 0, done) + 1
+                if keep < done:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start + keep)
+                if cause is not None and done == 0:
+                    raise cause
+                raise _ShortWrite(data.count(b"\n", keep), cause)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _write(self, data: bytes) -> None:
+        lines = data.count(b"\n")
         try:
             with self._lock:
                 if self._closed:
                     raise ValueError("closed")
                 if self._fd is not None:
-                    while data:  # one write per call; loop only on a short write
-                        data = data[os.write(self._fd, data):]
+                    self._follow()
+                    self._append(data)
                 else:
                     stream = sys.stdout if self.target == "stdout" else sys.stderr
                     stream.write(data.decode("ascii"))
                     stream.flush()
+        except _ShortWrite as exc:
+            self._count_lost(exc.lost, "short_write")
+            self._failed(exc, exc.lost, "the disk took part of a batch; it was cut back to the last whole line")
+            return
         except (OSError, ValueError) as exc:  # ValueError: a closed stream or file
-            if not self._failing:
-                self._failing = True
-                why = getattr(exc, "strerror", None) or str(exc)
-                _report(f"forwardauth: audit log {self.target}: write failed: {why}; "
-                        "audit lines are being lost until it works again\n")
+            self._count_lost(lines, "write_failed")
+            self._failed(exc, lines, "")
             return
         if self._failing:
             self._failing = False
-            _report(f"forwardauth: audit log {self.target}: writing again\n")
+            lost, self._lost_while_failing = self._lost_while_failing, 0
+            _report(f"forwardauth: audit log {self.target}: writing again; {lost} lines were lost meanwhile\n")
+
+    def _failed(self, exc: BaseException, lost: int, detail: str) -> None:
+        self._lost_while_failing += lost
+        if not self._failing:
+            self._failing = True
+            why = getattr(exc, "strerror", None) or str(exc)
+            _report(f"forwardauth: audit log {self.target}: write failed: {why}; "
+                    + (f"{detail}; " if detail else "")
+                    + "audit lines are being lost until it works again (counted in "
+                    "forwardauth_audit_lines_lost_total)\n", error=True)
 
     def _start_writer(self) -> None:
         if self._writer is None:
@@ -239,7 +356,12 @@ class AuditLog:
                 self._fd = None
 
 
-def _report(text: str) -> None:
+def _report(text: str, error: bool = False) -> None:
+    """A line for the operator: to the log when `forwardauth serve` set it up (JSON
+    lines on stderr), else as plain text on stderr (a command)."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        log.log(logging.ERROR if error else logging.WARNING, text.strip().removeprefix("forwardauth: "))
+        return
     try:
         sys.stderr.write(text)
         sys.stderr.flush()

@@ -9,9 +9,10 @@ command never imports the composition or another part. No aiohttp here.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar
 
 from forwardauth.core.config import Config
 from forwardauth.core.defaults import embedded_default

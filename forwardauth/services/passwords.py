@@ -25,7 +25,8 @@ from forwardauth.core.keyring import b64d, b64e
 SALT_BYTES = 16
 HASH_BYTES = 32
 MAX_PASSWORD_CHARS = 1024  # longer input is refused before hashing (a cheap DoS otherwise)
-_RECORD_RE = re.compile(r"^scrypt\$n=2\^(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,128})$")
+_RECORD_RE = re.compile(r"^scrypt\$n=2\^(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})"
+                        r"\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,128})$")
 
 
 class PasswordError(ValueError):

@@ -13,9 +13,12 @@ the commands work on the README's first-run setup. Passwords are read from
 the terminal (never echoed) or from stdin, never from an argument, which
 would end up in shell history and `ps`. Every change writes an audit line
 to the configured audit file (to stderr when the audit log is stdout, which
-stays for the command's own output). Changes that must end existing sessions
-(password, groups, lock, delete, TOTP reset) raise the user's revocation
-epoch: running servers drop those sessions within the refresh interval.
+stays for the command's own output). Every change is made by the account
+service (forwardauth.services.accounts) that `forwardauth accounts` and the
+admin API use too, so it means the same and is audited the same whichever
+is used. Changes that must end existing sessions (password, groups, lock,
+delete, TOTP reset) raise the user's revocation epoch: running servers drop
+those sessions within the refresh interval.
 """
 
 from __future__ import annotations
@@ -24,51 +27,39 @@ import argparse
 import asyncio
 import getpass
 import json
-import re
 import sys
-import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from forwardauth.accounts import account_store, check_username, normalise_username
 from forwardauth.core.config import Config
+from forwardauth.core.runtime import Runtime, resolve_state_url
+from forwardauth.services.account_names import check_account_name, check_username, normalise_username
+from forwardauth.services.accounts import OPERATOR, AccountExists, AccountService, NotFound, check_can_have_password
 from forwardauth.services.audit import AuditLog
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands, csv, with_store
 from forwardauth.services.passwords import MAX_PASSWORD_CHARS, generate_password, hash_password
-from forwardauth.regulation import Regulator, failure_store
-from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.signin.settings import LocalSettings, settings
-from forwardauth.state import StateStore, open_store
 from forwardauth.signin.totp import SecretBox, new_secret, provisioning_uri, qr_terminal
-from forwardauth.state.records import MAX_KEY, Account, AccountError, check_groups
+from forwardauth.state import StateStore, open_store
+from forwardauth.state.records import Account, AccountError, check_groups
 
 
 class Ops:
-    """What a command works with: config, settings, store, audit."""
+    """What a command works with: config, settings, and the account service
+    (over the store and the audit log) that `accounts` and the admin API use too."""
 
     def __init__(self, cfg: Config, store: StateStore, audit_log: AuditLog):
         self.cfg = cfg
         self.settings: LocalSettings = settings(cfg)
         self.store = store
-        self.accounts = account_store(store)
         self.audit_log = audit_log
-
-    def audit(self, event: str, user: str, reason: str) -> None:
-        self.audit_log.emit(event, user=user, reason=reason)
+        self.service = AccountService(store, audit_log.emit)
 
     async def need(self, name: str) -> Account:
-        acct = await self.accounts.get_account(name)
-        if acct is None:
-            raise CliError(f"no account {name!r} (see: forwardauth users list)")
-        return acct
-
-    async def revoke_sessions(self, name: str) -> None:
-        """End the account's sessions. For an upstream identity's account
-        ("oidc:<sub>"), that identity's sessions carry the bare <sub>: both are
-        revoked (a local account of that very name is signed out too)."""
-        now = time.time()
-        await self.store.set_epoch(name, now)
-        if ":" in name:
-            await self.store.set_epoch(name.split(":", 1)[1], now)
+        try:
+            return await self.service.need(name)
+        except NotFound as exc:
+            raise CliError(f"{exc} (see: forwardauth users list)") from None
 
 
 def _run(args: argparse.Namespace, env: CliEnv, fn: Callable[[Ops], Awaitable[int]]) -> int:
@@ -82,6 +73,10 @@ def _run(args: argparse.Namespace, env: CliEnv, fn: Callable[[Ops], Awaitable[in
         ops = Ops(cfg, store, env.audit(cfg))
         try:
             return await fn(ops)
+        except NotFound as exc:
+            raise CliError(f"{exc} (see: forwardauth users list)") from None
+        except AccountError as exc:
+            raise CliError(str(exc)) from None
         finally:
             ops.audit_log.close()
             await store.close()
@@ -97,20 +92,15 @@ def _username(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-# Accounts made when someone signed in through an upstream provider sets up
-# TOTP are named "<source>:<sub>" (service.account_key): the sub is the
-# provider's, kept exactly (case included). They can be acted on, never made.
-_UPSTREAM_ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}:[^\s\x00-\x1f\x7f]{1,255}$")
-
-
 def _existing_account(text: str) -> str:
     """An existing account: a typed username (as for `add`), or an upstream
-    identity's account exactly as `users list` shows it ("oidc:<sub>")."""
+    identity's account exactly as `users list` shows it ("oidc:<sub>"). They
+    can be acted on, never made (their TOTP set-up makes them)."""
     if ":" in text:
-        if len(text) <= MAX_KEY and _UPSTREAM_ACCOUNT_RE.match(text):
-            return text
-        raise argparse.ArgumentTypeError(
-            "an upstream identity's account is <source>:<sub>, as `forwardauth users list` shows it")
+        try:
+            return check_account_name(text)
+        except AccountError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return _username(text)
 
 
@@ -144,7 +134,6 @@ def _show_generated(user: str, pw: str) -> None:
 
 def _cmd_add(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        now = time.time()
         try:
             groups = check_groups(args.groups or ())
         except AccountError as exc:
@@ -157,13 +146,11 @@ def _cmd_add(args: argparse.Namespace, env: CliEnv) -> int:
             pw, generated = _read_password(args, ops, args.user)
             pw_hash = hash_password(pw, ops.settings.scrypt)
         try:
-            acct = Account(args.user, kind="system" if args.system else "human", display_name=args.display_name,
-                           email=args.email, groups=groups, password_hash=pw_hash, created=now, updated=now)
-        except AccountError as exc:
-            raise CliError(str(exc)) from None
-        if not await ops.accounts.add_account(acct):
-            raise CliError(f"account {args.user!r} exists (change it with: forwardauth users passwd|groups)")
-        ops.audit("account_created", args.user, f"{acct.kind} account by operator (cli)")
+            acct = await ops.service.create(OPERATOR, args.user, kind="system" if args.system else "human",
+                                            display_name=args.display_name, email=args.email, groups=groups,
+                                            password_hash=pw_hash)
+        except AccountExists:
+            raise CliError(f"account {args.user!r} exists (change it with: forwardauth users passwd|groups)") from None
         if generated and pw:
             _show_generated(args.user, pw)
         else:
@@ -175,15 +162,9 @@ def _cmd_add(args: argparse.Namespace, env: CliEnv) -> int:
 
 def _cmd_passwd(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        acct = await ops.need(args.user)
-        if ":" in args.user:
-            raise CliError(f"{args.user} holds the second factor of an upstream identity: it has no password")
-        if acct.kind != "human":
-            raise CliError(f"{args.user} is a system account: it cannot have a password")
+        check_can_have_password(await ops.need(args.user))  # before asking for a password
         pw, generated = _read_password(args, ops, args.user)
-        await ops.accounts.put_account(acct.changed(password_hash=hash_password(pw, ops.settings.scrypt)))
-        await ops.revoke_sessions(args.user)
-        ops.audit("account_updated", args.user, "password changed by operator (cli); sessions revoked")
+        await ops.service.set_password(OPERATOR, args.user, hash_password(pw, ops.settings.scrypt))
         if generated:
             _show_generated(args.user, pw)
         else:
@@ -210,14 +191,9 @@ def _cmd_groups(args: argparse.Namespace, env: CliEnv) -> int:
         if tuple(groups) == acct.groups:
             print(f"{args.user}: groups unchanged: {', '.join(groups) or 'none'}")
             return 0
-        # The same rule as `accounts roles` and the API (accounts.set_account_groups):
-        # a change ends the account's sessions and tokens.
-        from forwardauth.accounts import set_account_groups
-
-        if await set_account_groups(ops.store, args.user, groups) is None:
-            raise CliError(f"no account {args.user!r} (see: forwardauth users list)")
-        ops.audit("account_updated", args.user, f"groups set to {','.join(groups) or '-'} by operator (cli); "
-                                                 "sessions and tokens revoked")
+        # The same rule as `accounts roles` and the API: a change ends the
+        # account's sessions and tokens.
+        await ops.service.set_groups(OPERATOR, args.user, groups)
         print(f"{args.user}: groups: {', '.join(groups) or 'none'} (signed out, to pick them up at next sign-in)")
         return 0
 
@@ -226,12 +202,7 @@ def _cmd_groups(args: argparse.Namespace, env: CliEnv) -> int:
 
 def _cmd_lock(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        await ops.need(args.user)
-        # The same as `accounts lock` and the API: epoch to the far future.
-        from forwardauth.accounts import lock_account
-
-        await lock_account(ops.store, args.user)
-        ops.audit("account_locked", args.user, "by operator (cli); every session and token revoked")
+        await ops.service.lock(OPERATOR, args.user)
         print(f"{args.user}: locked; existing sessions are signed out")
         return 0
 
@@ -240,14 +211,7 @@ def _cmd_lock(args: argparse.Namespace, env: CliEnv) -> int:
 
 def _cmd_unlock(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        await ops.need(args.user)
-        # The same as `accounts unlock` and the API: active, epoch back to now.
-        from forwardauth.accounts import unlock_account
-
-        await unlock_account(ops.store, args.user)
-        await Regulator(failure_store(ops.store), ops.settings.regulation).unban(args.user)
-        ops.audit("account_unlocked", args.user, "by operator (cli); failed-attempt ban lifted; "
-                                                  "older sessions and tokens stay revoked")
+        await ops.service.unlock(OPERATOR, args.user)
         print(f"{args.user}: unlocked (and any ban for failed attempts lifted)")
         return 0
 
@@ -256,15 +220,7 @@ def _cmd_unlock(args: argparse.Namespace, env: CliEnv) -> int:
 
 def _cmd_delete(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        await ops.need(args.user)
-        # The same as `accounts delete` and the API: tokens revoked, database
-        # credentials deleted, epoch raised (a later account of this name
-        # inherits nothing); audited there.
-        from forwardauth.tokens.service import OPERATOR, TokenService
-
-        svc = TokenService(ops.cfg, Runtime.build(ops.cfg).keyring, ops.store, ops.audit_log.emit)
-        await svc.delete_account(OPERATOR, args.user)
-        await ops.revoke_sessions(args.user)  # an upstream identity's sessions too
+        await ops.service.delete(OPERATOR, args.user)
         print(f"{args.user}: deleted; existing sessions and tokens are revoked")
         return 0
 
@@ -279,7 +235,7 @@ def _row(a: Account) -> dict[str, Any]:
 
 def _cmd_list(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        rows = [_row(a) for a in await ops.accounts.list_accounts()]
+        rows = [_row(a) for a in await ops.service.list_accounts()]
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -306,10 +262,7 @@ def _cmd_totp_enroll(args: argparse.Namespace, env: CliEnv) -> int:
         rt = Runtime.build(ops.cfg)
         secret = new_secret()
         sealed = SecretBox(rt.keyring).seal(args.user, secret)
-        await ops.accounts.put_account(acct.changed(totp_secret_enc=sealed, totp_last_step=0))
-        if acct.has_totp:
-            await ops.revoke_sessions(args.user)
-        ops.audit("totp_enrolled", args.user, "by operator (cli)" + ("; replaced" if acct.has_totp else ""))
+        await ops.service.set_totp(OPERATOR, args.user, sealed)
         uri = provisioning_uri(secret, args.user, ops.settings.totp.issuer)
         print(f"{args.user}: TOTP set up. Scan this with the authenticator app, or enter the key by hand.")
         print(f"  key: {secret}")
@@ -323,13 +276,9 @@ def _cmd_totp_enroll(args: argparse.Namespace, env: CliEnv) -> int:
 
 def _cmd_totp_reset(args: argparse.Namespace, env: CliEnv) -> int:
     async def go(ops: Ops) -> int:
-        acct = await ops.need(args.user)
-        if not acct.has_totp:
+        if not await ops.service.reset_totp(OPERATOR, args.user):
             print(f"{args.user}: has no TOTP; nothing to reset")
             return 0
-        await ops.accounts.put_account(acct.changed(totp_secret_enc=None, totp_last_step=0))
-        await ops.revoke_sessions(args.user)
-        ops.audit("totp_reset", args.user, "by operator (cli); sessions revoked")
         print(f"{args.user}: TOTP removed; the next page that needs it will guide them through setting it up again")
         return 0
 

@@ -43,6 +43,8 @@ MSG_CODE_REPLAYED = "That code has already been used. Wait for the next code (a 
 MSG_SESSION_ENDED = "Your session has ended. Please sign in again."
 MSG_LEVEL_FIRST = "Sign in with your password first, then come back to this step."
 MSG_NO_TOTP_LEVEL = "No level here is proven with a one-time code."
+MSG_SECRET_UNREADABLE = ("Your authenticator app cannot be checked here any more: this server no longer holds the "
+                         "key it was set up with. Ask an administrator to reset it, then set it up again.")
 MSG_ENROL_BUSY = ("An authenticator app is being set up for this account in another window. "
                   "Finish it there, or start again here in a minute.")
 

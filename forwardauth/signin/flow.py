@@ -1,6 +1,6 @@
 """Which local step, if any, a browser at /oauth2/start needs next. Pure: no I/O.
 
-/oauth2/start (forwardauth.start) computes the level the `rd` URL needs from
+/oauth2/start (web.oauth2_start) computes the level the `rd` URL needs from
 the policy and asks each authenticator in turn; the local one asks
 `next_step`:
 

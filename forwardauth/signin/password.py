@@ -6,14 +6,30 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from forwardauth.accounts import normalise_username
-from forwardauth.signin.common import (MAX_PASSWORD, MAX_USERNAME, MSG_CSRF, MSG_EMPTY, MSG_LOCKED, MSG_TOO_LONG,
-                                       MSG_WRONG, audit, banned_message, facts, level_of, local_auth, message,
-                                       minutes, next_url, safe_rd)
+from forwardauth.services.account_names import normalise_username
+from forwardauth.signin.common import (
+    MAX_PASSWORD,
+    MAX_USERNAME,
+    MSG_CSRF,
+    MSG_EMPTY,
+    MSG_LOCKED,
+    MSG_TOO_LONG,
+    MSG_WRONG,
+    audit,
+    banned_message,
+    facts,
+    level_of,
+    local_auth,
+    message,
+    minutes,
+    next_url,
+    safe_rd,
+)
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
-from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, read_form, redirect, query
+from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, offers
+from forwardauth.web.unavailable import attempting
 
 
 def sign_in_page(request: web.Request, ctx: AppContext, status: int, rd: str, level: str, *, username: str = "",
@@ -61,6 +77,9 @@ async def sign_in_post(request: web.Request) -> web.Response:
         audit(ctx, f, "signin_failed", target=rd, reason="empty_field")
         return sign_in_page(request, ctx, 400, rd, level, username=username, error=MSG_EMPTY)
 
+    # The store failing under the check: a 503 page, and this line (web.unavailable).
+    # An unknown username is never written down, and whether this one is known cannot be read.
+    attempting(request, lambda why: audit(ctx, f, "signin_refused", target=rd, reason=why))
     attempt = await auth.check_password(username, password, f.client, f.now)
     known = attempt.account.username if attempt.account is not None else None
     if attempt.ok:

@@ -12,12 +12,16 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
-from forwardauth.accounts import USERNAME_RE, account_store
 from forwardauth.core.levels import Level
+from forwardauth.core.runtime import Runtime
+from forwardauth.core.sealing import SealError
+from forwardauth.core.session import Session, new_session_id
+from forwardauth.services.account_names import USERNAME_RE, account_store
 from forwardauth.services.passwords import (
     dummy_verify,
     generate_password,
@@ -25,10 +29,7 @@ from forwardauth.services.passwords import (
     needs_rehash,
     verify_password,
 )
-from forwardauth.regulation import Regulator, failure_store
-from forwardauth.core.runtime import Runtime
-from forwardauth.core.sealing import SealError
-from forwardauth.core.session import Session, new_session_id
+from forwardauth.services.regulation import Regulator, failure_store
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.settings import LocalSettings, settings, totp_levels
 from forwardauth.signin.totp import SecretBox, match_step, new_secret, normalise_code, provisioning_uri, qr_svg
@@ -157,8 +158,9 @@ class LocalAuth:
         try:
             secret = self.box.open(key, account.totp_secret_enc)
         except (SealError, ValueError):
-            log.error("a TOTP secret does not open with the key ring (was its key removed?)",
-                      extra={"fields": {"user": key}})
+            log.error("a TOTP secret does not open with the key ring (its key was removed before `forwardauth "
+                      "keys reseal`): the account needs `forwardauth users totp reset`",
+                      extra={"fields": {"user": key, "key": account.totp_secret_enc.partition(".")[0]}})
             return Attempt(False, "secret_unreadable", account)
         verdict, ticket = await self.regulator.reserve(key, client, now)  # counted before the code is looked at
         if ticket is None:

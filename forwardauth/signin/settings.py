@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwardauth.accounts import USERNAME_RE
-from forwardauth.core.config import Config, Reader, show
+from forwardauth.core.config import Config, Reader
+from forwardauth.core.errors import show
 from forwardauth.core.levels import Level, Levels
+from forwardauth.services.account_names import USERNAME_RE
 from forwardauth.services.passwords import ScryptParams
-from forwardauth.regulation import RegulationConfig
+from forwardauth.services.regulation import RegulationConfig
 from forwardauth.state.records import AccountError, check_groups
 
 LOCAL_FACTORS = ("totp",)

@@ -19,11 +19,14 @@ import hmac
 import json
 import re
 import time
+from typing import TextIO
 
 import pyotp
 import segno
 
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.keyring import KeyRing
+from forwardauth.core.sealing import Sealer, SealError
+from forwardauth.services.keys import totp_sealer
 
 DIGITS = 6
 INTERVAL = 30
@@ -83,7 +86,7 @@ def qr_svg(uri: str) -> str:
                          omitsize=True)
 
 
-def qr_terminal(uri: str, out) -> None:  # noqa: ANN001 - a text stream
+def qr_terminal(uri: str, out: TextIO) -> None:
     """The QR code drawn with block characters on a terminal."""
     segno.make(uri, error="m").terminal(out=out, compact=True)
 
@@ -91,8 +94,8 @@ def qr_terminal(uri: str, out) -> None:  # noqa: ANN001 - a text stream
 class SecretBox:
     """Seals TOTP seeds for storage, and enrolment-in-progress values for forms."""
 
-    def __init__(self, ring) -> None:  # noqa: ANN001 - KeyRing
-        self._stored = Sealer(ring, "totp-secret")
+    def __init__(self, ring: KeyRing) -> None:
+        self._stored = totp_sealer(ring)  # at rest ("data" role): opens until re-sealed (keys reseal)
         self._pending = Sealer(ring, "totp-enroll")
         self._ring = ring
 

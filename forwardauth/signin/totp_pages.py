@@ -10,17 +10,39 @@ from aiohttp import web
 
 from forwardauth.core.levels import Level
 from forwardauth.core.session import Session
-from forwardauth.signin.common import (MSG_CODE_FORMAT, MSG_CODE_REPLAYED, MSG_CODE_WRONG, MSG_CSRF,
-                                       MSG_ENROL_BUSY, MSG_LEVEL_FIRST, MSG_LOCKED, MSG_NO_TOTP_LEVEL,
-                                       MSG_SESSION_ENDED, Facts, audit, banned_message, facts, level_of,
-                                       local_auth, may_step_up, message, minutes, need_session, next_url,
-                                       password_level, reason_of, safe_rd)
+from forwardauth.signin.common import (
+    MSG_CODE_FORMAT,
+    MSG_CODE_REPLAYED,
+    MSG_CODE_WRONG,
+    MSG_CSRF,
+    MSG_ENROL_BUSY,
+    MSG_LEVEL_FIRST,
+    MSG_LOCKED,
+    MSG_NO_TOTP_LEVEL,
+    MSG_SECRET_UNREADABLE,
+    MSG_SESSION_ENDED,
+    Facts,
+    audit,
+    banned_message,
+    facts,
+    level_of,
+    local_auth,
+    may_step_up,
+    message,
+    minutes,
+    need_session,
+    next_url,
+    password_level,
+    reason_of,
+    safe_rd,
+)
 from forwardauth.signin.service import account_key
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
 from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, need_for, offers
 from forwardauth.web.pages import group_secret
+from forwardauth.web.unavailable import attempting
 
 
 def _post_target(request: web.Request, ctx: AppContext, f: Facts, rd: str, level: str,
@@ -114,6 +136,7 @@ async def totp_post(request: web.Request) -> web.Response:
     if lv is None:
         return refused  # type: ignore[return-value]
     key = account_key(f.session)
+    attempting(request, lambda why: audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=why))
     attempt = await auth.check_totp(key, form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)
@@ -130,9 +153,8 @@ async def totp_post(request: web.Request) -> web.Response:
                           headers={"Retry-After": str(int(attempt.retry_after) + 1)})
     if attempt.reason == "locked":
         return message(request, ctx, 403, "Account locked", error=MSG_LOCKED)
-    if attempt.reason == "secret_unreadable":
-        return message(request, ctx, 500, "Two-step sign-in",
-                        error="Your second factor cannot be checked right now. Please ask an administrator.")
+    if attempt.reason == "secret_unreadable":  # sealed under a key no longer in the ring for data (logged)
+        return message(request, ctx, 403, "Two-step sign-in", error=MSG_SECRET_UNREADABLE)
     if attempt.reason == "malformed_code":
         return _totp_page(request, ctx, 400, f, rd, level, error=MSG_CODE_FORMAT)
     if attempt.reason == "replayed":
@@ -240,6 +262,7 @@ async def enroll_post(request: web.Request) -> web.Response:
     lv, refused = _post_target(request, ctx, f, rd, level, "Set up two-step sign-in")
     if lv is None:
         return refused  # type: ignore[return-value]
+    attempting(request, lambda why: audit(ctx, f, "totp_failed", user=user, target=rd, level=lv.name, reason=why))
     attempt = await auth.finish_enrolment(key, f.session, form["pending"], form["code"], f.client, f.now)
     if attempt.ok:
         new = auth.stepped_up(f.session, lv, f.now, attempt.account)

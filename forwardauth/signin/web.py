@@ -23,6 +23,7 @@ from forwardauth.web.api import fail
 from forwardauth.web.context import CTX, AppContext, Contribution, Grant, Route
 from forwardauth.web.factors import Factor, Need
 from forwardauth.web.forms import query, redirect
+from forwardauth.web.unavailable import attempting
 
 
 async def authenticate(request: web.Request, need: Need) -> web.StreamResponse | None:
@@ -82,6 +83,7 @@ async def password_grant(request: web.Request, username: str, password: str, cod
     now = time.time()
     client = ctx.client(request)
     emit = ctx.audit.emit
+    attempting(request, lambda why: emit("signin_refused", client=client, reason=f"token exchange: {why}"))
     attempt = await auth.check_password(username.strip().lower(), password, client, now)
     if not attempt.ok or attempt.account is None:
         # An unknown username is not written down: it may be a password typed in the wrong box.

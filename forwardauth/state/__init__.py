@@ -16,12 +16,21 @@ here imports another part of forwardauth: the parts depend on state.
 
 from __future__ import annotations
 
-from forwardauth.state.base import (AccountStore, ClaimStore, FailureStore, RevocationStore, StateStore,
-                                    StoreUnavailable, TokenStore)
+from forwardauth.state.base import (
+    AccountStore,
+    ClaimStore,
+    FailureStore,
+    RevocationStore,
+    StateStore,
+    StoreUnavailable,
+    TokenStore,
+)
 from forwardauth.state.records import Account, AccountError, RevocationSnapshot, SealedCreds, TokenMeta
 
 
-def open_store(url: str) -> StateStore:
+def open_store(url: str, *, settle: float | None = None) -> StateStore:
+    """The store of a `state` URL. `settle`: given by a serving process (see
+    forwardauth.state.redis, "Continuity"); commands leave it out."""
     if url.startswith("sqlite://"):
         from forwardauth.state.sqlite import SQLiteStore
 
@@ -30,12 +39,12 @@ def open_store(url: str) -> StateStore:
         from forwardauth.state.memory import MemoryStore
 
         return MemoryStore()
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "redis+sentinel://")):
         try:
             from forwardauth.state.redis import RedisStore
         except ImportError:
             raise StoreUnavailable("the redis state backend is not available in this build") from None
-        return RedisStore(url)
+        return RedisStore(url, settle=settle)
     raise StoreUnavailable(f"unknown state URL scheme: {url.split(':', 1)[0]}")
 
 

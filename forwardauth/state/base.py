@@ -11,10 +11,28 @@ tests/integration/test_store_contract.py asks the same questions of each.
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator, Callable, Protocol, runtime_checkable
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
 
-from forwardauth.state.records import (Account, ApprovalRequest, ApprovalState, Device, Pairing, RevocationSnapshot,
-                                       SealedCreds, TokenMeta)
+from forwardauth.state.records import (
+    Account,
+    ApprovalRequest,
+    ApprovalState,
+    Device,
+    Pairing,
+    RevocationSnapshot,
+    SealedCreds,
+    TokenMeta,
+)
+
+
+def lost_message(store: str, when: float) -> str:
+    """What /readyz says after a store lost its data (see StateStore)."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    return (f"{store} lost its data at {at} (or was replaced): the revocations the running processes remembered "
+            "were written back, but accounts, tokens and what no running process had seen are gone; check it, "
+            "then run `forwardauth state ack`")
 
 
 class StoreUnavailable(RuntimeError):
@@ -303,7 +321,20 @@ class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureS
     """A state backend: every protocol above, plus its lifecycle.
 
     A store creates whatever it needs (tables, rows) itself when it opens,
-    whatever else was imported: no other part adds to its schema."""
+    whatever else was imported: no other part adds to its schema.
+
+    Continuity (what a running process must never silently forget): a store
+    that notices it lost its data since this process last read it (a Redis
+    that came back empty, an SQLite file replaced under the server) bumps
+    `losses`; the in-memory snapshots then write back what they remember
+    (forwardauth.state.revocations, forwardauth.tokens.index) and call `restored()`,
+    which records the loss in the store itself, so every process reports it
+    (`problem()`, on /readyz) until an operator acknowledges it
+    (`forwardauth state ack`). `untrusted()` says why the contents must not be
+    relied on yet (a Redis store found without its marker, while running
+    replicas get the time to write back what they remember)."""
+
+    losses: int = 0  # times this process saw the store lose its data (see above)
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -315,3 +346,22 @@ class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureS
         """Call `callback()` whenever another process may have changed something
         (e.g. Redis pub/sub), so snapshots refresh at once instead of at their
         next tick. Stores without change notifications never call it."""
+
+    def problem(self) -> str | None:
+        """Why /readyz must fail although the store answers (its data was lost and
+        not yet acknowledged, its file was deleted), or None. Cheap: no I/O."""
+        return None
+
+    def untrusted(self) -> str | None:
+        """Why what the store holds must not be relied on yet (see the class), or None."""
+        return None
+
+    async def restored(self) -> None:  # noqa: B027 - optional hook
+        """The snapshots wrote back what they remembered after a loss: record the
+        loss in the store, for every process to report until acknowledged."""
+
+    async def acknowledge(self) -> str:
+        """`forwardauth state ack`: an operator says the store as it is now is the
+        truth (a recorded loss was checked; a new store needs no waiting). Returns
+        what was done, for the command to print."""
+        return "nothing to acknowledge"

@@ -105,7 +105,7 @@ class Account:
     def has_totp(self) -> bool:
         return self.totp_secret_enc is not None
 
-    def changed(self, now: float | None = None, **changes: Any) -> "Account":
+    def changed(self, now: float | None = None, **changes: Any) -> Account:
         """A copy with `changes` applied and `updated` set (validation runs again)."""
         return replace(self, updated=time.time() if now is None else now, **changes)
 
@@ -129,7 +129,7 @@ class Account:
         }
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "Account":
+    def from_record(cls, d: dict[str, Any]) -> Account:
         """Strict inverse of `to_record`. Raises AccountError on anything odd."""
         if not isinstance(d, dict) or d.get("v") != 1:
             raise AccountError("bad account record version")
@@ -156,7 +156,7 @@ class Account:
         return json.dumps(self.to_record(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Account":
+    def from_json(cls, text: str | bytes) -> Account:
         try:
             return cls.from_record(json.loads(text))
         except ValueError as exc:
@@ -193,7 +193,7 @@ class TokenMeta:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, d: dict[str, Any]) -> "TokenMeta":
+    def from_record(cls, d: dict[str, Any]) -> TokenMeta:
         """Strict: raises ValueError on anything odd."""
         try:
             out = cls(
@@ -289,7 +289,7 @@ class ApprovalRequest:
 
     @classmethod
     def from_parts(cls, fixed: str, state: str, reason: str | None, decided: float | str | None,
-                   device_id: str | None) -> "ApprovalRequest":
+                   device_id: str | None) -> ApprovalRequest:
         d = json.loads(fixed)
         d["choices"] = tuple(d["choices"])
         return cls(**d, state=ApprovalState(state), reason=reason or None,

@@ -20,12 +20,34 @@ Layout (every key under the `forwardauth:` prefix):
                     their change feed: see redis_devices.py (epoch writes
                     publish the user on device-changes too)
 
+    marker          JSON {id, created, new_until, lost_at}: who this store is
+                    (see "Continuity" below)
+
 Replicas subscribe to `events` and refresh at once, so a revocation through
 one replica is in force on the others in milliseconds; the periodic refresh
-still runs and covers a missed message. Nothing has to be created first:
-every key starts empty (a missing version counter reads 0). Every Redis
-failure becomes `StoreUnavailable` with the exception's class only: the URL
-(which may hold a password) is never in a message.
+still runs and covers a missed message. Every key starts empty (a missing
+version counter reads 0). Every Redis failure becomes `StoreUnavailable` with
+the exception's class only: the URL (which may hold a password) is never in
+a message.
+
+Continuity: Redis without persistence forgets everything when it restarts.
+A serving process reads the `marker` key with every poll of the revocation
+version; a marker that is gone, or another one, means the data is gone
+(`losses`): the process writes back what it remembers (see
+forwardauth.state.revocations) and the marker records the loss (`lost_at`), which
+every process reports on /readyz until `forwardauth state ack`. A serving
+process that opens a store without a marker cannot tell a new store from
+an emptied one, so it writes a marker that says "new until T" (`settle`
+seconds: longer than the running replicas take to notice and write back)
+and answers signed-in requests only after T (or once a running replica has
+written back, or after `forwardauth state ack`).
+
+`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` finds
+the primary through Redis Sentinel (redis-py's Sentinel client: after a
+failover the next command goes to the new primary); the password is the
+data nodes', the sentinels are asked without one. There, each revocation
+write waits (WAIT, at most 0.5 s) until a replica has it, so a failover
+right after it does not lose it; a write no replica confirmed is logged.
 """
 
 from __future__ import annotations
@@ -37,19 +59,36 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, cast
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
+from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable, lost_message
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 from forwardauth.state.redis_devices import DEVICE_CHANNEL, RedisDevices
 
 log = logging.getLogger("forwardauth.state.redis")
 P = "forwardauth:"
 CHANNEL = P + "events"
+MARKER = P + "marker"
+SENTINEL_SCHEME = "redis+sentinel://"
+REPLICA_WAIT_MS = 500
+
+# After a loss: record it in the marker (made anew if it is gone), keep its id otherwise.
+_MARK_LOST = """
+local raw = redis.call('GET', KEYS[1])
+local m
+if raw then m = cjson.decode(raw) else m = {id = ARGV[1], created = tonumber(ARGV[2])} end
+if m['lost_at'] == nil or m['lost_at'] == cjson.null then m['lost_at'] = tonumber(ARGV[2]) end
+m['new_until'] = cjson.null
+local out = cjson.encode(m)
+redis.call('SET', KEYS[1], out)
+return out
+"""
 
 _SET_EPOCH = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -73,37 +112,158 @@ return 1
 """
 
 
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, str | None, int]:
+    """(sentinels, service name, password, db) of a redis+sentinel:// URL; ValueError when malformed."""
+    rest = url[len(SENTINEL_SCHEME):]
+    auth, at, hosts_path = rest.rpartition("@")
+    password = unquote(auth.partition(":")[2]) or None if at else None
+    hosts, _, path = hosts_path.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not parts or len(parts) > 2:
+        raise ValueError("redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
+    sentinels = []
+    for h in hosts.split(","):
+        host, colon, port = h.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError("each sentinel is HOST:PORT")
+        sentinels.append((host.strip("[]"), int(port)))
+    db = int(parts[1]) if len(parts) == 2 else 0
+    return sentinels, unquote(parts[0]), password, db
+
+
 class RedisStore(RedisDevices, StateStore):
-    def __init__(self, url: str, timeout: float = 1.0):
+    def __init__(self, url: str, timeout: float = 1.0, settle: float | None = None):
+        """`settle`: a serving process (see "Continuity"); None for commands, which never write a marker."""
         self.url = url
         self.timeout = timeout
+        self.settle = settle
+        self.sentinel = url.startswith(SENTINEL_SCHEME)
         self._r: aioredis.Redis | None = None
         self._subscribers: list[Callable[[], None]] = []
         self._listener: asyncio.Task | None = None
         self._closing = False
+        self._marker_id: str | None = None  # the marker this process knows (None: none seen yet)
+        self._marker: dict[str, Any] | None = None  # as last read
+        self._unreplicated_reported = False
+        self.losses = 0
 
     # --- plumbing ------------------------------------------------------------
+
+    def _client(self, **kw: Any) -> aioredis.Redis:
+        try:
+            if not self.sentinel:
+                return aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout,
+                                               decode_responses=True, **kw)
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinels, service, password, db = parse_sentinel_url(self.url)
+            manager = Sentinel(sentinels, sentinel_kwargs={"socket_timeout": self.timeout,
+                                                           "socket_connect_timeout": self.timeout})
+            return manager.master_for(service, socket_connect_timeout=self.timeout, password=password, db=db,
+                                      decode_responses=True, **kw)
+        except ValueError:
+            raise StoreUnavailable("redis: the state URL is malformed") from None
 
     @property
     def r(self) -> aioredis.Redis:
         if self._r is None:
-            try:
-                self._r = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout,
-                                                  socket_connect_timeout=self.timeout, decode_responses=True)
-            except ValueError:
-                raise StoreUnavailable("redis: the state URL is malformed") from None
+            self._r = self._client(socket_timeout=self.timeout)
         return self._r
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
         try:
             yield
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unreachable ({exc.__class__.__name__})") from None
 
     async def open(self) -> None:
         async with self._guard():
             await self.r.ping()
+            raw = await self.r.get(MARKER)
+            if raw is None and self.settle is not None:
+                now = time.time()
+                mark = {"id": uuid.uuid4().hex, "created": now, "new_until": now + self.settle, "lost_at": None}
+                if await self.r.set(MARKER, json.dumps(mark), nx=True):
+                    log.warning("redis state: no marker found: a new store, or one that lost its data while no "
+                                "forwardauth process was running; signed-in requests wait %.0f s for running "
+                                "replicas to write back what they remember (`forwardauth state ack` ends the "
+                                "wait)", self.settle)
+                raw = await self.r.get(MARKER)
+            self._seen(raw)
+
+    # --- continuity (see the module's docstring) -------------------------------------
+
+    def _seen(self, raw: str | bytes | None) -> None:
+        """The marker as just read: a missing or different one is a loss."""
+        try:
+            m = json.loads(raw) if raw else None
+            if m is not None and not isinstance(m.get("id"), str):
+                m = None
+        except ValueError:
+            m = None
+        if self._marker_id is not None and (m is None or m["id"] != self._marker_id):
+            self.losses += 1
+            self._marker_id = None  # the snapshots write back, then restored() records the loss
+            log.error("redis state: its marker is %s: Redis lost its data (restarted without persistence, "
+                      "flushed, or another one); writing back what this process remembers",
+                      "gone" if m is None else "another one")
+        elif m is not None:
+            self._marker_id = m["id"]
+        self._marker = m
+
+    def untrusted(self) -> str | None:
+        m = self._marker
+        if m is None or m.get("lost_at") is not None:
+            return None
+        until = m.get("new_until")
+        if isinstance(until, (int, float)) and until > time.time():
+            return (f"redis state: a new store (it had no marker): signed-in requests wait "
+                    f"{until - time.time():.0f} s more for running replicas to write back what they remember "
+                    "(`forwardauth state ack` ends the wait)")
+        return None
+
+    def problem(self) -> str | None:
+        m = self._marker
+        if m is not None and isinstance(m.get("lost_at"), (int, float)):
+            return lost_message("redis state", float(m["lost_at"]))
+        if m is None and self.losses:
+            return "redis state: its marker is gone (Redis lost its data); writing back what this process remembers"
+        return self.untrusted()
+
+    async def restored(self) -> None:
+        async with self._guard():
+            raw = await self.r.eval(_MARK_LOST, 1, MARKER, uuid.uuid4().hex, repr(time.time()))
+        self._marker_id = None
+        self._seen(raw)
+
+    async def acknowledge(self) -> str:
+        async with self._guard():
+            raw = await self.r.get(MARKER)
+            m = json.loads(raw) if raw else None
+            if m is None or not isinstance(m.get("id"), str):
+                m = {"id": uuid.uuid4().hex, "created": time.time()}
+                what = "no marker: wrote one (this store is the truth from now on)"
+            elif m.get("lost_at") is not None:
+                what = "the recorded loss is acknowledged"
+            elif m.get("new_until") is not None:
+                what = "the new store is acknowledged: no more waiting"
+            else:
+                what = "nothing to acknowledge"
+            m["lost_at"] = m["new_until"] = None
+            await self.r.set(MARKER, json.dumps(m))
+        self._seen(json.dumps(m))
+        return what
+
+    async def _replicated(self) -> None:
+        """With Sentinel: wait until a replica has the revocation just written (see the module)."""
+        if not self.sentinel:
+            return
+        n = await self.r.wait(1, REPLICA_WAIT_MS)
+        if n < 1 and not self._unreplicated_reported:
+            log.warning("redis state: a revocation is not on any replica yet (WAIT timed out): a failover now "
+                        "would lose it, except in the processes that remember it")
+        self._unreplicated_reported = n < 1
 
     async def close(self) -> None:
         # redis-py's get_message() can swallow a cancellation: the listener
@@ -134,8 +294,7 @@ class RedisStore(RedisDevices, StateStore):
     async def _listen(self) -> None:
         backoff = 0.2
         while not self._closing:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout,
-                                             health_check_interval=2, decode_responses=True)
+            client = self._client(health_check_interval=2)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CHANNEL)
@@ -147,7 +306,7 @@ class RedisStore(RedisDevices, StateStore):
                         self._notify()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis pub/sub connection lost: %s", exc.__class__.__name__)
             finally:
                 with contextlib.suppress(Exception):
@@ -161,7 +320,9 @@ class RedisStore(RedisDevices, StateStore):
 
     async def revocation_version(self) -> int:
         async with self._guard():
-            return int(await self.r.get(P + "rev:version") or 0)
+            version, marker = await self.r.mget([P + "rev:version", MARKER])
+        self._seen(marker)
+        return int(version or 0)
 
     async def revocations(self, now: float) -> RevocationSnapshot:
         async with self._guard():
@@ -177,6 +338,7 @@ class RedisStore(RedisDevices, StateStore):
         async with self._guard():
             out = await self.r.eval(_SET_EPOCH, 4, P + "epochs", P + "rev:version", CHANNEL, DEVICE_CHANNEL, user,
                                     repr(float(epoch)))
+            await self._replicated()
         return float(out)
 
     async def reset_epoch(self, user: str, epoch: float) -> None:
@@ -187,6 +349,7 @@ class RedisStore(RedisDevices, StateStore):
                 p.publish(CHANNEL, "rev")
                 p.publish(DEVICE_CHANNEL, user)
                 await p.execute()
+            await self._replicated()
 
     async def revoke(self, ident: str, until: float) -> None:
         async with self._guard():
@@ -197,6 +360,7 @@ class RedisStore(RedisDevices, StateStore):
                 p.incr(P + "rev:version")
                 p.publish(CHANNEL, "rev")
                 await p.execute()
+            await self._replicated()
 
     async def claim_once(self, key: str, ttl: float, now: float) -> bool:
         # SET NX: one atomic command; the expiry runs on Redis's clock (`now` is not needed).
@@ -251,6 +415,7 @@ class RedisStore(RedisDevices, StateStore):
                 p.incr(P + "tok:version")
                 p.publish(CHANNEL, "tok")
                 await p.execute()
+            await self._replicated()
         return True
 
     async def touch_tokens(self, used: dict[str, float]) -> None:
@@ -341,6 +506,8 @@ class RedisStore(RedisDevices, StateStore):
             return replace(account, totp_last_step=step, created=old.created)
 
         await self._update(account.username, change)
+        async with self._guard():
+            await self._replicated()  # a lock, a group change
 
     async def delete_account(self, name: str) -> bool:
         async with self._guard():

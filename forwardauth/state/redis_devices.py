@@ -117,6 +117,7 @@ class RedisDevices:
     url: str
     timeout: float
     _guard: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+    _client: Callable[..., aioredis.Redis]  # a new client: plain Redis or the primary through Sentinel
 
     @property
     def r(self) -> aioredis.Redis:
@@ -130,8 +131,7 @@ class RedisDevices:
     async def subscribe_changes(self) -> AsyncIterator[str | None]:
         backoff = 0.2
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout, health_check_interval=2,
-                                             decode_responses=True)
+            client = self._client(health_check_interval=2)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(DEVICE_CHANNEL)

@@ -1,7 +1,7 @@
 """In-memory snapshots of the store, and the one loop that keeps them fresh.
 
 Decisions never wait on the store: each process reads snapshots held in
-memory (revocations: `forwardauth.revocation.Revocations`; tokens and
+memory (revocations: `forwardauth.state.revocations.Revocations`; tokens and
 accounts: `forwardauth.tokens.index.TokenIndex`), and one background task,
 `Refresher.run`, refreshes them all: every `revocation_refresh`, and at once
 when the store announces a change (Redis pub/sub).
@@ -20,8 +20,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable, ClassVar
+from typing import ClassVar
 
 from forwardauth.state.base import StateStore, StoreUnavailable
 
@@ -61,7 +62,7 @@ class Snapshot:
                 self.log.warning("%s failed: %s", self.what, exc)
             self.last_error = str(exc)
             return False
-        except Exception as exc:  # a bug or bad data: fail closed, keep trying
+        except Exception as exc:  # noqa: BLE001 - a bug or bad data: fail closed, keep trying
             self.last_error = failure(exc)
             self.log.error("%s failed: %s", self.what, self.last_error)
             return False
@@ -95,7 +96,7 @@ class Refresher:
         for job in list(self._jobs):
             try:
                 await job()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failing job never stops the others
                 log.error("refresh failed: %s", failure(exc))
 
     async def run(self, store: StateStore, interval: float) -> None:

@@ -1,122 +1,29 @@
 """SQLite state: the embedded default. WAL mode, so several worker processes
 and the CLI share one file safely.
 
-All SQL runs on one dedicated thread per store: sqlite3 connections are not
-shared across threads, and the event loop never waits on the disk. The store
-creates every table it holds when it opens (`SCHEMA` and the devices'
-tables from `sqlite_devices`, then `_upgrade` for files made by older
-versions); nothing else adds to it.
+The file, its schema, its threads and the watch on its identity are in
+`forwardauth.state.sqlite_file`. The store creates every table it holds
+when it opens (`SCHEMA`, the devices' tables from `sqlite_devices`, then
+`_upgrade` for files made by older versions); nothing else adds to it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import sqlite3
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
-from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any
 
-from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable
+from forwardauth.state.base import SWEEP_GRACE, StateStore, lost_message
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
 from forwardauth.state.sqlite_devices import SCHEMA as DEVICES_SCHEMA
+from forwardauth.state.sqlite_devices import TABLES as DEVICES_TABLES
 from forwardauth.state.sqlite_devices import SQLiteDevices, publish
+from forwardauth.state.sqlite_file import SCHEMA, TABLES, SQLiteFile, transaction
 
-T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('revocation_version', 0);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('tokens_version', 0);
-CREATE TABLE IF NOT EXISTS epochs (user TEXT PRIMARY KEY, epoch REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS revoked (ident TEXT PRIMARY KEY, until REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (
-    username TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    display_name TEXT,
-    email TEXT,
-    groups_json TEXT NOT NULL,
-    status TEXT NOT NULL,
-    password_hash TEXT,
-    totp_secret_enc TEXT,
-    totp_last_step INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS auth_failures (
-    key TEXT NOT NULL,
-    at REAL NOT NULL,
-    id TEXT NOT NULL PRIMARY KEY,
-    expires REAL
-);
-CREATE INDEX IF NOT EXISTS auth_failures_key_at ON auth_failures (key, at);
-CREATE TABLE IF NOT EXISTS once_claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS once_claims_expires ON once_claims (expires);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    name TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    level TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    last_used REAL,
-    revoked REAL
-);
-CREATE INDEX IF NOT EXISTS api_tokens_account ON api_tokens (account);
-CREATE TABLE IF NOT EXISTS dbcreds (
-    account TEXT PRIMARY KEY,
-    sealed TEXT NOT NULL,
-    updated REAL NOT NULL,
-    updated_by TEXT NOT NULL
-);
-"""
-
-
-@contextlib.contextmanager
-def transaction(c: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-    """One transaction around the block: committed when it ends, rolled back when it raises.
-
-    `write` takes the write lock up front (BEGIN IMMEDIATE), so a writer never
-    has to upgrade a read lock halfway (which can fail with SQLITE_BUSY);
-    `write=False` is a deferred BEGIN, for reads that must see one snapshot.
-
-    What propagates is always the first error. After SQLITE_FULL, an I/O error
-    and a few others SQLite has already rolled the transaction back itself, and
-    a ROLLBACK then fails with "cannot rollback - no transaction is active":
-    raised from here, that hid the cause ("database or disk is full"). So roll
-    back only a transaction still open, and a failed rollback only adds a note.
-    """
-    c.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-    try:
-        yield c
-        c.execute("COMMIT")
-    except BaseException as exc:
-        if c.in_transaction:
-            try:
-                c.execute("ROLLBACK")
-            except sqlite3.Error as again:
-                exc.add_note(f"the rollback failed too: {again.__class__.__name__}: {again}")
-        raise
-
-
-def _upgrade(c: sqlite3.Connection) -> None:
-    """Bring a state file made by an older version up to SCHEMA: auth_failures
-    gained `expires` (recorded at + window, so entries of keys that never come
-    back can be swept) and its index. Rows from before have no `expires`:
-    they go when their key records again (the per-key trim), never by the sweep,
-    whose window they do not carry."""
-    with transaction(c):  # two processes opening an old file: one adds the column
-        cols = {row[1] for row in c.execute("PRAGMA table_info(auth_failures)")}
-        if "expires" not in cols:
-            c.execute("ALTER TABLE auth_failures ADD COLUMN expires REAL")
-        c.execute("CREATE INDEX IF NOT EXISTS auth_failures_expires ON auth_failures (expires)")
-
+__all__ = ["SCHEMA", "SQLiteStore", "transaction"]
 
 def _bump_revocations(c: sqlite3.Connection) -> None:
     c.execute("UPDATE meta SET value = value + 1 WHERE key='revocation_version'")
@@ -144,90 +51,44 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
-class SQLiteStore(SQLiteDevices, StateStore):
+class SQLiteStore(SQLiteDevices, SQLiteFile, StateStore):
+    """The records, on the file (its threads, its watch: forwardauth.state.sqlite_file)."""
+
+    schema = SCHEMA + DEVICES_SCHEMA
+    tables = TABLES | DEVICES_TABLES
+
     def __init__(self, path: str):
-        self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
-
-    # --- plumbing -------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            if self.path != ":memory:":
-                parent = Path(self.path).parent
-                try:
-                    parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StoreUnavailable(f"sqlite state {self.path}: cannot create its directory {parent}: "
-                                           f"{exc.strerror or exc.__class__.__name__}") from None
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=5000")
-                conn.executescript(SCHEMA + DEVICES_SCHEMA)
-                _upgrade(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """On the store's thread: every failure of the file is StoreUnavailable, naming the path."""
-        try:
-            return fn(self._connect())
-        except sqlite3.Error as exc:
-            self._drop_if_stuck()
-            raise StoreUnavailable(f"sqlite state {self.path}: {exc.__class__.__name__}: {exc}") from None
-        except OSError as exc:  # the file or its directory (sqlite3 reports most as sqlite3.Error)
-            self._drop_if_stuck()
-            raise StoreUnavailable(f"sqlite state {self.path}: {exc.strerror or exc.__class__.__name__}") from None
-
-    def _drop_if_stuck(self) -> None:
-        """A connection left inside a transaction (its rollback failed too) would
-        refuse every later BEGIN: close it, the next call opens a new one."""
-        if self._conn is not None and self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` on the store's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
-
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` in one write transaction on the store's thread."""
-
-        def tx(c: sqlite3.Connection) -> T:
-            with transaction(c):
-                return fn(c)
-
-        return await self.run(tx)
-
-    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """For the CLI: same as run, without an event loop."""
-        return self._pool.submit(self._call, fn).result()
-
-    async def open(self) -> None:
-        await self.run(lambda c: None)
-
-    async def close(self) -> None:
-        def _close(_: Any) -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, _close, None)
-        self._pool.shutdown(wait=False)
+        super().__init__(path)
+        self._lost_at: float | None = None  # the loss recorded in the file (meta 'lost_at'), as last read
 
     # --- revocations ----------------------------------------------------------------
 
     async def revocation_version(self) -> int:
-        return await self.run(
-            lambda c: c.execute("SELECT value FROM meta WHERE key='revocation_version'").fetchone()[0]
-        )
+        rows = dict(await self.read(lambda c: c.execute(
+            "SELECT key, value FROM meta WHERE key IN ('revocation_version', 'lost_at')").fetchall()))
+        self._lost_at = rows.get("lost_at")
+        return int(rows["revocation_version"])
+
+    # --- continuity (see StateStore and the class) -------------------------------------
+
+    def problem(self) -> str | None:
+        if self._problem is not None:
+            return self._problem
+        if self._lost_at is not None:
+            return lost_message(f"sqlite state {self.path}", float(self._lost_at))
+        return None
+
+    async def restored(self) -> None:
+        at = time.time()
+        await self.write(lambda c: c.execute(
+            "INSERT INTO meta (key, value) VALUES ('lost_at', ?) ON CONFLICT(key) DO NOTHING", (at,)))
+        self._lost_at = self._lost_at or at
+
+    async def acknowledge(self) -> str:
+        """`forwardauth state ack`: the file as it is now is the truth."""
+        n = await self.write(lambda c: c.execute("DELETE FROM meta WHERE key='lost_at'").rowcount)
+        self._lost_at = None
+        return "the recorded loss is acknowledged" if n else "nothing to acknowledge"
 
     async def revocations(self, now: float) -> RevocationSnapshot:
         def q(c: sqlite3.Connection) -> RevocationSnapshot:
@@ -237,7 +98,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
                 revoked = dict(c.execute("SELECT ident, until FROM revoked WHERE until > ?", (now,)).fetchall())
             return RevocationSnapshot(v, epochs, revoked)
 
-        return await self.run(q)
+        return await self.read(q)
 
     async def set_epoch(self, user: str, epoch: float) -> float:
         def q(c: sqlite3.Connection) -> float:
@@ -287,7 +148,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
     # --- accounts -------------------------------------------------------------------
 
     async def get_account(self, name: str) -> Account | None:
-        row = await self.run(
+        row = await self.read(
             lambda c: c.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE username=?", (name,)).fetchone()
         )
         return _account(row) if row else None
@@ -328,7 +189,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
         return await self.write(q)
 
     async def list_accounts(self) -> list[Account]:
-        rows = await self.run(
+        rows = await self.read(
             lambda c: c.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY username").fetchall())
         return [_account(r) for r in rows]
 
@@ -353,7 +214,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
         return await self.write(q)
 
     async def failures(self, key: str, now: float, window: float) -> tuple[int, float | None]:
-        row = await self.run(lambda c: c.execute(
+        row = await self.read(lambda c: c.execute(
             "SELECT count(*), max(at) FROM auth_failures WHERE key=? AND at > ? AND at <= ?",
             (key, now - window, now)).fetchone())
         return int(row[0]), (float(row[1]) if row[1] is not None else None)
@@ -371,16 +232,16 @@ class SQLiteStore(SQLiteDevices, StateStore):
         await self.write(q)
 
     async def get_token(self, token_id: str) -> TokenMeta | None:
-        row = await self.run(lambda c: c.execute(
+        row = await self.read(lambda c: c.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id=?", (token_id,)).fetchone())
         return TokenMeta(*row) if row else None
 
     async def list_tokens(self, account: str | None = None) -> list[TokenMeta]:
         if account is None:
-            rows = await self.run(lambda c: c.execute(
+            rows = await self.read(lambda c: c.execute(
                 f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY created, id").fetchall())
         else:
-            rows = await self.run(lambda c: c.execute(
+            rows = await self.read(lambda c: c.execute(
                 f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE account=? ORDER BY created, id",
                 (account,)).fetchall())
         return [TokenMeta(*r) for r in rows]
@@ -400,7 +261,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
             "UPDATE api_tokens SET last_used=? WHERE id=? AND (last_used IS NULL OR last_used < ?)", items))
 
     async def tokens_version(self) -> int:
-        return await self.run(
+        return await self.read(
             lambda c: c.execute("SELECT value FROM meta WHERE key='tokens_version'").fetchone()[0])
 
     async def put_dbcreds(self, account: str, creds: SealedCreds) -> None:
@@ -410,7 +271,7 @@ class SQLiteStore(SQLiteDevices, StateStore):
             "updated_by=excluded.updated_by", (account, creds.sealed, creds.updated, creds.updated_by)))
 
     async def get_dbcreds(self, account: str) -> SealedCreds | None:
-        row = await self.run(lambda c: c.execute(
+        row = await self.read(lambda c: c.execute(
             "SELECT sealed, updated, updated_by FROM dbcreds WHERE account=?", (account,)).fetchone())
         return SealedCreds(*row) if row else None
 

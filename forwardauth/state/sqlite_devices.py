@@ -2,15 +2,16 @@
 `base.DeviceStore`), and its device change feed: a table of (seq, user)
 rows written in the same transaction as each change, which one poller per
 process reads by `seq` (`changes_since`). Rows older than `FEED_KEEP` go as
-new ones come. Mixed into `SQLiteStore`, which creates `SCHEMA` when it opens.
+new ones come. Mixed into `SQLiteStore`, which creates `SCHEMA` (`TABLES`) when it opens;
+writes go through the one transaction helper (`write`), reads to the reader's thread.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from forwardauth.state.base import KEEP_DECIDED
 from forwardauth.state.records import ApprovalRequest, ApprovalState, Device, Pairing
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS device_changes (
 );
 """
 
+TABLES = frozenset({"devices", "device_pairings", "approval_requests", "device_changes"})
+
 FEED_KEEP = 300.0  # seconds a change row is kept: a follower stuck longer looks at everything
 
 _DEVICE_COLUMNS = "id, user, name, created, secret_hash, last_seen"
@@ -75,9 +78,12 @@ def _request(row: tuple[Any, ...]) -> ApprovalRequest:
 
 
 class SQLiteDevices:
-    # From SQLiteStore: run `fn(connection)` on the store's thread, in a write transaction or not.
-    run: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
-    write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+    # From SQLiteStore (sqlite_file.SQLiteFile): run `fn(connection)` in one write transaction
+    # on the writer's thread, or a plain read on the reader's.
+    if TYPE_CHECKING:
+        async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
     # --- change feed ------------------------------------------------------------------
     async def publish_change(self, user: str) -> None:
@@ -97,7 +103,7 @@ class SQLiteDevices:
             users = [u for (u,) in c.execute("SELECT DISTINCT user FROM device_changes WHERE seq > ?", (cursor,))]
             return current, users
 
-        result: tuple[int, list[str] | None] = await self.run(q)
+        result: tuple[int, list[str] | None] = await self.read(q)
         return result
 
     # --- devices ------------------------------------------------------------------------
@@ -114,12 +120,12 @@ class SQLiteDevices:
         return bool(await self.write(q))
 
     async def device(self, device_id: str) -> Device | None:
-        row = await self.run(lambda c: c.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id=?",
+        row = await self.read(lambda c: c.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id=?",
                                                  (device_id,)).fetchone())
         return _device(row) if row else None
 
     async def devices(self, user: str) -> list[Device]:
-        rows = await self.run(lambda c: c.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user=? "
+        rows = await self.read(lambda c: c.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user=? "
                                                   f"ORDER BY created, id", (user,)).fetchall())
         return [_device(r) for r in rows]
 
@@ -157,7 +163,7 @@ class SQLiteDevices:
         await self.write(q)
 
     async def pairing(self, code_hash: str, now: float) -> Pairing | None:
-        row = await self.run(lambda c: c.execute("SELECT user, created, expires FROM device_pairings "
+        row = await self.read(lambda c: c.execute("SELECT user, created, expires FROM device_pairings "
                                                  "WHERE code_hash=? AND expires > ?", (code_hash, now)).fetchone())
         return Pairing(row[0], float(row[1]), float(row[2])) if row else None
 
@@ -182,12 +188,12 @@ class SQLiteDevices:
         return created
 
     async def request(self, request_id: str) -> ApprovalRequest | None:
-        row = await self.run(lambda c: c.execute(f"SELECT {_REQUEST_COLUMNS} FROM approval_requests WHERE id=?",
+        row = await self.read(lambda c: c.execute(f"SELECT {_REQUEST_COLUMNS} FROM approval_requests WHERE id=?",
                                                  (request_id,)).fetchone())
         return _request(row) if row else None
 
     async def pending(self, user: str, now: float) -> list[ApprovalRequest]:
-        rows = await self.run(lambda c: c.execute(f"SELECT {_REQUEST_COLUMNS} FROM approval_requests "
+        rows = await self.read(lambda c: c.execute(f"SELECT {_REQUEST_COLUMNS} FROM approval_requests "
                                                   f"WHERE user=? AND state='pending'", (user,)).fetchall())
         return sorted((_request(r) for r in rows), key=lambda r: (r.created, r.id))
 

@@ -22,9 +22,10 @@ from forwardauth.core.keyring import KeyRing
 from forwardauth.core.levels import Levels
 from forwardauth.core.request import OriginalRequest
 from forwardauth.core.session import Session
+from forwardauth.state.records import TokenMeta
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
-from forwardauth.tokens.index import TokenIndex
+from forwardauth.tokens.index import Principal, TokenIndex
 
 _BEARER_RE = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(fa1_[A-Za-z0-9_-]{1,4096})\s*$")
 
@@ -127,8 +128,8 @@ class TokenVerifier:
 @dataclass(frozen=True)
 class _Known:
     token_id: str
-    meta: object  # the TokenMeta object the index held when accepted
-    acct: object  # the Principal object likewise
+    meta: TokenMeta  # the record object the index held when accepted
+    acct: Principal  # the account object likewise
     claims: cv.Claims
     credential: Credential  # made once: the hot path hands out this very object
     restricted: bool

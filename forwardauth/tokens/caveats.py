@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from forwardauth.core.paths import casefold_path
 from forwardauth.core.levels import Levels
+from forwardauth.core.paths import casefold_path
 
 NAMES = ("account", "level", "issued", "expires", "host", "path", "method")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})

@@ -14,12 +14,13 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.durations import parse_duration
 from forwardauth.core.runtime import Runtime, resolve_state_url, store_problem
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.services.commands import CliEnv, CliError, Register, SubCommands
 from forwardauth.state import StateStore, StoreUnavailable, open_store
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
@@ -60,6 +61,16 @@ def _account_name(text: str) -> str:
     return text
 
 
+def _existing_name(text: str) -> str:
+    """An existing account: as for `_account_name`, or an upstream identity's
+    account exactly as `accounts list` shows it ("oidc:<sub>")."""
+    try:
+        return check_account_name(text)
+    except AccountError:
+        raise argparse.ArgumentTypeError("account names are 1-64 of a-z 0-9 . _ @ + - (starting with a-z 0-9), or "
+                                         "<source>:<sub> for an upstream identity's account as listed") from None
+
+
 def _dur(text: str) -> float:
     try:
         return parse_duration(text)
@@ -83,22 +94,24 @@ def _register_accounts(sub: SubCommands) -> None:
     ls = s.add_parser("list", help="list accounts")
     ls.set_defaults(func=_cmd_list_accounts)
     sh = s.add_parser("show", help="show one account (never its secrets)")
-    sh.add_argument("name", type=_account_name)
+    sh.add_argument("name", type=_existing_name)
     sh.set_defaults(func=_cmd_show)
     r = s.add_parser("roles", help="set an account's roles (a change ends its sessions and tokens, "
                                    "as `users groups` does)")
-    r.add_argument("name", type=_account_name)
+    r.add_argument("name", type=_existing_name)
     r.add_argument("--set", required=True, dest="roles", help="comma-separated roles ('' for none)")
     r.set_defaults(func=_cmd_roles)
-    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once (epoch to the far future)")
-    lk.add_argument("name", type=_account_name)
+    lk = s.add_parser("lock", help="lock: every session and token of the account dies at once "
+                                   "(epoch to the far future)")
+    lk.add_argument("name", type=_existing_name)
     lk.set_defaults(func=_cmd_lock)
-    ul = s.add_parser("unlock", help="set the status back to active; what was issued before stays revoked")
-    ul.add_argument("name", type=_account_name)
+    ul = s.add_parser("unlock", help="set the status back to active and lift any ban for failed attempts; what "
+                                     "was issued before stays revoked")
+    ul.add_argument("name", type=_existing_name)
     ul.set_defaults(func=_cmd_unlock)
-    d = s.add_parser("delete", help="delete an account: its tokens are revoked, its sessions end and its "
-                                    "database credentials are deleted")
-    d.add_argument("name", type=_account_name)
+    d = s.add_parser("delete", help="delete an account: its tokens are revoked, its sessions end (an upstream "
+                                    "identity's too) and its database credentials are deleted")
+    d.add_argument("name", type=_existing_name)
     d.set_defaults(func=_cmd_delete)
     for sp in (c, ls, sh, r, lk, ul, d):
         sp.add_argument("-c", "--config", required=True)
@@ -112,12 +125,8 @@ def _show_account(a: Account) -> str:
 
 def _cmd_create(args: argparse.Namespace, env: CliEnv) -> int:
     async def fn(svc: TokenService, store: StateStore) -> int:
-        now = time.time()
-        a = Account(username=args.name, kind=args.kind, email=args.email, display_name=args.display_name,
-                    groups=check_groups(args.roles), created=now, updated=now)
-        if not await svc.accounts.add_account(a):
-            raise CliError(f"account {args.name} exists")
-        svc.audit("account_created", user=a.username, reason=f"{a.kind} account by {OPERATOR.name}")
+        a = await svc.create_account(OPERATOR, args.name, kind=args.kind, email=args.email,
+                                     display_name=args.display_name, roles=args.roles)
         print(_show_account(a))
         return 0
 

@@ -11,7 +11,7 @@ the assertion signer. Per runtime it gives the pipeline its `DecisionHooks`.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from cachetools import LRUCache
 

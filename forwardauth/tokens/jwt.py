@@ -3,25 +3,25 @@
 Signing and parsing are joserfc's (never a hand-written JWT parser). The
 algorithm is pinned by configuration, not taken from the token: ES256 with
 the key ring's P-256 signing keys (public halves served as a JWKS, so apps
-verify locally), or HS512 with a shared secret for apps that want that
-(seed 003). Verification passes exactly one algorithm to joserfc and checks
+verify locally), or HS512 with a shared secret for apps that verify with one
+(`tokens.jwt.algorithm: HS512`). Verification passes exactly one algorithm to joserfc and checks
 the header's `alg` and `kid` before that, so `alg: none`, another algorithm,
 or HS256 "signed" with the public key (key confusion) are refused.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OctKey
+from joserfc.jwk import ECKey, Key, KeySet, KeySetSerialization, OctKey
 
+from forwardauth.core import jsonstrict
 from forwardauth.core.keyring import KeyRing, b64d, b64e
 
 MAX_JWT_CHARS = 8192
@@ -55,11 +55,12 @@ class JwtSigner:
     candidates: tuple[tuple[float, ECKey | OctKey], ...] = ()
 
     @classmethod
-    def es256(cls, ring: KeyRing, issuer: str) -> "JwtSigner":
+    def es256(cls, ring: KeyRing, issuer: str) -> JwtSigner:
         keys = [ECKey.import_key(k.private, {"kid": k.id, "alg": "ES256", "use": "sig"}) for k in ring.signing]
         public = {"keys": [dict(k.as_dict(private=False), kid=k.kid, alg="ES256", use="sig") for k in keys]}
-        ordered = sorted(zip((k.created for k in ring.signing), keys), key=lambda ck: -ck[0])
-        return cls("ES256", issuer, keys[0] if keys else None, KeySet(keys) if keys else None, public,
+        ordered = sorted(zip((k.created for k in ring.signing), keys, strict=True), key=lambda ck: -ck[0])
+        every: list[Key] = list(keys)
+        return cls("ES256", issuer, keys[0] if keys else None, KeySet(every) if keys else None, public,
                    tuple(ordered))
 
     def key_for(self, now: float) -> ECKey | OctKey | None:
@@ -72,7 +73,7 @@ class JwtSigner:
         return self.candidates[-1][1]
 
     @classmethod
-    def hs512(cls, secret: bytes, issuer: str) -> "JwtSigner":
+    def hs512(cls, secret: bytes, issuer: str) -> JwtSigner:
         if len(secret) < HS512_SECRET_BYTES:
             raise JwtError(f"the HS512 secret must be at least {HS512_SECRET_BYTES} bytes")
         key = OctKey.import_key(secret)
@@ -98,10 +99,12 @@ class JwtSigner:
 
 
 def _header(token: str) -> dict[str, Any]:
+    """The JOSE header, read strictly: no key twice (which `alg`?), nested at most 4 deep (a
+    header of 3000 `[` was a RecursionError out of json.loads: found by bench/fuzz.py)."""
     head = token.split(".", 1)[0]
     try:
-        data = json.loads(b64d(head))
-    except ValueError:
+        data = jsonstrict.loads(b64d(head), 4)
+    except ValueError:  # JsonError, binascii.Error
         raise JwtError("malformed JWT header") from None
     if not isinstance(data, dict):
         raise JwtError("malformed JWT header")
@@ -124,7 +127,7 @@ def verify(token: str, keys: KeySet | OctKey | ECKey, *, algorithm: str, issuer:
         if not isinstance(kid, str) or not any(k.kid == kid for k in keys.keys):
             raise JwtError("JWT signed by an unknown key")
     try:
-        tok = jose_jwt.decode(token, keys, algorithms=[algorithm])
+        tok = jose_jwt.decode(token, keys, algorithms=[algorithm], decoder_cls=jsonstrict.StrictDecoder)
         registry = jose_jwt.JWTClaimsRegistry(
             now=int(now), leeway=leeway,
             iss={"essential": True, "value": issuer},
@@ -135,14 +138,14 @@ def verify(token: str, keys: KeySet | OctKey | ECKey, *, algorithm: str, issuer:
         registry.validate(tok.claims)
     except JoseError as exc:
         raise JwtError(f"JWT refused: {exc.error}") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise JwtError("malformed JWT") from None
     return dict(tok.claims)
 
 
 def keyset_from_jwks(jwks: dict[str, Any]) -> KeySet:
     """What an app does with GET /.well-known/jwks.json."""
-    return KeySet.import_key_set(jwks)
+    return KeySet.import_key_set(cast(KeySetSerialization, jwks))
 
 
 def load_hs512_secret(path: Path) -> bytes:

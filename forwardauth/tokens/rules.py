@@ -1,4 +1,5 @@
-"""Who may issue, revoke and read what (seed 004). Pure and deny by default.
+"""Who may issue, revoke and read what, for tokens, accounts and database
+credentials. Pure (no store, no I/O) and deny by default.
 
 Roles are an account's groups. The rules:
 - `admin` may issue and revoke tokens for any account, manage accounts, and

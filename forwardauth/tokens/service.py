@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from forwardauth.accounts import account_store, lock_account, set_account_groups, unlock_account
 from forwardauth.core.config import Config
 from forwardauth.core.keyring import KeyRing
-from forwardauth.core.sealing import SealError, Sealer
+from forwardauth.core.sealing import Sealer, SealError
+from forwardauth.services.account_names import account_store
+from forwardauth.services.accounts import OPERATOR as OPERATOR_NAME
+from forwardauth.services.accounts import AccountExists, AccountService, NotFound, revoke_token
+from forwardauth.services.keys import dbcreds_sealer
 from forwardauth.state.base import AccountStore, StateStore, TokenStore
 from forwardauth.state.records import Account, AccountError, SealedCreds, TokenMeta
 from forwardauth.tokens import caveats as cv
@@ -31,10 +35,6 @@ DBCREDS_FIELDS = {"host", "port", "database", "username", "password", "sslmode"}
 
 class Denied(PermissionError):
     """Not allowed. The message is safe to show."""
-
-
-class NotFound(LookupError):
-    pass
 
 
 class Invalid(ValueError):
@@ -61,7 +61,7 @@ def target_of(account: Account) -> rules.Target:
     return rules.Target(account.username, account.kind, account.status == "active")
 
 
-OPERATOR = rules.Actor("operator (cli)", "human", (rules.ADMIN_ROLE,))
+OPERATOR = rules.Actor(OPERATOR_NAME, "human", (rules.ADMIN_ROLE,))
 
 
 def _may_know(actor: rules.Actor, account: str) -> bool:
@@ -87,12 +87,12 @@ class TokenService:
         self.accounts: AccountStore = account_store(store)
         self.audit = audit
         self.settings = settings(config)
+        # Every account change goes through the one account service; this
+        # class only adds who may ask (`rules`) for the API and `accounts`.
+        self.account_service = AccountService(store, audit)
 
     async def account(self, name: str) -> Account:
-        a = await self.accounts.get_account(name)
-        if a is None:
-            raise NotFound(f"no account {name!r}")
-        return a
+        return await self.account_service.need(name)
 
     async def actor(self, name: str) -> rules.Actor:
         return actor_of(await self.account(name))
@@ -110,7 +110,8 @@ class TokenService:
             self.audit("token_issued", user=account, reason=f"refused: {actor.name} may not issue for {account}")
             raise Denied(f"{actor.name} may not issue tokens for {account}")
         if not TOKEN_NAME_RE.match(name):
-            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - (starting with a letter or digit)")
+            raise Invalid("token name must be 1-64 of letters, digits, space, _ . : @ - "
+                          "(starting with a letter or digit)")
         levels = self.config.levels
         allowed = self.settings.level_for(account, self.config)
         level = level or allowed
@@ -159,11 +160,7 @@ class TokenService:
                            "issue again")
 
     async def _revoke(self, meta: TokenMeta, now: float, why: str) -> bool:
-        changed = await self.tokens.revoke_token(meta.id, now)
-        await self.store.revoke(meta.id, meta.expires)
-        if changed:
-            self.audit("token_revoked", user=meta.account, reason=f"token {meta.id} ({meta.name}): {why}")
-        return changed
+        return await revoke_token(self.store, self.audit, meta, now, why)
 
     async def revoke(self, actor: rules.Actor, token_id: str, now: float | None = None) -> TokenMeta:
         now = time.time() if now is None else now
@@ -197,73 +194,56 @@ class TokenService:
         if actor is not OPERATOR and name == actor.name:
             raise Denied(f"an admin cannot {what.replace(' accounts', '')} their own account")
 
+    async def create_account(self, actor: rules.Actor, name: str, *, kind: str = "human",
+                             display_name: str | None = None, email: str | None = None,
+                             roles: Any = ()) -> Account:
+        """An account without a password (it may get one with `users passwd`, or use tokens)."""
+        if not rules.may_admin(actor):
+            raise Denied("only admins may create accounts")
+        try:
+            return await self.account_service.create(actor.name, name, kind=kind, display_name=display_name,
+                                                     email=email, groups=roles)
+        except AccountExists as exc:
+            raise Conflict(str(exc)) from None
+
     async def lock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
-        """Status locked and the epoch set to the far future: every session and
-        token dies (seed 001). Shared with `users lock` (accounts.lock_account)."""
+        """AccountService.lock, for admins (not on their own account)."""
         await self._admin_target(actor, name, "lock accounts")
-        a = await lock_account(self.store, name, now)
-        if a is None:
-            raise NotFound(f"no account {name!r}")
-        self.audit("account_locked", user=name, reason=f"by {actor.name}; every session and token revoked")
-        return a
+        return await self.account_service.lock(actor.name, name, now)
 
     async def unlock(self, actor: rules.Actor, name: str, now: float | None = None) -> Account:
-        """Status active and the epoch brought back from the far future to now:
-        what was issued before or during the lock stays dead, new credentials work."""
+        """AccountService.unlock (which lifts the ban for failed attempts too), for admins."""
         await self._admin_target(actor, name, "unlock accounts")
-        a = await unlock_account(self.store, name, now)
-        if a is None:
-            raise NotFound(f"no account {name!r}")
-        self.audit("account_unlocked", user=name, reason=f"by {actor.name}; older sessions and tokens stay revoked")
-        return a
+        return await self.account_service.unlock(actor.name, name, now)
 
     async def set_roles(self, actor: rules.Actor, name: str, roles: Any, now: float | None = None) -> Account:
-        """Roles are groups: a change ends the account's sessions and tokens
-        (accounts.set_account_groups, the same rule as `users groups`)."""
+        """Roles are groups (AccountService.set_groups): a change ends the
+        account's sessions and tokens. For admins."""
         if not rules.may_admin(actor):
             raise Denied("only admins may change roles")
         try:
-            out = await set_account_groups(self.store, name, roles, now)
+            a, _ = await self.account_service.set_groups(actor.name, name, roles, now)
         except AccountError as exc:
             raise Invalid(f"roles: {exc}") from None
-        if out is None:
-            raise NotFound(f"no account {name!r}")
-        a, ended = out
-        self.audit("account_updated", user=name, reason=f"roles set to {','.join(a.groups) or '-'} by {actor.name}"
-                   + ("; sessions and tokens revoked" if ended else ""))
         return a
 
     async def revoke_sessions(self, actor: rules.Actor, name: str, now: float | None = None) -> float:
-        """Sign `name` out everywhere: every session and token issued until now
-        dies (epoch). Admins for anyone; an account for itself. Returns the epoch."""
+        """Sign `name` out everywhere (AccountService.revoke_sessions). Admins
+        for anyone; an account for itself. Returns the epoch."""
         if not (rules.may_admin(actor) or (actor.active and actor.name == name)):
             raise Denied(f"{actor.name} may not revoke the sessions of {name}")
-        await self.account(name)
-        epoch = await self.store.set_epoch(name, time.time() if now is None else now)
-        self.audit("session_revoked", user=name, reason=f"sessions and tokens revoked by {actor.name}")
-        return epoch
+        return await self.account_service.revoke_sessions(actor.name, name, now)
 
     async def delete_account(self, actor: rules.Actor, name: str, now: float | None = None) -> None:
-        """Delete `name`: its tokens are revoked, its database credentials and
-        approving devices deleted and its epoch raised to now, so an account made later under the same name
-        inherits nothing (no token, no session, no credentials)."""
+        """AccountService.delete (sessions, tokens, database credentials,
+        approving devices, the upstream identity's sessions), for admins (not their own account)."""
         await self._admin_target(actor, name, "delete accounts")
-        now = time.time() if now is None else now
-        await self.account(name)
-        for t in await self.tokens.list_tokens(name):
-            if t.revoked is None:
-                await self._revoke(t, now, f"account deleted by {actor.name}")
-        await self.tokens.delete_dbcreds(name)
-        await self.store.remove_devices(name)  # its approving devices (their polls end with 401)
-        await self.store.set_epoch(name, now)
-        await self.accounts.delete_account(name)
-        self.audit("account_deleted", user=name, reason=f"by {actor.name}; tokens, sessions, approving devices "
-                                                         "and database credentials removed")
+        await self.account_service.delete(actor.name, name, now)
 
     # --- database credentials --------------------------------------------
 
     def _sealer(self) -> Sealer:
-        return Sealer(self.ring, "dbcreds", max_length=16384)
+        return dbcreds_sealer(self.ring)  # at rest ("data" role): opens until re-sealed (keys reseal)
 
     async def set_dbcreds(self, actor: rules.Actor, account: str, creds: dict[str, Any],
                           now: float | None = None) -> None:

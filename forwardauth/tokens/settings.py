@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwardauth.core.config import Config, Reader, show
+from forwardauth.core.config import Config, Reader
+from forwardauth.core.errors import show
 from forwardauth.tokens.caveats import ACCOUNT_RE
 
 ALGORITHMS = ("ES256", "HS512")

@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from forwardauth.web.bodies import MAX_JSON_BYTES, BodyError, read_json
 from forwardauth.web.context import CTX, ApiCaller
 
-MAX_BODY = 16 * 1024
+MAX_BODY = MAX_JSON_BYTES
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 
@@ -47,16 +48,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 async def body(request: web.Request, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
                ) -> dict[str, Any]:
-    """The JSON object body, with unknown and missing fields refused."""
+    """The JSON object body (web.bodies: bounded size, time and nesting, no key twice), with unknown
+    and missing fields refused."""
     if request.content_type != "application/json":
         fail(415, "invalid_request", "the body must be application/json")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        fail(413, "invalid_request", f"the body must be at most {MAX_BODY} bytes")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        fail(400, "invalid_request", "the body is not valid JSON")
+        data = await read_json(request, MAX_BODY)
+    except BodyError as exc:
+        fail(exc.status, "invalid_request", exc.description)
     if not isinstance(data, dict):
         fail(400, "invalid_request", "the body must be a JSON object")
     unknown = set(data) - allowed
@@ -98,8 +97,8 @@ def document(server_url: str, fragments: list[Any]) -> dict[str, Any]:
         "paths": {},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "an error",
-                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "responses": {"Error": {"description": "an error", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "error_description"],
                           "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}},

@@ -1,6 +1,6 @@
 """One aiohttp application: the core's routes, then what each part contributes.
 
-The core's routes are the decision endpoints (web.decisions), the probes,
+The core's routes are the decision endpoints (web.decision_endpoints), the probes,
 the metrics, /oauth2/start, sign-out, userinfo and the pages' stylesheet.
 Each part's web build (composition.PARTS, in order) is called once with the
 app and its context and returns a `Contribution`: routes, factors, decision
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from forwardauth.core.runtime import Runtime, resolve_state_url
 from forwardauth.services.audit import audit_log
 from forwardauth.state import StateStore, open_store
-from forwardauth.web import api, oauth2_start, pages, probes, signout
+from forwardauth.web import api, oauth2_start, pages, probes, signout, unavailable
+from forwardauth.web.connections import hide_version
 from forwardauth.web.context import CTX, AppContext, ConfigLoader, Contribution, PolicyOf
-from forwardauth.web.decisions import ENDPOINTS, DecisionEndpoint, Handler
+from forwardauth.web.decision_endpoints import ENDPOINTS, DecisionEndpoint, Handler
 from forwardauth.web.metrics import metrics_handler
 
 WebBuild = Callable[[web.Application, AppContext], Contribution]
@@ -33,11 +34,16 @@ def build_app(runtime: Runtime, store: StateStore | None, builds: Sequence[WebBu
               policy_of: PolicyOf, audit_target: AuditTarget) -> web.Application:
     """The app for `runtime`. `builds`: the parts' web builds, in order;
     `audit_target(config)`: the audit log setting's value."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[unavailable.middleware])
+    hide_version()  # Server: forwardauth, no versions (web/connections.py)
     cfg = runtime.config
     # Opened now: a path that cannot be written stops the start (ConfigError), not a request.
     audit = audit_log(cfg, audit_target(cfg))
-    ctx = AppContext(runtime, store or open_store(resolve_state_url(cfg)), audit, load_config, policy_of)
+    if store is None:
+        # A new Redis store makes signed-in requests wait this long for running
+        # replicas to notice and write back what they remember (state.redis).
+        store = open_store(resolve_state_url(cfg), settle=2 * cfg.revocation_refresh + 3.0)
+    ctx = AppContext(runtime, store, audit, load_config, policy_of)
     app[CTX] = ctx
     endpoints: dict[str, Handler] = {f"/auth/{name}": DecisionEndpoint(ctx, name).handle for name in ENDPOINTS}
     app[DECISIONS_BY_PATH] = endpoints

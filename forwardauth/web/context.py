@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -25,12 +26,11 @@ from forwardauth.core.errors import ConfigError
 from forwardauth.core.request import client_of
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.services.audit import AuditLog
 from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
+from forwardauth.state.revocations import Revocations
 from forwardauth.web.factors import Factor
-
 
 log = logging.getLogger("forwardauth")
 
@@ -134,6 +134,9 @@ class AppContext:
         self.refresher.add(lambda: self.revocations.refresh(self.store))
 
     def reload(self) -> bool:
+        """SIGHUP: the config and key ring again (a bad one is refused), and the audit
+        log's file opened again (logrotate renamed it), whatever the config says."""
+        self.audit.reopen()
         path = self.runtime.config.path
         try:
             rt = Runtime.build(self.load_config(path))

@@ -73,7 +73,7 @@ class Csrf:
         if not token or not valid_nonce(nonce) or len(token) > 100:
             return False
         kid, dot, mac = token.partition(".")
-        if not dot or not KEY_ID_RE.match(kid) or self.ring.get(kid) is None:
+        if not dot or not KEY_ID_RE.match(kid) or self.ring.opener(kid, "cookies") is None:
             return False
         try:
             given = b64d(mac)

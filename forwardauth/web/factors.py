@@ -6,8 +6,9 @@ sign-in part's sign-in and step-up pages list each factor's `offer`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal
+from typing import Literal
 
 from aiohttp import web
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 
 from forwardauth.web import csrf
+from forwardauth.web.bodies import BodyError, read_body
 from forwardauth.web.context import AppContext
 from forwardauth.web.pages import render
 
@@ -22,6 +23,7 @@ MAX_FIELD = 4096  # rd, csrf, pending, level: generous, still bounded
 
 MSG_MALFORMED = "The form could not be read. Please try again."
 MSG_TOO_LARGE = "The form is too large."
+MSG_TOO_SLOW = "The form did not arrive in time. Please try again."
 
 
 class FormError(Exception):
@@ -31,19 +33,18 @@ class FormError(Exception):
 
 
 async def read_form(request: web.Request, required: tuple[str, ...], max_bytes: int) -> dict[str, str]:
-    """A urlencoded form, strictly: bounded size, UTF-8, each field once. Raises FormError."""
+    """A urlencoded form, strictly: bounded size and time (web.bodies), UTF-8, each field once.
+    Raises FormError."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise FormError(400, MSG_MALFORMED, "malformed_form")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise FormError(413, MSG_TOO_LARGE, "oversized_form")
-    body = b""
-    while True:  # read(n) may return less than n: loop until the end, or until over the limit
-        chunk = await request.content.read(max_bytes + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-        if len(body) > max_bytes:
-            raise FormError(413, MSG_TOO_LARGE, "oversized_form")
+    try:
+        body = await read_body(request, max_bytes)
+    except BodyError as exc:
+        if exc.status == 413:
+            raise FormError(413, MSG_TOO_LARGE, "oversized_form") from None
+        if exc.status == 408:
+            raise FormError(408, MSG_TOO_SLOW, "slow_form") from None
+        raise FormError(400, MSG_MALFORMED, "malformed_form") from None
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
                           errors="strict", max_num_fields=16)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from enum import Enum
-from typing import Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily
+
+from forwardauth.core.logs import THROTTLES
 
 
 class DecisionCounter:
@@ -46,6 +48,40 @@ class DecisionCounter:
 
 DECISIONS = DecisionCounter()
 REGISTRY.register(DECISIONS)
+
+
+class AuditLost:
+    """forwardauth_audit_lines_lost_total: audit lines this process could not
+    write, by reason (services.audit.LOST): auth events may be dropped when the
+    audit sink fails, never silently."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from forwardauth.services.audit import LOST
+
+        family = CounterMetricFamily("forwardauth_audit_lines_lost", "Audit lines lost (not written), by reason.",
+                                     labels=["reason"])
+        for reason in ("write_failed", "short_write", "queue_full"):
+            family.add_metric([reason], LOST[reason])
+        yield family
+
+
+REGISTRY.register(AuditLost())
+
+
+class SuppressedLines:
+    """forwardauth_log_lines_suppressed_total{what}: log lines left out by each
+    named core.logs.Throttle (denials, refused requests, refused heads, ...)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("forwardauth_log_lines_suppressed",
+                                     "Log lines left out by a rate limit (the events are still counted), by kind.",
+                                     labels=["what"])
+        for name, throttle in sorted(THROTTLES.items()):
+            family.add_metric([name], throttle.total_suppressed)
+        yield family
+
+
+REGISTRY.register(SuppressedLines())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -16,18 +16,18 @@ import os
 import signal
 import ssl
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from forwardauth.core import logs
-
 from forwardauth.core.config import Config
 from forwardauth.core.runtime import Runtime, store_problem
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.web.app import DECISIONS_BY_PATH
+from forwardauth.web.connections import LimitedRunner
 from forwardauth.web.context import CTX
-from forwardauth.web.decisions import decisions_first
+from forwardauth.web.decision_endpoints import decisions_first
 
 log = logging.getLogger("forwardauth")
 
@@ -51,7 +51,8 @@ async def _serve(runtime: Runtime, build: Build, reuse_port: bool) -> None:
     cfg = runtime.config.server
     app = build(runtime)
     ctx = app[CTX]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Connection limits (keep-alive, head timeout, header sizes, how many): web/connections.py
+    runner = LimitedRunner(app, runtime.config.limits, access_log=None, handle_signals=False)
     try:
         await runner.setup()  # opens the state store
     except (OSError, StoreUnavailable) as exc:

@@ -39,11 +39,11 @@ import pyotp
 import pytest
 
 from harness.browser import screenshot
+from harness.ci import missing_tool
 from harness.client import request
 from harness.forwardauth import COOKIE, cli
 from harness.procs import Proc, free_port, http_status
 from harness.proxies import NGINX_SNIPPETS, MissingTool, require, start_echo_app
-from harness.ci import missing_tool
 
 pytestmark = [pytest.mark.browser, pytest.mark.proxy]
 

@@ -50,7 +50,7 @@ def page(request, tmp_path):
             try:
                 print(f"\n--- screenshot: {screenshot(pg, re.sub(r'[^A-Za-z0-9_.-]', '_', request.node.name))}"
                       f" (page was {pg.url})")
-            except Exception as exc:  # the browser may be what failed
+            except Exception as exc:  # noqa: BLE001 - the browser may be what failed
                 print(f"\n--- no screenshot: {exc!r}")
             if "stack" in request.fixturenames:
                 for server in vars(request.getfixturevalue("stack")).values():

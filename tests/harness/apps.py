@@ -43,8 +43,9 @@ import posixpath
 import re
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("aiohttp", "flask", "cleaner")
 ROUTES = ("public", "admin", "blocked", "app")

@@ -21,7 +21,7 @@ Sources, besides the classes in issue 9:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Template = Callable[[str, str], str]
 

@@ -105,7 +105,7 @@ class ForwardAuth:
         self.proc = Proc("forwardauth", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / "forwardauth.log")
 
-    def start(self) -> "ForwardAuth":
+    def start(self) -> ForwardAuth:
         self.proc.start()
         self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
         return self
@@ -113,7 +113,7 @@ class ForwardAuth:
     def stop(self) -> None:
         self.proc.stop()
 
-    def __enter__(self) -> "ForwardAuth":
+    def __enter__(self) -> ForwardAuth:
         return self.start()
 
     def __exit__(self, *exc) -> None:

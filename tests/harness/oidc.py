@@ -30,8 +30,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 PROVIDER_DIR = Path(__file__).resolve().parent.parent / "oidc_provider"
 PROVIDER_SCRIPT = PROVIDER_DIR / "provider.mjs"
@@ -171,7 +172,7 @@ class OidcProvider:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "OidcProvider":
+    def start(self) -> OidcProvider:
         reason = provider_unavailable_reason()
         if reason:
             _skip_or_fail(reason)
@@ -240,7 +241,7 @@ class OidcProvider:
                     pass
                 p.wait(timeout)
 
-    def restart(self, *, rotate_keys: bool = False) -> "OidcProvider":
+    def restart(self, *, rotate_keys: bool = False) -> OidcProvider:
         """Stop and start again on the same port (sessions and codes are lost).
 
         rotate_keys: new signing keys (new kids) instead of the ones kept in keys_file.
@@ -250,14 +251,14 @@ class OidcProvider:
             self.keys_file.unlink(missing_ok=True)
         return self.start()
 
-    def rotate_keys(self) -> "OidcProvider":
+    def rotate_keys(self) -> OidcProvider:
         return self.restart(rotate_keys=True)
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> "OidcProvider":
+    def __enter__(self) -> OidcProvider:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -269,7 +270,7 @@ class OidcProvider:
         try:
             if getattr(self, "_proc", None) is not None:
                 self.stop(timeout=1)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a finaliser: the provider may be half started or gone
             pass
 
     # ------------------------------------------------------------ HTTP
@@ -371,7 +372,7 @@ class OidcProvider:
     def clear_interactions(self) -> None:
         self._control("DELETE", "/__test__/interactions")
 
-    def user_agent(self) -> "ProviderUserAgent":
+    def user_agent(self) -> ProviderUserAgent:
         return ProviderUserAgent(self)
 
 

@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 
 def free_port() -> int:
@@ -57,7 +57,7 @@ class Proc:
         self.cwd = cwd
         self.popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
@@ -106,7 +106,7 @@ class Proc:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout)
 
-    def __enter__(self) -> "Proc":
+    def __enter__(self) -> Proc:
         return self.start()
 
     def __exit__(self, *exc) -> None:

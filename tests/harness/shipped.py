@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .proxies import REPO, Running, require, start_caddy, start_traefik
 from .procs import Proc, free_port, http_status
+from .proxies import REPO, Running, require, start_caddy, start_traefik
 
 EXAMPLES = REPO / "examples"
 NGINX_EXAMPLES = ("nginx", "compose", "local")

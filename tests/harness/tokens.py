@@ -64,15 +64,19 @@ class TokenServer:
         self.proc = Proc(f"forwardauth:{self.port}", [sys.executable, "-m", "forwardauth", "serve", "-c", self.config],
                          workdir / f"forwardauth-{self.port}.log")
 
-    def start(self) -> "TokenServer":
+    def start(self, ready: bool = True) -> TokenServer:
+        """Start and wait until /readyz says ready (`ready`), or only until it answers (/healthz)."""
         self.proc.start()
-        self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
+        if ready:
+            self.proc.wait_until(lambda: http_status(self.port, "/readyz") == 200, what="ready on /readyz")
+        else:
+            self.proc.wait_until(lambda: http_status(self.port, "/healthz") == 200, what="answering /healthz")
         return self
 
     def stop(self) -> None:
         self.proc.stop()
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -104,7 +108,7 @@ class TokenServer:
         return request(self.port, "/auth/nginx", host=AUTH, headers=h)
 
     def api(self, method: str, path: str, token: str | None = None, body: Any = None,
-            headers: dict | None = None) -> Reply:
+            headers: dict | None = None, timeout: float = 10.0) -> Reply:
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
@@ -112,7 +116,7 @@ class TokenServer:
         if body is not None:
             data = json.dumps(body)
             h.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=data, headers={"Host": f"{AUTH}:{self.port}", **h})
             resp = conn.getresponse()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.ci import missing_tool
-from harness.proxies import PROXIES, MissingTool, require, start_proxy
 from harness.forwardauth import APP_HOST, COOKIE
+from harness.proxies import PROXIES, MissingTool, require, start_proxy
 
 
 @pytest.fixture(scope="module", params=PROXIES)

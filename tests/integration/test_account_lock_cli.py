@@ -1,5 +1,5 @@
 """Locking and unlocking through either CLI (`users` and `accounts`) ends in the
-same state: the shared implementation in forwardauth.accounts (audit finding:
+same state: the one account service, forwardauth.services.accounts (audit finding:
 `users unlock` left an `accounts lock`ed account's epoch in the far future, so
 the account could never be used again)."""
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from forwardauth.revocation import FAR_FUTURE
+from forwardauth.state.revocations import FAR_FUTURE
 from forwardauth.state.sqlite import SQLiteStore
 from harness.tokens import TokenServer
 

@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from forwardauth.composition import build_app, parse_config
 from forwardauth.core.runtime import Runtime
 from forwardauth.services.passwords import ScryptParams, hash_password
-from forwardauth.state.records import Account
-from forwardauth.web.context import CTX
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import SecretBox, code_at, current_step
+from forwardauth.state.records import Account
+from forwardauth.state.sqlite import SQLiteStore
+from forwardauth.web.context import CTX
 
 FAST = ScryptParams(log_n=10)
 PASSWORD = "correct-horse-battery"
@@ -754,7 +754,7 @@ async def test_two_enrolments_at_once_only_one_wins(site):
                                 for f, sec in tabs))
     statuses = sorted(r.status for r in rs)
     assert statuses == [303, 409], statuses
-    winner = next(sec for (f, sec), r in zip(tabs, rs) if r.status == 303)
+    winner = next(sec for (f, sec), r in zip(tabs, rs, strict=True) if r.status == 303)
     loser = next(r for r in rs if r.status == 409)
     assert error_of(await loser.text()) in (MSG_ENROL_BUSY, None)
     if error_of(await loser.text()) is None:
@@ -928,16 +928,21 @@ async def test_an_audit_file_that_cannot_be_written_stops_the_start(tmp_path):
                               "No such file or directory")
 
 
-async def test_a_failing_audit_write_does_not_fail_the_decision(site, capfd):
-    """The audit file breaks after the start (say, the disk is gone): 403s still answer 403, and
+async def test_a_failing_audit_write_does_not_fail_the_decision(site, capfd, monkeypatch):
+    """The audit file breaks after the start (say, the disk is full): 403s still answer 403, and
     the failure is reported once on stderr."""
+    import errno
+
+    import forwardauth.services.audit as audit_mod
+
     await site.sign_in(username="alice")
     cookie = site.client.session.cookie_jar.filter_cookies(site.client.make_url("/"))["fa"].value
     log = site.client.server.app[CTX].audit
-    import os as _os
 
-    _os.close(log._fd)
-    log._fd = _os.open(_os.devnull, _os.O_RDONLY)  # every write now fails (EBADF)
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_mod, "_write_fd", full)  # every write now fails
     for i in range(3):
         r = await site.client.get("/auth/nginx", headers={"X-Original-URL": f"https://app.example.com/closed/{i}",
                                                           "X-Original-Method": "GET", "Cookie": f"fa={cookie}"})

@@ -20,15 +20,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from forwardauth.composition import parse_config
+from forwardauth.composition import build_app, parse_config
+from forwardauth.core.runtime import Runtime
 from forwardauth.oidc.client import ProviderDown
 from forwardauth.oidc.flow import login_cookie_name
 from forwardauth.oidc.handlers import CLIENT, MAX_LOGIN_RD
-from forwardauth.web.pages import continue_to
-from forwardauth.core.runtime import Runtime
-from forwardauth.composition import build_app
-from forwardauth.web.context import CTX
 from forwardauth.state.memory import MemoryStore
+from forwardauth.web.context import CTX
+from forwardauth.web.pages import continue_to
 from harness.oidc import ACR_MFA, ACR_PASSWORD, OidcProvider
 from harness.procs import free_port
 

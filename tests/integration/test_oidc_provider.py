@@ -149,7 +149,7 @@ def test_discovery_lists_acr_values_pkce_and_logout(op):
     assert {"client_secret_basic", "client_secret_post"} <= set(d["token_endpoint_auth_methods_supported"])
     assert {"sub", "email", "name", "groups", "acr", "amr", "auth_time"} <= set(d["claims_supported"])
     for endpoint in ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint"):
-        assert d[endpoint].startswith("http://127.0.0.1:%d/" % op.port)
+        assert d[endpoint].startswith(f"http://127.0.0.1:{op.port}/")
 
 
 def test_jwks_serves_public_rsa_and_ec_keys(op):

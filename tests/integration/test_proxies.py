@@ -68,7 +68,7 @@ def assert_sign_in_redirect(reply: Reply, forwardauth, target: str) -> None:
 def challenge_params(value: str) -> tuple[str, dict[str, str]]:
     """'Bearer a="x", b=3' -> ("Bearer", {"a": "x", "b": "3"})."""
     scheme, _, rest = value.partition(" ")
-    params = dict((k, v1 if v1 else v2) for k, v1, v2 in re.findall(r'([a-z_]+)=(?:"([^"]*)"|([^,\s]*))', rest))
+    params = {k: v1 if v1 else v2 for k, v1, v2 in re.findall(r'([a-z_]+)=(?:"([^"]*)"|([^,\s]*))', rest)}
     return scheme, params
 
 

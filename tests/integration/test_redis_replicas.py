@@ -27,12 +27,13 @@ def redis_server(tmp_path_factory):
 def replicas(tmp_path_factory, redis_server):
     work = tmp_path_factory.mktemp("replicas")
     # A slow periodic refresh (5 s): agreement within 1 s can only come from pub/sub.
-    opts = dict(state=redis_server.url, refresh="5s",
-                tokens={"stale_grace": f"{GRACE}s", "stale_sessions_up_to": "password", "index_refresh": "30s"})
+    opts = {"state": redis_server.url, "refresh": "5s",
+                "tokens": {"stale_grace": f"{GRACE}s", "stale_sessions_up_to": "password", "index_refresh": "30s"}}
     a, b = TokenServer(work, **opts), TokenServer(work, **opts)
     a.account("root", roles="admin")
     a.account("svc", kind="system")
     a.account("alice")
+    a.cli("state", "ack")  # a new store: the operator says so, and no replica waits (README)
     with a, b:
         yield a, b
 
@@ -136,24 +137,33 @@ def test_redis_outage_grace_then_fail_closed_then_back(replicas, redis_server):
     assert seen >= 10
     # Past it (plus one 5 s refresh tick to notice): tokens and routes above
     # `stale_sessions_up_to` fail closed with a 503 that says why.
+    # (`decide` asks /auth/nginx: a 503 is a 403 saying 503, answered as a 503 by the shipped snippet.)
     limit = GRACE + 5 + 2
-    assert within(limit, lambda: b.decide("/api/x", tok).status == 503), b.decide("/api/x", tok)
+    assert within(limit, lambda: b.decide("/api/x", tok).header("X-Forwardauth-Status") == "503"), \
+        b.decide("/api/x", tok)
     assert time.monotonic() - stopped >= GRACE
     r = b.decide("/api/x", tok)
-    assert r.header("Retry-After") == "5"
+    assert r.status == 403 and r.header("Retry-After") == "5"
     assert "state store is unreachable" in r.text and "bearer tokens are refused" in r.text
     r = b.decide("/mfa/x", cookie=cookie)
-    assert r.status == 503 and "sessions on routes needing level mfa are refused" in r.text
+    assert r.header("X-Forwardauth-Status") == "503" and "sessions on routes needing level mfa are refused" in r.text
     assert b.decide("/api/x", cookie=cookie).status == 200  # a password route: still served (documented)
     assert b.decide("/public/x").status == 200
     ready = request(b.port, "/readyz", host="auth.test")
     assert ready.status == 503 and "state store unreachable" in ready.text
-    # Redis back on the same port: normal again. (This Redis keeps nothing on
-    # disk, so it comes back empty: accounts and tokens are made anew, while
-    # cookie sessions, which live in the cookie, simply work again.)
+    # Redis back on the same port. This Redis keeps nothing on disk, so it comes
+    # back empty: both replicas notice (its marker is gone), write back the
+    # revocations they remember, and stay not ready until an operator says the
+    # store is good (`forwardauth state ack`). Decisions answer meanwhile; cookie
+    # sessions live in the cookie and work again; accounts and tokens are made anew.
     redis_server.start()
-    assert within(10.0, lambda: request(b.port, "/readyz", host="auth.test").status == 200)
     assert within(10.0, lambda: b.decide("/mfa/x", cookie=cookie).status == 200)
+    ready = request(b.port, "/readyz", host="auth.test")
+    assert ready.status == 503 and "redis state lost its data at " in ready.text, ready.text
+    assert "`forwardauth state ack`" in ready.text
+    assert a.cli("state", "ack").strip() == "the recorded loss is acknowledged"
+    assert within(10.0, lambda: request(b.port, "/readyz", host="auth.test").status == 200)
+    assert within(10.0, lambda: request(a.port, "/readyz", host="auth.test").status == 200)
     a.account("svc", kind="system")
     fresh = a.token("svc", "--name", "after-outage")
     assert within(1.0, lambda: a.decide("/api/x", fresh).status == 200 and b.decide("/api/x", fresh).status == 200)

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from forwardauth.accounts import account_store
-from forwardauth.regulation import failure_store
+from forwardauth.services.account_names import account_store
+from forwardauth.services.regulation import failure_store
 from forwardauth.state.base import AccountStore, FailureStore, StateStore, TokenStore
 from forwardauth.state.memory import MemoryStore
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.sqlite import SQLiteStore
 
 
 @pytest.fixture

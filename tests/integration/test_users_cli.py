@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from forwardauth.composition import load_config
-from forwardauth.services.passwords import verify_password
-from forwardauth.regulation import Regulator
 from forwardauth.core.runtime import Runtime
+from forwardauth.services.passwords import verify_password
+from forwardauth.services.regulation import Regulator
 from forwardauth.signin.settings import settings
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import SecretBox
+from forwardauth.state.sqlite import SQLiteStore
 
 CONFIG = """
 server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}

@@ -51,7 +51,7 @@ def stack(tmp_path_factory):
                 try:
                     s.proxies[key] = future.result()
                     started.append(s.proxies[key])
-                except Exception as exc:  # stop the others before failing
+                except Exception as exc:  # noqa: BLE001 - stop the others before failing
                     errors.append(exc)
             if errors:
                 raise errors[0]

@@ -24,7 +24,6 @@ from harness.apps import KINDS
 from harness.corpus import PAIRS_FOR, spellings
 from harness.proxies import PROXIES
 from harness.rawhttp import RawClient, RawReply
-
 from harness.stack import USERS
 
 pytestmark = pytest.mark.proxy
@@ -61,7 +60,7 @@ def send_all(port: int, host: str, jobs: list[tuple[str, str, dict]]) -> list[Ra
             local.client = RawClient(port)
         try:
             return local.client.request(job[1], host, job[2])
-        except Exception as exc:  # a proxy that closes on a bad request line: not the app
+        except Exception as exc:  # noqa: BLE001 - a proxy that closes on a bad request line: not the app
             local.client.close()
             return exc
 
@@ -83,7 +82,7 @@ def test_no_spelling_reaches_a_route_the_credential_does_not_allow(stack, proxy,
     replies = send_all(running.port, stack.host(running), [(c, t, stack.creds[c]) for c, _, t in todo])
     elapsed = time.monotonic() - started
     violations: dict[str, list[str]] = defaultdict(list)
-    for (cred, name, target), reply in zip(todo, replies):
+    for (cred, name, target), reply in zip(todo, replies, strict=True):
         if isinstance(reply, Exception):
             continue
         body = served(reply, app)
@@ -122,7 +121,7 @@ def test_controls_each_route_serves_exactly_when_allowed(stack, proxy, app):
     running = stack.proxy(proxy, app)
     replies = send_all(running.port, stack.host(running), [(c, t, stack.creds[c]) for c, t, _ in CONTROLS])
     wrong = []
-    for (cred, target, route), reply in zip(CONTROLS, replies):
+    for (cred, target, route), reply in zip(CONTROLS, replies, strict=True):
         body = None if isinstance(reply, Exception) else served(reply, app)
         got = body and body["route"]
         if got != route:

@@ -23,11 +23,11 @@ from forwardauth.core import request as fa_request
 from forwardauth.core.decision import decide
 from forwardauth.core.session import Session
 from harness.apps import KINDS, route_of
+from harness.corpus import CONTROL_PATHS, spellings
 
 # The three apps, plus the cleaner on a case-insensitive file system (or an
 # Express/ASP.NET-style router): "/ADMIN/x" is its /admin/x.
 MODELS = (*KINDS, "cleaner-folding")
-from harness.corpus import CONTROL_PATHS, spellings
 
 NOW = 1_800_000_000.0
 CONFIG = parse_config("""

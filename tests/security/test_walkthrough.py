@@ -73,7 +73,7 @@ def get(nginx: Running, target: str):
     client = RawClient(nginx.port)
     try:
         return client.request(target, f"127.0.0.1:{nginx.port}", {"Accept": "application/json"})
-    except Exception:  # nginx closed the connection on a request line it refuses
+    except Exception:  # noqa: BLE001 - nginx closed the connection on a request line it refuses
         return None
     finally:
         client.close()

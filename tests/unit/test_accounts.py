@@ -2,16 +2,16 @@
 
 import pytest
 
-from forwardauth.accounts import account_store, check_username, normalise_username
+from forwardauth.services.account_names import account_store, check_username, normalise_username
 from forwardauth.state.base import AccountStore, StoreUnavailable
-from forwardauth.state.records import Account, AccountError, check_groups
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account, AccountError, check_groups
 from forwardauth.state.sqlite import SQLiteStore
 
 
 def acct(name="alice", **kw) -> Account:
-    base = dict(display_name="Alice", email="alice@example.com", groups=("staff",), created=10, updated=10,
-                password_hash="scrypt$n=2^10,r=8,p=1$salt$hash")
+    base = {"display_name": "Alice", "email": "alice@example.com", "groups": ("staff",), "created": 10, "updated": 10,
+                "password_hash": "scrypt$n=2^10,r=8,p=1$salt$hash"}
     return Account(name, **{**base, **kw})
 
 
@@ -109,36 +109,16 @@ def test_a_backend_without_accounts_is_refused():
         account_store(Bare())  # type: ignore[arg-type]
 
 
-# --- lock, unlock, groups: the one implementation both CLIs and the API use ----------
+def test_names_of_existing_accounts():
+    """Typed usernames, or an upstream identity's account exactly as listed ("oidc:<sub>", sub kept as is)."""
+    from forwardauth.services.account_names import check_account_name, upstream_sub
 
-
-async def test_lock_unlock_and_groups_rules(store):
-    from forwardauth.accounts import lock_account, set_account_groups, unlock_account
-    from forwardauth.revocation import FAR_FUTURE
-
-    await account_store(store).add_account(acct())
-    assert await lock_account(store, "ghost") is None
-    assert await unlock_account(store, "ghost") is None
-    assert await set_account_groups(store, "ghost", ["x"]) is None
-
-    locked = await lock_account(store, "alice", now=100.0)
-    assert locked.status == "locked" and (await account_store(store).get_account("alice")).status == "locked"
-    assert (await store.revocations(100.0)).epochs["alice"] == FAR_FUTURE
-    await store.set_epoch("alice", 200.0)  # a later "sign out everywhere" cannot shorten a lock
-    assert (await store.revocations(200.0)).epochs["alice"] == FAR_FUTURE
-
-    unlocked = await unlock_account(store, "alice", now=300.0)
-    assert unlocked.status == "active" and (await account_store(store).get_account("alice")).status == "active"
-    assert (await store.revocations(300.0)).epochs["alice"] == 300.0  # older credentials stay dead
-
-    got, ended = await set_account_groups(store, "alice", ["staff", "ops"], now=400.0)
-    assert (got.groups, ended) == (("staff", "ops"), True)
-    assert (await account_store(store).get_account("alice")).groups == ("staff", "ops")
-    assert (await store.revocations(400.0)).epochs["alice"] >= 400.0  # an addition ends sessions too
-    epoch = (await store.revocations(400.0)).epochs["alice"]
-    assert await set_account_groups(store, "alice", "staff,ops", now=500.0) == (got, False)  # unchanged
-    assert (await store.revocations(500.0)).epochs["alice"] == epoch
-    _, ended = await set_account_groups(store, "alice", [], now=600.0)
-    assert ended and (await store.revocations(600.0)).epochs["alice"] >= 600.0
-    with pytest.raises(AccountError, match="^invalid group name 'a b'"):
-        await set_account_groups(store, "alice", ["a b"])
+    assert check_account_name("alice") == "alice"
+    assert check_account_name("oidc:AbC-123/x@y") == "oidc:AbC-123/x@y"
+    assert (upstream_sub("oidc:AbC-123"), upstream_sub("alice")) == ("AbC-123", None)
+    for bad in ("oidc:", ":abc", "OIDC:abc", "oidc:a b", "oidc:a\x7f", "oidc:" + "x" * 300):
+        with pytest.raises(AccountError, match="^an upstream identity's account is <source>:<sub>, as "
+                                               "`forwardauth users list` shows it$"):
+            check_account_name(bad)
+    with pytest.raises(AccountError, match="^username must be"):
+        check_account_name("Alice")

@@ -20,7 +20,7 @@ def test_every_event_line_has_the_fields_in_order(tmp_path):
     log.close()
     lines = (tmp_path / "audit.log").read_text().splitlines()
     assert len(lines) == len(EVENTS)
-    for ev, line in zip(sorted(EVENTS), lines):
+    for ev, line in zip(sorted(EVENTS), lines, strict=True):
         d = json.loads(line)
         assert tuple(d) == FIELDS
         assert d["event"] == ev and d["time"] == "2023-11-14T22:13:20.500Z"
@@ -81,12 +81,30 @@ def test_stdout_target():
                    '"path":null,"level":null,"reason":null,"request_id":null}\n')
 
 
-def test_write_failure_does_not_raise(tmp_path, capsys):
+def _full_disk(monkeypatch, room: int = 0):
+    """Writes fail like a full disk after `room` more bytes (a short write takes what fits)."""
+    import errno
+
+    import forwardauth.services.audit as audit_mod
+
+    left = [room]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = os.write(fd, bytes(data[: left[0]]))
+        left[0] -= n
+        return n
+
+    monkeypatch.setattr(audit_mod, "_write_fd", write)
+    return left
+
+
+def test_write_failure_does_not_raise(tmp_path, capsys, monkeypatch):
     log = AuditLog(str(tmp_path / "a.log"))
-    os.close(log._fd)
-    log._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
+    _full_disk(monkeypatch)
     log.emit("signout", user="u")
-    assert "audit log" in capsys.readouterr().err
+    assert "audit log" in capsys.readouterr().err and log.lost == 1
     log.close()
 
 
@@ -116,23 +134,80 @@ def test_background_lines_are_written_by_flush_and_close(tmp_path):
     assert json.loads((tmp_path / "a.log").read_text().splitlines()[-1])["user"] == "last"
 
 
-def test_a_failing_writer_reports_once_and_recovers(tmp_path, capsys):
+def test_a_failing_writer_reports_once_and_recovers_with_the_count(tmp_path, capsys, monkeypatch):
+    import forwardauth.services.audit as audit_mod
+
     log = AuditLog(str(tmp_path / "a.log"))
-    good = log._fd
-    log._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail with EBADF
+    before = audit_mod.LOST["write_failed"]
+    _full_disk(monkeypatch)
     for _ in range(3):
         log.emit("signout", user="u")
         log.emit("decision_denied", background=True, user="v")
     assert log.flush()
     err = capsys.readouterr().err
-    assert err == (f"forwardauth: audit log {tmp_path / 'a.log'}: write failed: Bad file descriptor; "
-                   "audit lines are being lost until it works again\n")
-    os.close(log._fd)
-    log._fd = good
+    assert err == (f"forwardauth: audit log {tmp_path / 'a.log'}: write failed: No space left on device; "
+                   "audit lines are being lost until it works again (counted in "
+                   "forwardauth_audit_lines_lost_total)\n")
+    assert log.lost == 6 and audit_mod.LOST["write_failed"] == before + 6
+    monkeypatch.setattr(audit_mod, "_write_fd", os.write)
     log.emit("signout", user="back")
-    assert capsys.readouterr().err == f"forwardauth: audit log {tmp_path / 'a.log'}: writing again\n"
+    assert capsys.readouterr().err == (f"forwardauth: audit log {tmp_path / 'a.log'}: writing again; "
+                                       "6 lines were lost meanwhile\n")
     log.close()
     assert [json.loads(x)["user"] for x in (tmp_path / "a.log").read_text().splitlines()] == ["back"]
+
+
+def test_a_short_write_never_tears_a_line(tmp_path, capsys, monkeypatch):
+    """Issue 14: on a full disk a short write left a fragment, and the next line
+    was glued to it (unparseable). The batch is cut back to its last whole line."""
+    import forwardauth.services.audit as audit_mod
+
+    log = AuditLog(str(tmp_path / "a.log"))
+    log.emit("signout", user="first", now=0)
+    one = len(log.line("decision_denied", user="u00", now=0)) + 1
+    _full_disk(monkeypatch, room=one * 2 + 10)  # two lines and a fragment of the third fit
+    before = audit_mod.LOST["short_write"]
+    for i in range(5):
+        log.emit("decision_denied", background=True, user=f"u{i:02d}", now=0)
+    assert log.flush()
+    monkeypatch.setattr(audit_mod, "_write_fd", os.write)  # space again
+    log.emit("signout", user="after", now=0)
+    log.close()
+    text = (tmp_path / "a.log").read_text()
+    users = [json.loads(x)["user"] for x in text.splitlines()]  # every line parses
+    assert users[0] == "first" and users[-1] == "after"
+    assert text.endswith("\n") and len(users) + log.lost == 7
+    assert audit_mod.LOST["short_write"] + audit_mod.LOST["write_failed"] > before
+    err = capsys.readouterr().err
+    assert "the disk took part of a batch; it was cut back to the last whole line" in err
+    assert f"writing again; {log.lost} lines were lost meanwhile" in err
+
+
+def test_a_deleted_file_is_made_again_before_the_next_line(tmp_path, capsys):
+    """Issue 14: a deleted audit file lost every later event, with no report."""
+    path = tmp_path / "a.log"
+    log = AuditLog(str(path))
+    log.emit("signout", user="before", now=0)
+    path.unlink()
+    log.emit("signout", user="after", now=0)
+    assert [json.loads(x)["user"] for x in path.read_text().splitlines()] == ["after"]
+    assert capsys.readouterr().err == (f"forwardauth: audit log {path}: the file was deleted or moved away; "
+                                       "writing to a new one at its path\n")
+    assert log.lost == 0
+    log.close()
+
+
+def test_logrotate_renames_then_sighup_reopens(tmp_path, capsys):
+    path = tmp_path / "a.log"
+    log = AuditLog(str(path))
+    log.emit("signout", user="old", now=0)
+    path.rename(tmp_path / "a.log.1")  # logrotate (create mode), then SIGHUP
+    log.reopen()
+    log.emit("signout", user="new", now=0)
+    assert [json.loads(x)["user"] for x in (tmp_path / "a.log.1").read_text().splitlines()] == ["old"]
+    assert [json.loads(x)["user"] for x in path.read_text().splitlines()] == ["new"]
+    assert capsys.readouterr().err == f"forwardauth: audit log {path}: reopened on request\n"
+    log.close()
 
 
 def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
@@ -147,8 +222,8 @@ def test_after_close_nothing_goes_to_stdout_by_mistake(tmp_path, capsys):
 
 
 def test_an_unwritable_target_is_a_clear_config_error(tmp_path):
-    from forwardauth.services.audit import open_target
     from forwardauth.core.errors import ConfigError
+    from forwardauth.services.audit import open_target
 
     with pytest.raises(ConfigError, match=r"^local\.audit: cannot open the audit log '.*/nope/a\.log' for writing: "
                                           r"No such file or directory$"):

@@ -7,9 +7,9 @@ import stat
 import pytest
 
 from forwardauth.cli import main
+from forwardauth.composition import load_config
 from forwardauth.core.keyring import KeyRing
 from forwardauth.core.runtime import Runtime
-from forwardauth.composition import load_config
 
 CONFIG = """
 server: {{listen: 127.0.0.1:4180, public_url: https://auth.example.com}}

@@ -50,7 +50,7 @@ def test_all_problems_are_reported_together():
     (("cookie_name: fa, secure: false", "cookie_name: __Host-fa, secure: false"),
      "test.yaml: session.cookie_name: a __Host- cookie needs secure: true and no domain"),
     (("listen: 127.0.0.1:4180", "listen: nowhere"), "test.yaml: server.listen: must be HOST:PORT, got 'nowhere'"),
-    (("state: memory://", "state: postgres://x"), "test.yaml: state: must be sqlite:///path, memory:// or redis://..., got 'postgres://x'"),
+    (("state: memory://", "state: postgres://x"), "test.yaml: state: must be sqlite:///path, memory://, redis://... or redis+sentinel://..., got 'postgres://x'"),
     (("trusted_proxies: [127.0.0.1/32]", "trusted_proxies: [localhost]"),
      "test.yaml: server.trusted_proxies[0]: not an IP network (CIDR): 'localhost'"),
     (("public_url: https://auth.example.com", "public_url: https://auth.example.com/x?y"),

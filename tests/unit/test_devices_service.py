@@ -15,7 +15,7 @@ from forwardauth.devices import credentials
 from forwardauth.devices.hub import Busy, Hub
 from forwardauth.devices.service import DeviceService, Refusal
 from forwardauth.devices.settings import DevicesSettings, Limits
-from forwardauth.regulation import RegulationConfig, Regulator
+from forwardauth.services.regulation import RegulationConfig, Regulator
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import ApprovalState
 

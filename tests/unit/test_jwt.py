@@ -127,6 +127,9 @@ def test_wrong_issuer_is_refused(ring):
     ("", "malformed JWT"),
     ("a.b", "malformed JWT"),
     ("!!!.b.c", "malformed JWT header"),
+    # found by bench/fuzz.py: a header nested past json's recursion limit was a RecursionError
+    (keyring.b64e(b"[" * 3000) + ".e30.c", "malformed JWT header"),
+    (keyring.b64e(b'{"alg":"none","alg":"HS512","typ":"JWT"}') + ".e30.c", "malformed JWT header"),
     ("x" * 9000, "oversized JWT"),
 ])
 def test_malformed_jwts(signer, token, message):
@@ -151,7 +154,7 @@ def test_no_signing_key_says_so():
         s.sign({"sub": "a"}, audience="x", lifetime=60, now=NOW)
 
 
-# --- HS512 shared-secret mode (seed 003) ----------------------------------------
+# --- HS512 shared-secret mode (tokens.jwt.algorithm: HS512) ----------------------
 
 SECRET = bytes(range(64))
 

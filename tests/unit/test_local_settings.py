@@ -7,7 +7,7 @@ import pytest
 
 from forwardauth.core.errors import ConfigError
 from forwardauth.services.passwords import ScryptParams
-from forwardauth.regulation import RegulationConfig
+from forwardauth.services.regulation import RegulationConfig
 from forwardauth.signin.settings import BootstrapAdmin, LocalSettings, settings, totp_levels
 
 from .conftest import BASE, make_config

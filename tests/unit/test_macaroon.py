@@ -7,14 +7,14 @@ import struct
 
 import pytest
 
+from forwardauth.core.credentials import Source, Status
 from forwardauth.core.keyring import Key, KeyRing, b64d, b64e
 from forwardauth.core.levels import Level, Levels
 from forwardauth.core.request import AmbiguousPath, build
-from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.records import RevocationSnapshot, TokenMeta
+from forwardauth.state.revocations import FAR_FUTURE, Revocations
 from forwardauth.tokens import caveats as cv
 from forwardauth.tokens import macaroon as mac
-from forwardauth.core.credentials import Source, Status
 from forwardauth.tokens.bearer import TokenVerifier, bearer_token, principal
 from forwardauth.tokens.index import Principal, TokenIndex
 

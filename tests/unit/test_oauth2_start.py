@@ -6,8 +6,8 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.core.runtime import Runtime
 from forwardauth.composition import build_app
+from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
 
 from .conftest import BASE, make_config
@@ -130,3 +130,27 @@ async def test_oidc_added_by_a_reload_needs_a_restart(client, caplog):
     assert [rec.getMessage() for rec in caplog.records] == [
         "the oidc section changed on reload; restart forwardauth to apply it (the settings it started with stay in use)"]
     assert (await client.get("/oauth2/callback?state=x&code=y")).status == 404
+
+
+async def test_a_provider_added_by_a_reload_offers_no_button_before_a_restart():
+    """The sign-in page offered "Sign in with your organisation's account" as soon as a reload
+    added an `oidc:` section, but the provider is only used after a restart: the button led to
+    "No way to sign in". The offer follows the settings the app started with."""
+    from forwardauth.web.context import CTX
+
+    local = "policy: {rules: [{level: password}]}\nlocal: {enabled: true}\n"
+    oidc = "oidc: {issuer: https://idp.example.com, client_id: fa, client_secret: s}\n"
+    button = "Sign in with your organisation&#39;s account"
+    page = "/oauth2/sign_in?rd=https%3A%2F%2Fapp.example.com%2F"
+    app = build_app(Runtime.build(make_config(local, BASE_RD)), MemoryStore())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        r = await c.get(page)
+        assert r.status == 200 and button not in await r.text()
+        app[CTX].runtime = Runtime.build(make_config(local + oidc, BASE_RD))
+        r = await c.get(page)
+        assert r.status == 200 and button not in await r.text()
+    started = build_app(Runtime.build(make_config(local + oidc, BASE_RD)), MemoryStore())
+    async with TestClient(TestServer(started, host="127.0.0.1")) as c:
+        text = await (await c.get(page)).text()
+        assert (f'<p class="alt"><a href="/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2F&amp;via=upstream">'
+                f"{button}</a></p>") in text

@@ -16,7 +16,7 @@ NOW = 1_800_000_000.0
 
 
 def login(**kw):
-    d = dict(rd="https://app.example.com/x", level="mfa", max_age=None, now=NOW, hint=None)
+    d = {"rd": "https://app.example.com/x", "level": "mfa", "max_age": None, "now": NOW, "hint": None}
     d.update(kw)
     return flow.new_login(**d)
 

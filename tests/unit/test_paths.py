@@ -161,3 +161,12 @@ def test_any_text_is_refused_or_read(tail):
     except BadRequest:
         return
     assert 1 <= len(readings) <= 64
+
+
+@pytest.mark.parametrize("path", ["/a/\udcff", "/api/2F\ud800x;p=1/a./a"])
+def test_a_lone_surrogate_is_a_bad_request_not_a_crash(path):
+    """Found by bench/fuzz.py: a str with a lone surrogate (what a caller's own decoding with
+    surrogateescape makes of a raw byte) was a UnicodeEncodeError out of percent-decoding."""
+    with pytest.raises(BadRequest) as exc:
+        path_readings(path)
+    assert str(exc.value) == "path is not valid text"

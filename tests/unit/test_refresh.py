@@ -9,11 +9,11 @@ import asyncio
 import logging
 import time
 
-from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account, TokenMeta
 from forwardauth.state.refresh import Refresher
+from forwardauth.state.revocations import Revocations
 from forwardauth.tokens.index import TokenIndex
 
 
@@ -22,7 +22,7 @@ def meta(i: int) -> TokenMeta:
 
 
 def both(store) -> tuple[Refresher, Revocations, TokenIndex]:
-    """What server.Context and the tokens part set up: revocations first, then the index."""
+    """What the app context and the tokens part set up: revocations first, then the index."""
     rev, index, loop = Revocations(), TokenIndex(), Refresher()
     loop.add(lambda: rev.refresh(store))
     loop.add(lambda: index.refresh(store, full_every=3600.0))

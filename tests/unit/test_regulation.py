@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from forwardauth.regulation import RegulationConfig, Regulator, client_key, failure_store, user_key
+from forwardauth.services.regulation import RegulationConfig, Regulator, client_key, failure_store, user_key
 
 CFG = RegulationConfig(max_failures=3, max_client_failures=5, window=60, ban_time=300)
 T = 1_000_000.0

@@ -3,10 +3,8 @@
 import ipaddress
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from forwardauth.core.request import AmbiguousPath, BadRequest, client_address, headers_forwarded, headers_nginx
+from forwardauth.core.request import BadRequest, client_address, headers_forwarded, headers_nginx
 
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
 PEER = ipaddress.ip_address("127.0.0.1")

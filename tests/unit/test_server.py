@@ -5,10 +5,10 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from forwardauth.core.runtime import Runtime
 from forwardauth.composition import build_app
-from forwardauth.web.context import CTX
+from forwardauth.core.runtime import Runtime
 from forwardauth.state.memory import MemoryStore
+from forwardauth.web.context import CTX
 
 from .conftest import BASE, make_config
 
@@ -248,12 +248,18 @@ async def test_store_unread_since_startup_refuses_sessions_not_anonymous_routes(
         assert (r.status, await r.text()) == (503, "not ready: state store not read yet\n")
         s = rt.codec.new("alice", "password", time.time())
         h = {**nginx("https://app.test/x"), "Cookie": f"fa={rt.codec.seal(s)}"}
-        r = await c.get("/auth/nginx", headers=h)
+        r = await c.get("/auth/traefik", headers={**traefik("app.test", "/x"), "Cookie": h["Cookie"]})
         assert r.status == 503, await r.text()
         assert "X-Auth-Request-User" not in r.headers
         assert (r.headers["Retry-After"], await r.text()) == (
             "5", "503 Service Unavailable: the state store has not been read yet, so revoked sessions cannot be "
                  "told apart; signed-in requests are refused until it has\n")
+        # to nginx: a 403 saying 503, which the shipped snippet answers as a 503 (auth_request makes a 503 a 500)
+        r = await c.get("/auth/nginx", headers=h)
+        assert (r.status, r.headers["X-Forwardauth-Status"], r.headers["Retry-After"]) == (403, "503", "5")
+        assert r.headers["X-Forwardauth-Error"] == ("the state store has not been read yet, so revoked sessions "
+                                                    "cannot be told apart; signed-in requests are refused until it has")
+        assert "X-Auth-Request-User" not in r.headers
         r = await c.get("/auth/nginx", headers={**nginx("https://app.test/public/a"), "Cookie": h["Cookie"]})
         assert (r.status, await r.text()) == (200, "")
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forwardauth.core.credentials import MAX_COOKIE_BYTES, SessionCodec
 from forwardauth.core.keyring import Key, KeyRing, b64d, b64e, generate, rotate
 from forwardauth.core.levels import Level, Levels
 from forwardauth.core.sealing import Sealer
-from forwardauth.core.credentials import MAX_COOKIE_BYTES, SessionCodec
 from forwardauth.core.session import Session
 
 LEVELS = Levels((Level("password", 0), Level("mfa", 1)))

@@ -15,13 +15,13 @@ from forwardauth import composition
 from forwardauth.core import responses
 from forwardauth.core.authorize import Authorizer, health_of
 from forwardauth.core.credentials import ABSENT, Credential, Source, Status, valid
-from forwardauth.core.request import NGINX, OriginalRequest
+from forwardauth.core.request import FORWARDED, OriginalRequest
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.revocation import Revocations
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.memory import MemoryStore
 from forwardauth.state.records import Account
+from forwardauth.state.revocations import Revocations
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens.decisions import BearerTokens
 from forwardauth.tokens.index import TokenIndex, UsageRecorder
@@ -112,7 +112,8 @@ def answer(w: World, found, r: OriginalRequest | None = None, now: float | None 
             cred = Credential(None, label.removeprefix("token: "), False, Status.UNCHECKABLE, Source.TOKEN)
         else:
             cred = Credential(None, label.removeprefix("token: "), False, Status.REFUSED, Source.TOKEN)
-    pipeline = Authorizer(w.runtime, NGINX, redirects=False, revocations=w.revocations,
+    # Traefik's convention: its 503s are 503s (to nginx they are 403s saying 503: test_server)
+    pipeline = Authorizer(w.runtime, FORWARDED, redirects=True, revocations=w.revocations,
                           hooks=[w.tokens.hooks(w.runtime)], policy=w.policy)
     return pipeline.judge(r, {}, now, w.health(), credential=cred).answer
 

@@ -6,9 +6,9 @@ import pytest
 
 from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.services.audit import EVENTS
-from forwardauth.state.records import Account, Device
-from forwardauth.revocation import FAR_FUTURE, Revocations
 from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account, Device
+from forwardauth.state.revocations import FAR_FUTURE, Revocations
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens import rules
 from forwardauth.tokens.rules import Actor, Target
@@ -291,8 +291,8 @@ async def test_the_operator_reads_dbcreds_as_itself(svc):
 async def test_a_service_account_keeps_one_token_even_when_two_issues_race(svc):
     """Two issues that both read "no active token" before either wrote: after
     the write, every active token but the newest is revoked, and the loser is told."""
-    from forwardauth.tokens.service import Conflict
     from forwardauth.state.records import TokenMeta
+    from forwardauth.tokens.service import Conflict
 
     first = await svc.issue(ADMIN, "backup", now=1000.0)
     # Another issuer's token, written a moment later, that `first`'s issuer never saw.

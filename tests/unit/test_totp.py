@@ -8,9 +8,6 @@ import pytest
 
 from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.core.sealing import SealError
-from forwardauth.state.records import Account
-from forwardauth.state.memory import MemoryStore
-from forwardauth.state.sqlite import SQLiteStore
 from forwardauth.signin.totp import (
     SecretBox,
     code_at,
@@ -22,6 +19,9 @@ from forwardauth.signin.totp import (
     qr_svg,
     qr_terminal,
 )
+from forwardauth.state.memory import MemoryStore
+from forwardauth.state.records import Account
+from forwardauth.state.sqlite import SQLiteStore
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 T0 = 1_700_000_000.0  # step 56666666, 20 s into it

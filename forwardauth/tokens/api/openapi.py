@@ -12,6 +12,11 @@ from typing import Any
 _ERR = {"$ref": "#/components/responses/Error"}
 _NAME = {"name": "name", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._@+-]{0,63}$"}}
+# The routes about an existing account also take an upstream identity's account
+# ("oidc:<sub>", the sub exactly as the provider gave it), as the list shows it.
+_ACCOUNT = {"name": "name", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": r"^(?:[a-z0-9][a-z0-9._@+-]{0,63}"
+                                                    r"|[a-z0-9][a-z0-9_-]{0,31}:[^\s\x00-\x1f\x7f]{1,255})$"}}
 _TID = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _ROLES = {"type": "array", "maxItems": 64,
           "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,63}$"}}
@@ -90,26 +95,27 @@ def fragment() -> dict[str, Any]:
             "/api/v1/accounts/{name}": {
                 "get": _op("Read an account (admin or self)", {"200": {"description": "the account",
                                                                         **_json(_ref("Account"))}},
-                           *_AUTH, 404, params=[_NAME]),
-                "delete": _op("Delete an account (admin): its tokens are revoked, its sessions end (epoch), its "
-                              "database credentials are deleted", {"204": {"description": "deleted"}},
-                              *_AUTH, 404, params=[_NAME])},
+                           *_AUTH, 404, params=[_ACCOUNT]),
+                "delete": _op("Delete an account (admin): its tokens are revoked, its sessions end (epoch; for "
+                              "an upstream identity's account, that identity's sessions too), its database "
+                              "credentials are deleted", {"204": {"description": "deleted"}},
+                              *_AUTH, 404, params=[_ACCOUNT])},
             "/api/v1/accounts/{name}/roles": {"put": _op(
                 "Set an account's roles (admin)", {"200": {"description": "the account", **_json(_ref("Account"))}},
-                *_AUTH, 404, 413, 415, params=[_NAME],
+                *_AUTH, 404, 413, 415, params=[_ACCOUNT],
                 body={"type": "object", "additionalProperties": False, "required": ["roles"],
                       "properties": {"roles": _ROLES}})},
             "/api/v1/accounts/{name}/lock": {"post": _op(
                 "Lock an account: every session and token dies, the epoch goes to the far future (admin)",
-                {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_NAME])},
+                {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_ACCOUNT])},
             "/api/v1/accounts/{name}/unlock": {"post": _op(
-                "Unlock an account: active again, the epoch comes back to now, so sessions and tokens from "
-                "before stay revoked (admin)",
-                {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_NAME])},
+                "Unlock an account: active again, any ban for failed sign-in attempts lifted, the epoch comes "
+                "back to now, so sessions and tokens from before stay revoked (admin)",
+                {"200": {"description": "the account", **_json(_ref("Account"))}}, *_AUTH, 404, params=[_ACCOUNT])},
             "/api/v1/accounts/{name}/revoke-sessions": {"post": _op(
                 "Sign an account out everywhere: every session and token issued until now dies (admin, or the "
                 "account itself)",
-                {"200": {"description": "the new epoch", **_json(_ref("Epoch"))}}, *_AUTH, 404, params=[_NAME])},
+                {"200": {"description": "the new epoch", **_json(_ref("Epoch"))}}, *_AUTH, 404, params=[_ACCOUNT])},
             "/api/v1/accounts/{name}/tokens": {
                 "get": _op("List an account's tokens with their last use",
                            {"200": {"description": "tokens", **_json({"type": "array", "items": _ref("Token")})}},

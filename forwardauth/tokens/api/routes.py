@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from forwardauth.accounts import USERNAME_RE
 from forwardauth.core.durations import parse_duration
+from forwardauth.services.account_names import USERNAME_RE, check_account_name
 from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import Account, AccountError, TokenMeta, check_groups
 from forwardauth.tokens import rules
@@ -26,6 +27,7 @@ from forwardauth.tokens.jwt import JWKS_MAX_AGE, JwtError
 from forwardauth.tokens.service import Conflict, Denied, Invalid, NotFound, TokenService, actor_of
 from forwardauth.web.api import ApiError, body, error_response, fail, json_response
 from forwardauth.web.context import CTX, AppContext, Route
+from forwardauth.web.unavailable import report
 
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -47,7 +49,8 @@ def _guard(fn: Handler) -> Handler:
             return error_response(ApiError(409, "conflict", str(exc)))
         except (Invalid, AccountError) as exc:
             return error_response(ApiError(400, "invalid_request", str(exc)))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            report(request, exc)  # the log line, and the attempt's audit line (a token exchange)
             return error_response(ApiError(503, "unavailable", "the state store is unavailable", {"Retry-After": "5"}))
 
     return run
@@ -66,6 +69,17 @@ def _name(request: web.Request) -> str:
     if not USERNAME_RE.match(name):
         fail(400, "invalid_request", "account names are 1-64 of a-z 0-9 . _ @ + -")
     return name
+
+
+def _account(request: web.Request) -> str:
+    """The {name} of the routes about an existing account: a username, or an
+    upstream identity's account exactly as listed ("oidc:<sub>")."""
+    name = request.match_info["name"]
+    try:
+        return check_account_name(name)
+    except AccountError:
+        fail(400, "invalid_request", "account names are 1-64 of a-z 0-9 . _ @ + -, or <source>:<sub> for an "
+                                     "upstream identity's account as listed")
 
 
 async def _who(request: web.Request, svc: TokenService) -> tuple[rules.Actor, Caller]:
@@ -148,20 +162,16 @@ async def create_account(request: web.Request) -> web.Response:
     kind = d.get("kind", "human")
     if kind not in ("human", "system"):
         fail(400, "invalid_request", "kind: must be human or system")
-    now = time.time()
-    acct = Account(username=username, kind=kind, display_name=_str(d, "display_name"),  # type: ignore[arg-type]
-                   email=_str(d, "email"), groups=_roles(d), created=now, updated=now)
-    if not await svc.accounts.add_account(acct):
-        fail(409, "conflict", f"account {username} exists")
+    acct = await svc.create_account(actor, username, kind=kind,  # type: ignore[arg-type]
+                                    display_name=_str(d, "display_name"), email=_str(d, "email"), roles=_roles(d))
     _remember(request, acct)
-    ctx.audit.emit("account_created", user=username, reason=f"{kind} account by {actor.name}")
     return json_response(account_view(acct), 201)
 
 
 @_guard
 async def get_account(request: web.Request) -> web.Response:
     svc = _service(_ctx(request))
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     if not (rules.may_admin(actor) or actor.name == name):
         raise Denied(f"{actor.name} may not read account {name}")
@@ -172,7 +182,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     await svc.delete_account(actor, name)
     await _sync(ctx)
@@ -186,7 +196,7 @@ async def delete_account(request: web.Request) -> web.Response:
 async def set_roles(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     if not rules.may_admin(actor):
         raise Denied("only admins may change roles")
@@ -197,7 +207,7 @@ async def set_roles(request: web.Request) -> web.Response:
     return json_response(account_view(acct))
 
 
-def _status_change(method: str):
+def _status_change(method: str) -> Handler:
     """POST /accounts/{name}/lock and /unlock: TokenService.lock / .unlock, then
     this replica's revocations and index at once (others follow by pub/sub)."""
 
@@ -205,7 +215,7 @@ def _status_change(method: str):
     async def handler(request: web.Request) -> web.Response:
         ctx = _ctx(request)
         svc = _service(ctx)
-        name = _name(request)
+        name = _account(request)
         actor = await _actor(request, svc)
         acct = await getattr(svc, method)(actor, name)
         await _sync(ctx)
@@ -223,7 +233,7 @@ unlock_account = _status_change("unlock")
 async def revoke_sessions(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     svc = _service(ctx)
-    name = _name(request)
+    name = _account(request)
     actor = await _actor(request, svc)
     epoch = await svc.revoke_sessions(actor, name)
     await _sync(ctx)
@@ -332,7 +342,7 @@ async def exchange(request: web.Request) -> web.Response:
         # Level and expiry do pass: the JWT's level is the token's lowest, and
         # it expires no later than the token.
         session = c.session
-        claims = {"sub": session.sub, "level": session.level, "tid": session.sid, "src": "token"}
+        claims: dict[str, object] = {"sub": session.sub, "level": session.level, "tid": session.sid, "src": "token"}
         groups, email, until = session.groups, session.email, session.exp
         event_reason = f"token {session.sid} exchanged for a JWT"
     else:
@@ -358,7 +368,7 @@ async def exchange(request: web.Request) -> web.Response:
         jwt = request.app[TOKENS].signer(ctx.runtime).sign(claims, audience=s.jwt.audience, lifetime=life, now=now)
     except JwtError as exc:
         fail(503, "unavailable", str(exc))
-    ctx.audit.emit("token_exchanged", user=claims["sub"], level=claims["level"], reason=event_reason)
+    ctx.audit.emit("token_exchanged", user=str(claims["sub"]), level=str(claims["level"]), reason=event_reason)
     return json_response({"access_token": jwt, "token_type": "Bearer", "expires_in": int(life),
                           "issued_token_type": "urn:ietf:params:oauth:token-type:jwt"})
 

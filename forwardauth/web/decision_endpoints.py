@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -78,7 +78,7 @@ class DecisionEndpoint:
         result = a.authorize(request.remote, request.headers, now, health)
         self.counts[result.tally] += 1
         if result.denied:
-            log_denial(result)
+            log_denial(result, ctx.runtime.config.limits.denial_log_lines)
             if result.tally in _DENIED:
                 self._audit_denial(request, result, now)
         ans = result.answer
@@ -110,7 +110,7 @@ class DecisionEndpoint:
                 log.exception("could not write the audit line of a denied decision")
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def decisions_first(server: web.Server, app: web.Application, by_path: dict[str, Handler]) -> None:
@@ -128,7 +128,7 @@ def decisions_first(server: web.Server, app: web.Application, by_path: dict[str,
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         handler = by_path.get(request.raw_path)
         if handler is not None and request.method == "GET":
-            return await handler(request)
+            return await handler(request)  # type: ignore[arg-type]  # the handler reads only what a BaseRequest has
         return await general(request)
 
     server.request_handler = dispatch

@@ -215,6 +215,13 @@ class Regulator:
         await self.store.clear_failures(user_key(username))
 
     async def unban(self, username: str) -> None:
-        """Operator action (`forwardauth users unlock`): lift a username's ban."""
-        await self.store.clear_failures("ban:" + user_key(username))
-        await self.store.clear_failures(user_key(username))
+        """Lift a username's ban (see `lift_ban`)."""
+        await lift_ban(self.store, username)
+
+
+async def lift_ban(store: FailureStore, username: str) -> None:
+    """Lift a username's ban and forget its failures. Unlocking an account does
+    this (forwardauth.services.accounts), whichever of `users unlock`, `accounts
+    unlock` or the admin API asks. Needs no regulation settings: only the keys."""
+    await store.clear_failures("ban:" + user_key(username))
+    await store.clear_failures(user_key(username))
