@@ -24,6 +24,7 @@ from forwardauth.devices.approvals import device_view, request_view
 from forwardauth.devices.hub import Busy
 from forwardauth.devices.longpoll import Reply
 from forwardauth.devices.service import DeviceService, Refusal
+from forwardauth.web.bodies import BodyError, read_json
 
 MAX_BODY = 16 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
@@ -51,22 +52,12 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
                         headers={**NO_STORE, **(headers or {})})
 
 
-class _BadBody(Exception):
-    def __init__(self, status: int, description: str) -> None:
-        super().__init__(description)
-        self.status, self.description = status, description
-
-
 async def _body(request: web.Request) -> Any:
+    """The whole JSON body (web.bodies: bounded in size, depth and time, no key twice):
+    `request.content.read(n)` returned only what had arrived, half of a body sent in two packets."""
     if request.content_type != "application/json":
-        raise _BadBody(415, "the body must be application/json")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _BadBody(413, f"the body must be at most {MAX_BODY} bytes")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _BadBody(400, "the body is not valid JSON") from None
+        raise BodyError(415, "the body must be application/json")
+    return await read_json(request, MAX_BODY)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,7 +70,7 @@ def routes(service_of: ServiceOf, client_of: ClientOf, realm: str = "forwardauth
             return await work(service_of(request))
         except Refusal as r:
             return refusal_response(r, realm)
-        except _BadBody as b:
+        except BodyError as b:
             return error(b.status, "invalid_request", b.description)
 
     async def pair(request: web.Request) -> web.StreamResponse:

@@ -188,13 +188,23 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too, and float() refuses it
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a day or year past C long
         return None
     return min(max(0.0, when - now), MAX_RETRY_AFTER)
+
+
+def answer_of(choice: str, phrases: list[str]) -> dict[str, str] | None:
+    """The answer to send for what the person typed ("d", or a phrase's number), or None.
+    ASCII digits only: "²".isdigit() is true and int() refuses it."""
+    if choice == "d":
+        return {"decision": "deny"}
+    if choice.isascii() and choice.isdigit() and 1 <= int(choice) <= len(phrases):
+        return {"decision": "approve", "phrase": phrases[int(choice) - 1]}
+    return None
 
 
 class Backoff:
@@ -311,11 +321,8 @@ class Watcher:
                                  f"Enter = not now]: ")).strip().lower()
         if not choice:
             return None
-        if choice == "d":
-            body: dict[str, str] = {"decision": "deny"}
-        elif choice.isdigit() and 1 <= int(choice) <= len(phrases):
-            body = {"decision": "approve", "phrase": phrases[int(choice) - 1]}
-        else:
+        body = answer_of(choice, phrases)
+        if body is None:
             self.say("not one of the choices: left waiting (it expires by itself)")
             return None
         try:

@@ -306,6 +306,7 @@ def targets() -> list[Target]:
     from forwardauth.oidc.flow import LoginError
     from forwardauth.tokens.jwt import JwtError
     from forwardauth.tokens.macaroon import TokenError
+    from harness.fuzz_devices import targets as device_targets
 
     s = samples()
     json_base = json.dumps({"username": "x1", "roles": ["a", "b"], "nested": {"k": [1, 2.5, None, True]}})
@@ -333,6 +334,7 @@ def targets() -> list[Target]:
         Target("jwt_verify", jose(s["jwt"]), jwt_verify, (JwtError,)),
         Target("id_token_header", jose(s["jwt"]), id_token_header, (LoginError,)),
         Target("id_token_claims", CLAIMS, id_token_claims, (LoginError,)),
+        *device_targets(),
     ]
 
 

@@ -269,6 +269,8 @@ def test_backoff_grows_with_jitter_and_is_capped():
 @pytest.mark.parametrize("value, seconds", [
     (None, None), ("", None), ("30", 30.0), ("999999", 3600.0), ("soon", None),
     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("Wed, 21 Oct 2015 07:29:00 GMT", 60.0),
+    ("\u00b2", None), ("\u0661\u0662", None),  # digits to str.isdigit, not to RFC 9110 (found by fuzzing: ValueError)
+    ("Wed, 222222222222222222222222222222222222221 Oct 2015 07:00  GMT", None),  # bench/fuzz.py: OverflowError
 ])
 def test_retry_after(value, seconds):
     assert cl.retry_after(value, 1445412480.0) == seconds
