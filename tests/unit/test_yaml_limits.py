@@ -8,7 +8,6 @@ tests/integration/test_limits_server.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -47,23 +46,48 @@ def test_an_alias_bomb_is_refused_quickly_with_a_clear_message():
                                   "(write the values out, or use fewer nested aliases)"]
 
 
+# Starts `forwardauth check` from a small process and reports the check's own peak RSS.
+# Started straight from pytest, the check's ru_maxrss would include pytest's: Popen
+# uses vfork, and exec keeps the parent's RSS high-water mark as the child's (over
+# 200 MB late in a full run).
+LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "forwardauth", "check", "-c", sys.argv[1]])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status), file=open(sys.argv[2], "w"))
+"""
+
+
 def test_forwardauth_check_on_the_bomb_exits_1_in_bounded_time_and_memory(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
     t = time.monotonic()
     with open(tmp_path / "out", "w+") as out:
-        child = subprocess.Popen([sys.executable, "-m", "forwardauth", "check", "-c", str(path)],
-                                 stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the suite's other children
-        child.returncode = os.waitstatus_to_exitcode(status)
+        subprocess.run([sys.executable, "-c", LAUNCH, str(path), str(tmp_path / "peak")], stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
         took = time.monotonic() - t
         out.seek(0)
         output = out.read()
-    peak_kib = usage.ru_maxrss
-    assert child.returncode == 1, output
+    peak_kib, returncode = map(int, (tmp_path / "peak").read_text().split())
+    assert returncode == 1, output
     assert "YAML: aliases expand to more than" in output
     assert took < 20  # was over 60 s on this machine (7.8 s in the issue); Python's start is most of it now
     assert peak_kib < 200 * 1024  # KiB: was 1.1-1.9 GB
+
+
+def test_the_peak_measured_is_the_checks_own_not_its_parents(tmp_path):
+    """The launcher's point: a parent holding 300 MB does not show in the check's peak."""
+    big = bytearray(300 * 1024 * 1024)
+    big[::4096] = b"\x01" * len(range(0, len(big), 4096))
+    path = tmp_path / "ok.yaml"
+    path.write_text("nope: [")
+    subprocess.run([sys.executable, "-c", LAUNCH, str(path), str(tmp_path / "peak")], capture_output=True,
+                   check=True)
+    del big
+    peak_kib, _ = map(int, (tmp_path / "peak").read_text().split())
+    assert peak_kib < 200 * 1024
 
 
 @pytest.mark.parametrize("text,message", [
