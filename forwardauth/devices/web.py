@@ -17,13 +17,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
+from prometheus_client.metrics_core import GaugeMetricFamily
 
 from forwardauth.devices import api, pages
 from forwardauth.devices.approvals import device_view
 from forwardauth.devices.context import DEVICES, DevicesState, request_service
+from forwardauth.devices.hub import Hub
 from forwardauth.devices.service import Refusal
 from forwardauth.devices.settings import DevicesSettings, settings
 from forwardauth.state.base import PulledChanges, PushedChanges
@@ -32,6 +34,7 @@ from forwardauth.web.api import caller as api_caller
 from forwardauth.web.context import CTX, AppContext, Contribution, Route
 from forwardauth.web.factors import Factor, Need, Offer, Page
 from forwardauth.web.forms import query, redirect
+from forwardauth.web.metrics import app_registry
 from forwardauth.web.oauth2_start import start_url
 
 ADMIN_ROLE = "admin"  # the admin API's administrators (the same role the tokens part's routes require)
@@ -93,8 +96,21 @@ def wake_revoked(app: web.Application) -> Callable[[], Awaitable[None]]:
     return job
 
 
+class WaitingPolls:
+    """forwardauth_device_polls_waiting: the device long-polls waiting on this
+    process's hub (this app's: its own registry, see web.metrics)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("forwardauth_device_polls_waiting",
+                                "Device long-polls waiting for a change in this process.", value=len(self.hub))
+
+
 def build(app: web.Application, ctx: AppContext) -> Contribution:
     st = app[DEVICES] = DevicesState()
+    app_registry(app).register(WaitingPolls(st.hub))
 
     async def startup() -> None:
         if settings(ctx.runtime.config).enabled:

@@ -300,3 +300,34 @@ async def test_everything_is_off_without_the_section():
         assert r.status == 404 and "Approving on a device is not enabled here." in await r.text()
         r = await c.get("/oauth2/sign_in")
         assert "via=device" not in await r.text()
+
+
+# --- the waiting polls' gauge ------------------------------------------------------------------
+
+def waiting_polls(metrics: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^forwardauth_device_polls_waiting (\S+)$", metrics, re.M)]
+
+
+async def test_waiting_polls_gauge_is_per_app(app):
+    """forwardauth_device_polls_waiting counts this app's waiting polls: a second app in the
+    same process shows its own 0, and the gauge falls back when the poll is answered."""
+    import asyncio
+
+    rt = Runtime.build(make_config("", CONFIG))
+    async with TestClient(TestServer(build_app(rt, MemoryStore()), host="127.0.0.1")) as other:
+        _, cred = await app.pair()
+        auth = {"Authorization": f"Bearer {cred}"}
+        r = await app.c.get("/api/v1/device/requests", headers=auth)
+        etag = r.headers["ETag"]
+        assert waiting_polls(await (await app.c.get("/metrics")).text()) == [0.0]
+        poll = asyncio.ensure_future(app.c.get("/api/v1/device/requests", headers={**auth, "If-None-Match": etag}))
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if waiting_polls(await (await app.c.get("/metrics")).text()) == [1.0]:
+                break
+        assert waiting_polls(await (await app.c.get("/metrics")).text()) == [1.0]
+        assert waiting_polls(await (await other.get("/metrics")).text()) == [0.0]
+        await app.svc.request_approval("alice", "app.example.com", "/admin", "203.0.113.5", "Firefox/130")
+        r = await asyncio.wait_for(poll, 5)
+        assert r.status == 200 and r.headers["ETag"] != etag
+        assert waiting_polls(await (await app.c.get("/metrics")).text()) == [0.0]
