@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -118,6 +118,7 @@ class RedisDevices:
     timeout: float
     _guard: Callable[[], contextlib.AbstractAsyncContextManager[None]]
     _client: Callable[..., aioredis.Redis]  # a new client: plain Redis or the primary through Sentinel
+    _replicated: Callable[[], Awaitable[None]]  # with Sentinel: wait until a replica has the write
 
     @property
     def r(self) -> aioredis.Redis:
@@ -178,11 +179,16 @@ class RedisDevices:
         async with self._guard():
             flat = await self.r.eval(_REMOVE_DEVICE, 2, P + "dev:" + device_id, DEVICE_CHANNEL, P + "devs:",
                                      device_id)
+            if flat:
+                await self._replicated()  # a removal stops a credential: like a revocation, on a replica first
         return _device(_pairs(flat)) if flat else None
 
     async def remove_devices(self, user: str) -> int:
         async with self._guard():
-            return int(await self.r.eval(_REMOVE_DEVICES, 2, P + "devs:" + user, DEVICE_CHANNEL, P + "dev:", user))
+            n = int(await self.r.eval(_REMOVE_DEVICES, 2, P + "devs:" + user, DEVICE_CHANNEL, P + "dev:", user))
+            if n:
+                await self._replicated()
+        return n
 
     async def touch_device(self, device_id: str, now: float) -> None:
         async with self._guard():

@@ -124,6 +124,8 @@ async def test_the_device_feed_follows_the_primary_through_sentinel(sentinel):
         assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
         await store.set_epoch("dora", time.time())  # a revocation wakes the user's polls too
         assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
+        assert await store.remove_devices("dora") == 1  # (then WAIT for a replica, as revocations do)
+        assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
     finally:
         await feed.aclose()
         await store.remove_devices("dora")
