@@ -32,6 +32,7 @@ from forwardauth.core.config import Config, SectionParser
 from forwardauth.core.config import load_config as _load
 from forwardauth.core.config import parse_config as _parse
 from forwardauth.core.runtime import Runtime
+from forwardauth.devices import settings as devices_settings
 from forwardauth.oidc import settings as oidc_settings
 from forwardauth.services.commands import CliEnv, Register
 from forwardauth.signin import settings as signin_settings
@@ -123,7 +124,24 @@ def _tokens_store_policy(cfg: Config) -> StorePolicy:
     return StorePolicy(s.stale_grace, s.stale_sessions_up_to, cfg.revocation_refresh)
 
 
+def _devices_commands() -> Sequence[Register]:
+    from forwardauth.devices import cli
+
+    return cli.commands()
+
+
+def _devices_web() -> WebBuild:
+    from forwardauth.devices import web
+
+    return web.build
+
+
+# devices comes first: /oauth2/start asks its factor before the local one, which
+# would otherwise answer a step-up chosen as "Approve on my device" (via=device)
+# with the TOTP page. The device factor answers only that choice, or a level no
+# other way can prove; its offers come first on the sign-in and step-up pages.
 PARTS: tuple[Part, ...] = (
+    Part("devices", sections={"devices": devices_settings.parse}, commands=_devices_commands, web=_devices_web),
     Part("signin", sections={"local": signin_settings.parse}, commands=_signin_commands, web=_signin_web,
          audit_target=lambda cfg: signin_settings.settings(cfg).audit),
     # Before the upstream provider: a user with a usable key for the level uses it (webauthn.web.start).

@@ -18,8 +18,9 @@ decided here, once:
   before stays dead), and the username's ban for failed attempts lifted.
 - delete: sessions and tokens end (epoch), every token is revoked by id (so a
   later account of the same name inherits none), the database credentials
-  and the passkeys/security keys are deleted, then the account itself with
-  its password and TOTP secret.
+  and the passkeys/security keys and approving devices are deleted (a
+  device's waiting poll ends with 401), then the account itself with its
+  password and TOTP secret.
 
 Ending an account's sessions also ends those of the upstream identity whose
 second factor it holds: "oidc:<sub>" sessions carry the bare <sub>, whose
@@ -201,9 +202,10 @@ class AccountService:
                 await revoke_token(self.store, self.audit, t, now, f"account deleted by {actor}")
         await self.store.delete_dbcreds(name)
         keys = await self.store.remove_webauthn_credentials(name)
+        await self.store.remove_devices(name)
         await self.accounts.delete_account(name)
         self.audit("account_deleted", user=name,
-                   reason=f"by {actor}; tokens, sessions and database credentials removed"
+                   reason=f"by {actor}; tokens, sessions, approving devices and database credentials removed"
                    + (f"; {keys} security key(s) and passkey(s) removed" if keys else ""))
 
     # --- TOTP ----------------------------------------------------------------

@@ -73,6 +73,15 @@ EVENTS = frozenset(
         "webauthn_removed",  # by the user, an administrator, or with the account
         "webauthn_failed",  # an answer refused (reason: which rule), or a ceremony refused before it
         "webauthn_locked",  # its signature counter went backwards: a possible clone, locked
+        "device_paired",  # a device exchanged a pairing code for its credential (never the code or credential)
+        "device_pair_failed",  # a wrong, expired or used pairing code
+        "device_removed",
+        "approval_requested",  # a browser asked the user's devices for approval (never the phrase)
+        "approval_approved",
+        "approval_denied",  # denied on the device
+        "approval_wrong_phrase",  # the device picked a phrase the browser did not show: denied, regulated
+        "approval_expired",
+        "approval_cancelled",  # by the browser that asked
     }
 )
 

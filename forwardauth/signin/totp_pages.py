@@ -73,9 +73,11 @@ def _totp_reason(level: str, source: str = "local") -> str:
 def _totp_page(request: web.Request, ctx: AppContext, status: int, f: Facts, rd: str, level: str, *,
                error: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     assert f.session is not None
+    # The other parts' ways to step up (e.g. "Approve on my device"), below the code form.
+    others = offers(request, ctx, Need(rd, level, None, f.session), "step_up") if level else []
     return form_page(request, ctx, "totp.html", status, form="totp", binding=f.session.sid, title="Two-step sign-in",
                  rd=rd, level=level, reason=_totp_reason(level or "?", f.session.source), user=f.session.sub,
-                 issuer=local_auth(request).settings.totp.issuer, error=error, headers=headers)
+                 issuer=local_auth(request).settings.totp.issuer, error=error, headers=headers, offers=others)
 
 
 

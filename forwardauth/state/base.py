@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
-from forwardauth.state.records import Account, Advance, RevocationSnapshot, SealedCreds, TokenMeta, WebAuthnCredential
+from forwardauth.state.records import (
+    Account,
+    Advance,
+    ApprovalRequest,
+    ApprovalState,
+    Device,
+    Pairing,
+    RevocationSnapshot,
+    SealedCreds,
+    TokenMeta,
+    WebAuthnCredential,
+)
 
 
 def lost_message(store: str, when: float) -> str:
@@ -242,7 +253,122 @@ class WebAuthnStore(Protocol):
                                           user_verified: bool, now: float, lock_reason: str) -> Advance: ...
 
 
-class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureStore, WebAuthnStore):
+
+
+class DeviceStore(Protocol):
+    """Approving devices, pairing codes and approval requests. Exact semantics:
+
+    - `add_device(device, max_devices)`: add unless its user has `max_devices`
+      already (False then, nothing written). Atomic: concurrent adds never
+      exceed the limit.
+    - `device(id)`; `devices(user)`: oldest first (created, then id).
+    - `remove_device(id)`: remove and return it (None if there was none);
+      `remove_devices(user)`: remove all of the user's, return how many.
+    - `touch_device(id, now)`: last_seen = now, if the device exists.
+    - `put_pairing(code_hash, pairing)`: keep until `pairing.expires`;
+      `pairing(code_hash, now)`: the pairing if kept and `now < expires`;
+      `drop_pairing(code_hash)`. Single use is the caller's `claim_once`.
+    - `create_request(request, now)`: store it unless its user has a *live*
+      request (PENDING and `now < expires`): then None and nothing written.
+      Atomic across processes and replicas: of concurrent creations for one
+      user exactly one wins.
+    - `request(id)`: the request in any state while kept: at least until
+      its expiry plus `KEEP_DECIDED` (so the browser can read how it ended).
+    - `pending(user, now)`: the user's requests in state PENDING, expired or
+      not (callers expire them, see `expire_request`), oldest first.
+    - `resolve(id, state, reason, now, device_id)`: move a live request to
+      APPROVED, DENIED or CANCELLED and return it; None when it is not live.
+      Atomic: of concurrent resolutions exactly one succeeds.
+    - `expire_request(id, now)`: mark a PENDING request with `now >= expires`
+      EXPIRED and return it; None otherwise (so exactly one caller audits it).
+
+    Change feed: a waiting long-poll lives on one process; what must wake it
+    is a change of what its device would see, or of whether the device is
+    still valid, made by any process. Each of these writes publishes the
+    user, after (in SQLite: in the same transaction as) the write:
+    add_device, remove_device(s), create_request, resolve, and the epoch
+    writes `set_epoch`/`reset_epoch` (a lock, `session revoke`).
+    `publish_change(user)` publishes for any other reason. A feed may
+    over-report (a woken poll re-reads and answers only if its ETag changed),
+    never under-report. How a process follows the feed: `PulledChanges`
+    (SQLite, memory) or `PushedChanges` (Redis, memory).
+    """
+
+    @abc.abstractmethod
+    async def add_device(self, device: Device, max_devices: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def devices(self, user: str) -> list[Device]: ...
+
+    @abc.abstractmethod
+    async def remove_device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def remove_devices(self, user: str) -> int: ...
+
+    @abc.abstractmethod
+    async def touch_device(self, device_id: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def put_pairing(self, code_hash: str, pairing: Pairing) -> None: ...
+
+    @abc.abstractmethod
+    async def pairing(self, code_hash: str, now: float) -> Pairing | None: ...
+
+    @abc.abstractmethod
+    async def drop_pairing(self, code_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def create_request(self, request: ApprovalRequest, now: float) -> ApprovalRequest | None: ...
+
+    @abc.abstractmethod
+    async def request(self, request_id: str) -> ApprovalRequest | None: ...
+
+    @abc.abstractmethod
+    async def pending(self, user: str, now: float) -> list[ApprovalRequest]: ...
+
+    @abc.abstractmethod
+    async def resolve(self, request_id: str, state: ApprovalState, reason: str | None, now: float,
+                      device_id: str | None = None) -> ApprovalRequest | None: ...
+
+    @abc.abstractmethod
+    async def expire_request(self, request_id: str, now: float) -> ApprovalRequest | None: ...
+
+    @abc.abstractmethod
+    async def publish_change(self, user: str) -> None: ...
+
+
+KEEP_DECIDED = 60.0  # seconds an approval request is kept after its expiry
+
+
+@runtime_checkable
+class PulledChanges(Protocol):
+    """The device change feed as a counter, read by one poller per process."""
+
+    @abc.abstractmethod
+    async def changes_since(self, cursor: int | None) -> tuple[int, list[str] | None]:
+        """(new cursor, users changed after `cursor`). `cursor=None` asks for
+        the current cursor only (users: []). When changes after `cursor` have
+        been purged already (a follower stuck for minutes), users is None:
+        every poll must look again."""
+
+
+@runtime_checkable
+class PushedChanges(Protocol):
+    """The device change feed as messages (Redis pub/sub)."""
+
+    @abc.abstractmethod
+    def subscribe_changes(self) -> AsyncIterator[str | None]:
+        """Users as changes are published; None after every (re)connection,
+        since messages may have been missed meanwhile. Runs until cancelled
+        and reconnects by itself with backoff."""
+
+
+class StateStore(RevocationStore, ClaimStore, AccountStore, TokenStore, FailureStore, WebAuthnStore,
+                 DeviceStore):
     """A state backend: every protocol above, plus its lifecycle.
 
     A store creates whatever it needs (tables, rows) itself when it opens,

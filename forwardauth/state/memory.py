@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore
+from forwardauth.state.memory_devices import MemoryDevices
 from forwardauth.state.records import (
     DUPLICATE_MESSAGE,
     Account,
@@ -55,9 +56,10 @@ class Expiries:
         return out
 
 
-class MemoryStore(StateStore):
+class MemoryStore(MemoryDevices, StateStore):
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self._devices_init()  # devices, pairings, approval requests, their change feed (memory_devices.py)
         # revocations
         self.rev_version = 0
         self.epochs: dict[str, float] = {}
@@ -89,12 +91,14 @@ class MemoryStore(StateStore):
         with self.lock:
             self.epochs[user] = max(self.epochs.get(user, 0.0), epoch)
             self.rev_version += 1
+            self._publish(user)  # the user's devices may be revoked: their polls look again
             return self.epochs[user]
 
     async def reset_epoch(self, user: str, epoch: float) -> None:
         with self.lock:
             self.epochs[user] = epoch
             self.rev_version += 1
+            self._publish(user)
 
     async def revoke(self, ident: str, until: float) -> None:
         with self.lock:

@@ -11,6 +11,9 @@ form each. The store protocols that keep them are in `forwardauth.state.base`.
 - `SealedCreds`: a service account's database credentials, sealed.
 - `WebAuthnCredential`: a passkey or security key (its public key, counter,
   flags); `counter_advances` is the signature counter rule every backend applies.
+- `Device`, `Pairing`, `ApprovalRequest`: approving devices (never their
+  credential: `secret_hash` only), pending pairing codes (kept under the
+  code's hash), and approval requests with the phrase their browser shows.
 """
 
 from __future__ import annotations
@@ -352,3 +355,83 @@ class WebAuthnCredential:
         """After a verified use whose counter advanced."""
         return replace(self, sign_count=sign_count, backed_up=backed_up, last_used=now,
                        user_verifying=self.user_verifying or user_verified)
+
+# --- approving devices ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    user: str
+    name: str
+    created: float
+    secret_hash: str  # SHA-256 of the credential's secret, never the credential
+    last_seen: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Device(id={self.id!r}, user={self.user!r}, name={self.name!r}, created={self.created!r})"
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """A pairing code waiting to be exchanged (stored under its hash)."""
+
+    user: str
+    created: float
+    expires: float
+
+
+class ApprovalState(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"  # on the device, or by a wrong phrase (`reason` says which)
+    CANCELLED = "cancelled"  # by the browser that asked
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    id: str
+    user: str
+    host: str  # the site that asked (the original request's host)
+    path: str  # and its path, without the query
+    client: str | None  # the browser's address
+    user_agent: str
+    level: str  # the level the approval will prove
+    created: float
+    expires: float
+    phrase: str  # the one the browser shows; never logged, never sent to a device alone
+    choices: tuple[str, ...]  # what every device shows, in this order
+    state: ApprovalState = ApprovalState.PENDING
+    reason: str | None = None  # e.g. "wrong_phrase", "denied_on_device"
+    decided: float | None = None
+    device_id: str | None = None  # the device that decided
+
+    def __repr__(self) -> str:  # without the phrase
+        return f"ApprovalRequest(id={self.id!r}, user={self.user!r}, state={self.state.value!r})"
+
+    def live(self, now: float) -> bool:
+        """Pending and not expired: what a device is shown."""
+        return self.state is ApprovalState.PENDING and now < self.expires
+
+    def outcome(self, now: float) -> ApprovalState:
+        """The state as the browser should see it (a pending request past its
+        expiry is expired, whether or not anyone wrote that down yet)."""
+        if self.state is ApprovalState.PENDING and now >= self.expires:
+            return ApprovalState.EXPIRED
+        return self.state
+
+    # The fields fixed at creation, as one JSON text (Redis keeps the state
+    # fields beside it, so a resolution writes only those).
+    FIXED = ("id", "user", "host", "path", "client", "user_agent", "level", "created", "expires", "phrase", "choices")
+
+    def fixed_json(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in self.FIXED}, separators=(",", ":"))
+
+    @classmethod
+    def from_parts(cls, fixed: str, state: str, reason: str | None, decided: float | str | None,
+                   device_id: str | None) -> ApprovalRequest:
+        d = json.loads(fixed)
+        d["choices"] = tuple(d["choices"])
+        return cls(**d, state=ApprovalState(state), reason=reason or None,
+                   decided=float(decided) if decided not in (None, "") else None, device_id=device_id or None)

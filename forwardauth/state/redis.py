@@ -16,6 +16,10 @@ Layout (every key under the `forwardauth:` prefix):
     events          pub/sub channel: "rev" / "tok" after each change (account
                     writes send "tok": a lock or a group change reaches every
                     replica's token index in milliseconds)
+    dev:, devs:, pair:, req:, reqs:, req:live:, device-changes
+                    approving devices, pairing codes, approval requests and
+                    their change feed: see redis_devices.py (epoch writes
+                    publish the user on device-changes too)
 
     marker          JSON {id, created, new_until, lost_at}: who this store is
                     (see "Continuity" below)
@@ -66,6 +70,7 @@ from redis.exceptions import RedisError, WatchError
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, StoreUnavailable, lost_message
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
+from forwardauth.state.redis_devices import DEVICE_CHANNEL, RedisDevices
 from forwardauth.state.redis_webauthn import RedisWebAuthn
 
 log = logging.getLogger("forwardauth.state.redis")
@@ -94,6 +99,7 @@ if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then
 end
 redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], 'rev')
+redis.call('PUBLISH', KEYS[4], ARGV[1])
 return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
@@ -127,7 +133,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, str | None
     return sentinels, unquote(parts[0]), password, db
 
 
-class RedisStore(RedisWebAuthn, StateStore):
+class RedisStore(RedisWebAuthn, RedisDevices, StateStore):
     def __init__(self, url: str, timeout: float = 1.0, settle: float | None = None):
         """`settle`: a serving process (see "Continuity"); None for commands, which never write a marker."""
         self.url = url
@@ -332,7 +338,8 @@ class RedisStore(RedisWebAuthn, StateStore):
 
     async def set_epoch(self, user: str, epoch: float) -> float:
         async with self._guard():
-            out = await self.r.eval(_SET_EPOCH, 3, P + "epochs", P + "rev:version", CHANNEL, user, repr(float(epoch)))
+            out = await self.r.eval(_SET_EPOCH, 4, P + "epochs", P + "rev:version", CHANNEL, DEVICE_CHANNEL, user,
+                                    repr(float(epoch)))
             await self._replicated()
         return float(out)
 
@@ -342,6 +349,7 @@ class RedisStore(RedisWebAuthn, StateStore):
                 p.hset(P + "epochs", user, repr(float(epoch)))
                 p.incr(P + "rev:version")
                 p.publish(CHANNEL, "rev")
+                p.publish(DEVICE_CHANNEL, user)
                 await p.execute()
             await self._replicated()
 

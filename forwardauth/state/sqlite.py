@@ -3,9 +3,9 @@ and the CLI share one file safely.
 
 The file, its schema, its threads and the watch on its identity are in
 `forwardauth.state.sqlite_file`. The store creates every table it holds
-when it opens (`SCHEMA`, with the WebAuthn credentials'
-from sqlite_webauthn.py, then `_upgrade` for files made by older versions);
-nothing else adds to it.
+when it opens (`SCHEMA`, the WebAuthn credentials' table from
+`sqlite_webauthn`, the devices' tables from `sqlite_devices`, then
+`_upgrade` for files made by older versions); nothing else adds to it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from typing import Any
 
 from forwardauth.state.base import SWEEP_GRACE, StateStore, lost_message
 from forwardauth.state.records import Account, RevocationSnapshot, SealedCreds, TokenMeta
-from forwardauth.state.sqlite_file import SCHEMA, SQLiteFile, transaction
+from forwardauth.state.sqlite_devices import SCHEMA as DEVICES_SCHEMA
+from forwardauth.state.sqlite_devices import TABLES as DEVICES_TABLES
+from forwardauth.state.sqlite_devices import SQLiteDevices, publish
+from forwardauth.state.sqlite_file import SCHEMA, TABLES, SQLiteFile, transaction
+from forwardauth.state.sqlite_webauthn import SCHEMA as WEBAUTHN_SCHEMA
 from forwardauth.state.sqlite_webauthn import SQLiteWebAuthn
 
 __all__ = ["SCHEMA", "SQLiteStore", "transaction"]
@@ -51,8 +55,11 @@ def _account(row: tuple[Any, ...]) -> Account:
                    created=float(row[9]), updated=float(row[10]))
 
 
-class SQLiteStore(SQLiteWebAuthn, SQLiteFile, StateStore):
+class SQLiteStore(SQLiteWebAuthn, SQLiteDevices, SQLiteFile, StateStore):
     """The records, on the file (its threads, its watch: forwardauth.state.sqlite_file)."""
+
+    schema = SCHEMA + WEBAUTHN_SCHEMA + DEVICES_SCHEMA
+    tables = TABLES | {"webauthn_credentials"} | DEVICES_TABLES
 
     def __init__(self, path: str):
         super().__init__(path)
@@ -102,6 +109,7 @@ class SQLiteStore(SQLiteWebAuthn, SQLiteFile, StateStore):
             c.execute("INSERT INTO epochs (user, epoch) VALUES (?, ?) "
                       "ON CONFLICT(user) DO UPDATE SET epoch = max(epoch, excluded.epoch)", (user, epoch))
             _bump_revocations(c)
+            publish(c, user)  # the user's devices may be revoked: their polls look again
             return c.execute("SELECT epoch FROM epochs WHERE user=?", (user,)).fetchone()[0]
 
         return await self.write(q)
@@ -111,6 +119,7 @@ class SQLiteStore(SQLiteWebAuthn, SQLiteFile, StateStore):
             c.execute("INSERT INTO epochs (user, epoch) VALUES (?, ?) "
                       "ON CONFLICT(user) DO UPDATE SET epoch = excluded.epoch", (user, epoch))
             _bump_revocations(c)
+            publish(c, user)
 
         await self.write(q)
 

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from forwardauth.state.base import StoreUnavailable
-from forwardauth.state.sqlite_webauthn import SCHEMA as WEBAUTHN_SCHEMA
 
 T = TypeVar("T")
 log = logging.getLogger("forwardauth.state.sqlite")
@@ -131,25 +130,30 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _has_schema(c: sqlite3.Connection) -> bool:
+TABLES = frozenset({"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
+                    "dbcreds"})
+
+
+def _has_schema(c: sqlite3.Connection, tables: frozenset[str]) -> bool:
     """The file already holds every table (so a read-only file can still be read)."""
     names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    return {"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
-            "dbcreds"} <= names
+    return tables <= names
 
 
 def _needs_upgrade(c: sqlite3.Connection) -> bool:
-    """A file made by an older version: auth_failures without `expires`, or no
-    WebAuthn credentials table (a read-only one is still read; the credentials'
-    calls then fail one by one, as writes do)."""
+    """A file made by an older version: auth_failures without `expires` (missing
+    tables are `_has_schema`'s)."""
     cols = {row[1] for row in c.execute("PRAGMA table_info(auth_failures)")}
     index = c.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='auth_failures_expires'").fetchone()
-    webauthn = c.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='webauthn_credentials'").fetchone()
-    return "expires" not in cols or index is None or webauthn is None
+    return "expires" not in cols or index is None
 
 
 class SQLiteFile:
     """The plumbing of SQLiteStore (see the module)."""
+
+    # What the file must hold, made when it opens: the store adds its other tables' (devices, ...).
+    schema: str = SCHEMA
+    tables: frozenset[str] = TABLES
 
     def __init__(self, path: str):
         self.path = path
@@ -185,15 +189,15 @@ class SQLiteFile:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                if not _has_schema(conn) or _needs_upgrade(conn):  # (the write lock only when needed)
-                    conn.executescript(SCHEMA + WEBAUTHN_SCHEMA)
+                if not _has_schema(conn, self.tables) or _needs_upgrade(conn):  # (the write lock only when needed)
+                    conn.executescript(self.schema)
                     _upgrade(conn)
             except sqlite3.OperationalError:
                 # A read-only (or full, or locked) file that already holds everything is
                 # still read: decisions keep their snapshots fresh, writes fail one by one.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if not _has_schema(conn):
+                if not _has_schema(conn, self.tables):
                     raise
         except BaseException:
             conn.close()

@@ -235,8 +235,8 @@ class TokenService:
         return await self.account_service.revoke_sessions(actor.name, name, now)
 
     async def delete_account(self, actor: rules.Actor, name: str, now: float | None = None) -> None:
-        """AccountService.delete (sessions, tokens, database credentials, the
-        upstream identity's sessions), for admins (not their own account)."""
+        """AccountService.delete (sessions, tokens, database credentials,
+        approving devices, the upstream identity's sessions), for admins (not their own account)."""
         await self._admin_target(actor, name, "delete accounts")
         await self.account_service.delete(actor.name, name, now)
 

@@ -1,4 +1,11 @@
-"""Prometheus metrics. Counters are per process (each worker has its own)."""
+"""Prometheus metrics. Counters are per process (each worker has its own).
+
+Process-wide collectors are in prometheus_client's REGISTRY. What belongs to
+one app (a part's waiting long-polls, say) goes into that app's own registry
+(`app_registry(app)`, filled by the part's build): two apps in one process
+(the tests, a reload's overlap) then never show or share each other's.
+/metrics answers both.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from enum import Enum
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from forwardauth.core.credentials import OPENED
@@ -142,5 +149,20 @@ class SuppressedLines:
 REGISTRY.register(SuppressedLines())
 
 
+APP_METRICS = web.AppKey("app_metrics", CollectorRegistry)
+
+
+def app_registry(app: web.Application) -> CollectorRegistry:
+    """This app's own registry (made on first use, in a part's build)."""
+    registry = app.get(APP_METRICS)
+    if registry is None:
+        registry = app[APP_METRICS] = CollectorRegistry()
+    return registry
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest()
+    own = request.app.get(APP_METRICS)
+    if own is not None:
+        body += generate_latest(own)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

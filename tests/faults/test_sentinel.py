@@ -104,3 +104,29 @@ def test_failover_while_decisions_and_revocations_flow(replicas, sentinel):
     for fa in (a, b):
         assert request(fa.port, "/readyz", host="auth.test").status == 200
     assert (a.proc.popen.pid, b.proc.popen.pid) == pids and a.proc.popen.poll() is None and b.proc.popen.poll() is None
+
+
+async def test_the_device_feed_follows_the_primary_through_sentinel(sentinel):
+    """Device approval's pub/sub (a device waiting on one replica, woken by a write on another)
+    on a redis+sentinel:// URL: the feed's client finds the primary as the store's does. Run
+    after the failover above, so the primary it finds is the promoted replica."""
+    import asyncio
+
+    from forwardauth.state.records import Device
+    from forwardauth.state.redis import RedisStore
+
+    store = RedisStore(sentinel.url)
+    await store.open()
+    feed = store.subscribe_changes()
+    try:
+        assert await asyncio.wait_for(feed.__anext__(), 10) is None  # connected
+        assert await store.add_device(Device("sentinel-dev-0001", "dora", "phone", time.time(), "h"), 5)
+        assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
+        await store.set_epoch("dora", time.time())  # a revocation wakes the user's polls too
+        assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
+        assert await store.remove_devices("dora") == 1  # (then WAIT for a replica, as revocations do)
+        assert await asyncio.wait_for(feed.__anext__(), 5) == "dora"
+    finally:
+        await feed.aclose()
+        await store.remove_devices("dora")
+        await store.close()

@@ -306,6 +306,7 @@ def targets() -> list[Target]:
     from forwardauth.oidc.flow import LoginError
     from forwardauth.tokens.jwt import JwtError
     from forwardauth.tokens.macaroon import TokenError
+    from harness.fuzz_devices import targets as device_targets
     from harness.fuzz_webauthn import webauthn_targets
 
     s = samples()
@@ -335,6 +336,7 @@ def targets() -> list[Target]:
         Target("id_token_header", jose(s["jwt"]), id_token_header, (LoginError,)),
         Target("id_token_claims", CLAIMS, id_token_claims, (LoginError,)),
         *webauthn_targets(),
+        *device_targets(),
     ]
 
 

@@ -46,6 +46,7 @@ class Running:
     name: str
     port: int
     proc: Proc
+    auth_port: int | None = None  # where forwardauth's own site (public_url) is served, when not on `port`
 
     def stop(self) -> None:
         self.proc.stop()
@@ -140,13 +141,36 @@ def start_caddy(workdir: Path, fa_port: int, app_port: int, host: str) -> Runnin
     port = free_port()
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
+    auth_port = free_port()
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
            "XDG_CONFIG_HOME": str(home / "config"), "CADDY_ADMIN": "off",
            "SITE_ADDRESS": f"http://{host}:{port}", "FORWARDAUTH_ADDRESS": f"127.0.0.1:{fa_port}",
            "APP_ADDRESS": f"127.0.0.1:{app_port}", "BIND_ADDRESS": "127.0.0.1",
-           "AUTH_SITE_ADDRESS": f"http://127.0.0.1:{free_port()}"}
+           "AUTH_SITE_ADDRESS": f"http://127.0.0.1:{auth_port}"}
     argv = [binary, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
-    return Running("caddy", port, Proc("caddy", argv, workdir / "caddy.log", env=env, cwd=workdir))
+    return Running("caddy", port, Proc("caddy", argv, workdir / "caddy.log", env=env, cwd=workdir), auth_port)
+
+
+def start_nginx_example(workdir: Path, fa_port: int, app_port: int) -> Running:
+    """examples/nginx/nginx.conf as shipped (its auth.example.com server serves
+    forwardauth's own site), with only the addresses, snippet and file paths
+    moved to the test's."""
+    binary = require("nginx")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    text = (REPO / "examples" / "nginx" / "nginx.conf").read_text()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    text = (user + text.replace("forwardauth:4180", f"127.0.0.1:{fa_port}").replace("app:8081", f"127.0.0.1:{app_port}")
+            .replace("listen 8080", f"listen 127.0.0.1:{port}").replace("/etc/nginx/snippets", str(NGINX_SNIPPETS))
+            .replace("worker_processes auto;", f"worker_processes 1;\npid {workdir}/nginx.pid;")
+            .replace("access_log /dev/stdout;", f"access_log {workdir}/access.log; proxy_temp_path {workdir}/p; "
+                     f"client_body_temp_path {workdir}/b; fastcgi_temp_path {workdir}/f; "
+                     f"uwsgi_temp_path {workdir}/u; scgi_temp_path {workdir}/s;")
+            .replace("error_log stderr;", f"error_log {workdir}/error.log info;"))
+    conf = workdir / "nginx.conf"
+    conf.write_text(text)
+    argv = [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"]
+    return Running("nginx", port, Proc("nginx", argv, workdir / "error.log"), port)
 
 
 def start_proxy(name: str, workdir: Path, fa_port: int, app_port: int, host: str, cookie: str) -> Running:

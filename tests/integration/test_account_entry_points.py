@@ -234,10 +234,10 @@ def test_delete_leaves_no_session_token_dbcreds_or_upstream_session(fa, admin, e
     events = {"account_deleted", "token_revoked"}
     assert lines_about(fa, {human, system, upstream}, since, events) == [
         ("token_revoked", human, f"token {ids[human]} ({names[human]}): account deleted by {entry.actor}"),
-        ("account_deleted", human, f"by {entry.actor}; tokens, sessions and database credentials removed"),
+        ("account_deleted", human, f"by {entry.actor}; tokens, sessions, approving devices and database credentials removed"),
         ("token_revoked", system, f"token {ids[system]} ({names[system]}): account deleted by {entry.actor}"),
-        ("account_deleted", system, f"by {entry.actor}; tokens, sessions and database credentials removed"),
-        ("account_deleted", upstream, f"by {entry.actor}; tokens, sessions and database credentials removed")]
+        ("account_deleted", system, f"by {entry.actor}; tokens, sessions, approving devices and database credentials removed"),
+        ("account_deleted", upstream, f"by {entry.actor}; tokens, sessions, approving devices and database credentials removed")]
 
 
 # --- groups (roles) and creation: one rule, one audit line ----------------------------------------

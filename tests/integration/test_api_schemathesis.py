@@ -18,7 +18,8 @@ from harness.tokens import TokenServer
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory):
-    fa = TokenServer(tmp_path_factory.mktemp("schemathesis"))
+    # Device approval on, so that the device API's handlers are driven too (not only its "not enabled" 404).
+    fa = TokenServer(tmp_path_factory.mktemp("schemathesis"), extra={"devices": {"level": "mfa", "poll_timeout": "2s"}})
     fa.account("root", roles="admin")
     fa.account("svc", kind="system")
     fa.account("alice", roles="svc")

@@ -9,6 +9,7 @@ defaults are in config.example.yaml and core/limits.py.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
@@ -16,26 +17,47 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from forwardauth.devices.credentials import new_credential
+from forwardauth.state.records import Device
+from forwardauth.state.sqlite import SQLiteStore
 from harness.tokens import AUTH, TokenServer
 
 LIMITS = {"header_timeout": "1s", "keepalive_timeout": "2s", "body_timeout": "1s", "denial_log_lines": 5}
 # For the passkey routes' bodies (an https origin: the config refuses plain http, no browser comes here).
 WEBAUTHN = {"rp_id": "auth.test", "origins": ["https://auth.test"], "level_user_verified": "mfa"}
 
+DEVICES = {"level": "mfa", "poll_timeout": "3s", "limits": {"polls_per_user": 2}}
+
+
+def paired_device(state_db: Path, user: str) -> str:
+    """A device of `user` written straight into the server's state file: its credential."""
+    async def add() -> str:
+        store = SQLiteStore(str(state_db))
+        try:
+            c = new_credential()
+            assert await store.add_device(Device(c.device_id, user, "phone", time.time(), c.secret_hash), 5)
+            return c.token
+        finally:
+            await store.close()
+
+    return asyncio.run(add())
+
 
 @pytest.fixture(scope="module")
 def fa(tmp_path_factory):
-    server = TokenServer(tmp_path_factory.mktemp("limits"),
-                         extra={"limits": LIMITS, "webauthn": WEBAUTHN})
+    workdir = tmp_path_factory.mktemp("limits")
+    server = TokenServer(workdir, extra={"limits": LIMITS, "webauthn": WEBAUTHN, "devices": DEVICES})
     server.account("root", roles="admin")
     server.account("bob")
     with server:
         server.admin = server.token("root", "--name", "admin")
         server.bob = server.token("bob", "--name", "bob")
         known(server)
+        server.device = paired_device(workdir / "state.db", "bob")
         yield server
 
 
@@ -414,6 +436,94 @@ def test_token_exchange_bodies(fa, body, status, description):
     got, text = post(fa, "/api/v1/token", body, JSON)
     assert (got, json.loads(text)) == (status, {"error": "invalid_request", "error_description": description})
     answers_others(fa)
+
+
+# --- device routes (issue 11): the pairing exchange and a device's answer --------------------
+
+DEVICE_ROUTES = ["/api/v1/device/pair", "/api/v1/device/requests/no-such-request"]
+
+
+def device_post(fa, path: str, body: bytes, content_type: str = JSON, **kw) -> tuple[int, object]:
+    token = fa.device if path.startswith("/api/v1/device/requests/") else None  # pairing: the code is the proof
+    got, text = post(fa, path, body, content_type, token=token, **kw)
+    return got, json.loads(text)
+
+
+@pytest.mark.parametrize("path", DEVICE_ROUTES)
+@pytest.mark.parametrize("body, status, description", [
+    (b'{"name": "' + b"a" * 17000 + b'"}', 413, "the body must be at most 16384 bytes"),
+    (b"[" * 17 + b"]" * 17, 400, "the body is not valid JSON (nested deeper than 16 levels)"),
+    (b"[" * 8000 + b"]" * 8000, 400, "the body is not valid JSON (nested deeper than 16 levels)"),
+    (b'{"decision": "deny", "decision": "approve"}', 400,
+     "the body is not valid JSON (a key appears twice in one object)"),
+    (b'{"code": NaN}', 400, "the body is not valid JSON (NaN is not a JSON number)"),
+    (b'{"code": "\xff"}', 400, "the body is not valid JSON (not UTF-8)"),
+    (b"{", 400, "the body is not valid JSON (not valid JSON)"),
+])
+def test_device_route_bodies(fa, path, body, status, description):
+    assert device_post(fa, path, body) == (status, {"error": "invalid_request", "error_description": description})
+    answers_others(fa)
+
+
+@pytest.mark.parametrize("path", DEVICE_ROUTES)
+def test_device_routes_take_json_only(fa, path):
+    assert device_post(fa, path, b"code=x", FORM) == (415, {"error": "invalid_request",
+                                                            "error_description": "the body must be application/json"})
+
+
+@pytest.mark.parametrize("path", DEVICE_ROUTES)
+def test_device_route_body_announced_over_16k_is_413_before_reading_it(fa, path):
+    assert device_post(fa, path, b"", length=100 * 1024 * 1024) == (
+        413, {"error": "invalid_request", "error_description": "the body must be at most 16384 bytes"})
+    answers_others(fa)
+
+
+@pytest.mark.parametrize("path", DEVICE_ROUTES)
+def test_device_route_body_that_trickles_is_408(fa, path):
+    t = time.monotonic()
+    assert device_post(fa, path, b"", chunks=[b'{"code":'] + [b" "] * 10, pause=0.3) == (
+        408, {"error": "invalid_request", "error_description": "the body did not arrive in time"})
+    assert time.monotonic() - t < 5
+
+
+def test_device_bodies_in_two_packets_are_read_whole(fa):
+    # Read whole, each gets as far as its own check (was 400 "not valid JSON": half a body read).
+    assert device_post(fa, "/api/v1/device/pair", b"", chunks=[b'{"code": "ABCD-EFGH-', b'JKLM-NPQR", "name": "x"}'],
+                       pause=0.2) == (403, {"error": "invalid_code", "error_description": "the pairing code is "
+                                                                                          "not valid: wrong, expired "
+                                                                                          "or used already"})
+    assert device_post(fa, DEVICE_ROUTES[1], b"", chunks=[b'{"decision":', b' "deny"}'], pause=0.2) == (
+        404, {"error": "not_found", "error_description": "no such request"})
+
+
+def test_concurrent_long_polls_per_user_are_limited(fa):
+    """devices.limits.polls_per_user (2 here): a third device of one user polling while two wait is 429 at once
+    (a device's own new poll replaces its waiting one: not counted)."""
+    creds = [paired_device(fa.workdir / "state.db", "bob") for _ in range(3)]
+
+    def poll(cred: str, etag: str | None) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", fa.port, timeout=10)
+        headers = {"Host": AUTH, "Authorization": f"Bearer {cred}"}
+        if etag:
+            headers["If-None-Match"] = etag
+        conn.request("GET", "/api/v1/device/requests", headers=headers)
+        return conn
+
+    first = poll(creds[0], None).getresponse()
+    assert first.status == 200
+    etag = first.getheader("ETag")
+    waiting = [poll(c, etag) for c in creds[:2]]
+    time.sleep(0.5)  # both are waiting
+    t = time.monotonic()
+    r = poll(creds[2], etag).getresponse()
+    assert (r.status, r.getheader("Retry-After"), json.loads(r.read())) == (
+        429, "5", {"error": "too_many_polls", "error_description": "too many polls waiting for this account"})
+    assert time.monotonic() - t < 1
+    answers_others(fa)
+    for conn in waiting:  # they end with 304 at poll_timeout
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("ETag")) == (304, etag)
+        conn.close()
 
 
 # --- logs ---------------------------------------------------------------------------------

@@ -242,7 +242,7 @@ async def test_delete_leaves_nothing_valid(svc, store, lines):
     assert snap.epochs["backup"] == NOW + 1 and live.id in snap.revoked and other.id not in snap.revoked
     assert lines[1:] == [
         ("token_revoked", {"user": "backup", "reason": f"token {live.id} (t-00): account deleted by root"}),
-        ("account_deleted", {"user": "backup", "reason": "by root; tokens, sessions and database credentials removed"})]
+        ("account_deleted", {"user": "backup", "reason": "by root; tokens, sessions, approving devices and database credentials removed"})]
     with pytest.raises(NotFound, match="^no account 'backup'$"):
         await svc.delete("root", "backup")
     # A namesake inherits nothing: no credentials, and no token or session from before.

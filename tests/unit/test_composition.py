@@ -28,7 +28,7 @@ def test_every_part_has_its_own_name_and_sections():
     assert len(set(names)) == len(names)
     sections = [s for p in composition.PARTS for s in p.sections]
     assert len(set(sections)) == len(sections) == len(composition.SECTIONS)
-    assert set(composition.SECTIONS) == {"local", "oidc", "tokens", "webauthn"}
+    assert set(composition.SECTIONS) == {"devices", "local", "oidc", "tokens", "webauthn"}
 
 
 async def test_two_apps_in_one_process_share_nothing():
@@ -39,7 +39,7 @@ async def test_two_apps_in_one_process_share_nothing():
     a = composition.build_app(Runtime.build(make_config(POLICY + OIDC)), a_store)
     b = composition.build_app(Runtime.build(make_config(POLICY)), b_store)
     ca, cb = a[CTX], b[CTX]
-    assert [f.name for f in ca.factors] == [f.name for f in cb.factors] == ["local", "webauthn", "upstream"]
+    assert [f.name for f in ca.factors] == [f.name for f in cb.factors] == ["device", "local", "webauthn", "upstream"]
     assert ca.factors is not cb.factors and ca.decisions[0] is not cb.decisions[0]
     assert a[TOKENS] is not b[TOKENS] and ca.refreshed[0] is not cb.refreshed[0]
     assert ca.sign_out and not cb.sign_out  # only the app with an `oidc:` section signs out upstream
@@ -79,7 +79,7 @@ def test_check_and_explain_import_no_aiohttp(tmp_path):
     assert main(["keys", "generate", "-o", str(tmp_path / "keys.json")]) == 0
     cfg = tmp_path / "c.yaml"
     cfg.write_text("keys: {file: keys.json}\nstate: sqlite://state.db\nlevels: [{name: password, acr: [p]}]\n"
-                   + POLICY + "local: {enabled: true}\ntokens: {stale_grace: 10s}\n")
+                   + POLICY + "local: {enabled: true}\ntokens: {stale_grace: 10s}\ndevices: {level: password}\n")
     code, modules = _imported("check", "-c", str(cfg))
     assert code == 0 and "forwardauth.core.config" in modules
     assert not _has(modules, "fido2")  # the WebAuthn part's config and CLI need no WebAuthn library

@@ -51,7 +51,8 @@ def test_a_sqlite_store_opened_alone_creates_every_table(tmp_path):
         tables = {name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
     assert tables == {"meta", "epochs", "revoked", "accounts", "auth_failures", "once_claims", "api_tokens",
-                      "dbcreds", "webauthn_credentials"}
+                      "dbcreds", "webauthn_credentials", "devices", "device_pairings", "approval_requests", "device_changes",
+                      "sqlite_sequence"}  # (SQLite's own, for the device_changes counter)
     assert meta == {"revocation_version": 0, "tokens_version": 0}
     # An account write in a process that never imported the tokens part moves the token version.
     _run(f"""

@@ -7,7 +7,7 @@ import pytest
 from forwardauth.core.keyring import Key, KeyRing
 from forwardauth.services.audit import EVENTS
 from forwardauth.state.memory import MemoryStore
-from forwardauth.state.records import Account
+from forwardauth.state.records import Account, Device
 from forwardauth.state.revocations import FAR_FUTURE, Revocations
 from forwardauth.tokens import macaroon as mac
 from forwardauth.tokens import rules
@@ -333,8 +333,10 @@ async def test_revoke_sessions(svc):
 
 
 async def test_delete_leaves_nothing_for_a_namesake(svc):
-    """Tokens revoked, dbcreds deleted, epoch raised: a new account of the same name inherits nothing."""
+    """Tokens revoked, dbcreds and approving devices deleted, epoch raised: a new
+    account of the same name inherits nothing."""
     t = await svc.issue(ADMIN, "backup", now=1000.0)
+    assert await svc.store.add_device(Device("device-backup0001", "backup", "phone", 900.0, "h"), 5)
     await svc.set_dbcreds(ADMIN, "backup", {"host": "h", "database": "d", "username": "u", "password": "p"})
     with pytest.raises(Denied, match="^only admins may delete accounts$"):
         await svc.delete_account(ALICE, "backup")
@@ -343,6 +345,7 @@ async def test_delete_leaves_nothing_for_a_namesake(svc):
     await svc.delete_account(ADMIN, "backup", now=2000.0)
     assert await svc.accounts.get_account("backup") is None
     assert await svc.tokens.get_dbcreds("backup") is None
+    assert await svc.store.devices("backup") == []
     assert (await svc.tokens.get_token(t.meta.id)).revoked == 2000.0
     snap = await svc.store.revocations(2000.0)
     assert snap.epochs["backup"] == 2000.0 and t.meta.id in snap.revoked
@@ -351,8 +354,8 @@ async def test_delete_leaves_nothing_for_a_namesake(svc):
         await svc.get_dbcreds(ALICE, "backup")
     with pytest.raises(NotFound, match="^no account 'ghost'$"):
         await svc.delete_account(ADMIN, "ghost")
-    assert ("account_deleted", {"user": "backup", "reason": "by root; tokens, sessions and database credentials "
-                                                            "removed"}) in svc.lines
+    assert ("account_deleted", {"user": "backup", "reason": "by root; tokens, sessions, approving devices and "
+                                                            "database credentials removed"}) in svc.lines
 
 
 async def test_lock_and_unlock_refuse_the_admin_themselves_and_missing_accounts(svc):
