@@ -41,7 +41,7 @@ from forwardauth.web.context import CTX, AppContext, Route
 from forwardauth.web.factors import Need, Page
 from forwardauth.web.forms import FormError, csrf_ok, form_page, read_form, redirect
 from forwardauth.web.oauth2_start import need_for, offers, satisfied, start_url
-from forwardauth.web.pages import SECURITY_HEADERS, STATIC_DIR
+from forwardauth.web.pages import SCRIPT_HEADERS, STATIC_DIR
 
 DEVICES_PATH = "/oauth2/devices"
 PHONE_PATH = "/oauth2/devices/phone"
@@ -51,9 +51,6 @@ SCRIPT_PATH = "/oauth2/static/devices-phone.js"
 MAX_FORM = 4096
 MAX_RD = 1500  # the target goes into a cookie
 WAIT_REFRESH = 1  # seconds between two looks of the waiting page
-
-# The phone page is the one page with a script: its own, from this origin.
-PHONE_CSP = SECURITY_HEADERS["Content-Security-Policy"] + "; script-src 'self'; connect-src 'self'"
 
 MSG_CSRF = "This form has expired or was not sent from this site. Please try again."
 MSG_OFF = "Approving on a device is not enabled here."
@@ -193,7 +190,7 @@ async def phone_get(request: web.Request) -> web.StreamResponse:
         return message(request, ctx, 404, "Approve sign-ins", MSG_OFF)
     base = ctx.runtime.config.server.public_url
     return form_page(request, ctx, "device_phone.html", 200, title="Approve sign-ins",
-                     devices_url=base + DEVICES_PATH, headers={"Content-Security-Policy": PHONE_CSP})
+                     devices_url=base + DEVICES_PATH, headers=SCRIPT_HEADERS)
 
 
 async def phone_script(request: web.Request) -> web.Response:
