@@ -261,7 +261,13 @@ class RedisStore(RedisWebAuthn, RedisDevices, StateStore):
         """With Sentinel: wait until a replica has the revocation just written (see the module)."""
         if not self.sentinel:
             return
-        n = await self.r.wait(1, REPLICA_WAIT_MS)
+        # WAIT counts only the writes of the connection it runs on, and a pooled
+        # connection need not be the one that wrote. So one write on WAIT's own
+        # connection first: replication is ordered, a replica that has it has ours.
+        async with self.r.pipeline(transaction=False) as p:
+            p.incr(P + "replicated")
+            p.wait(1, REPLICA_WAIT_MS)
+            _, n = await p.execute()
         if n < 1 and not self._unreplicated_reported:
             log.warning("redis state: a revocation is not on any replica yet (WAIT timed out): a failover now "
                         "would lose it, except in the processes that remember it")
