@@ -253,8 +253,7 @@ class WebAuthnStore(Protocol):
                                           user_verified: bool, now: float, lock_reason: str) -> Advance: ...
 
 
-
-
+@runtime_checkable
 class DeviceStore(Protocol):
     """Approving devices, pairing codes and approval requests. Exact semantics:
 
