@@ -47,7 +47,13 @@ def test_rotation_and_removal_under_load(tmp_path):
             rotated = flow.now()
             new = KeyRing.load(keys).current.id
             new_cookie.append(fa.cli("session", "issue", "--user", "carol", "--level", "password").strip())
-            new_token.append(fa.token("alice", "--name", "after-rotation"))
+            token = fa.token("alice", "--name", "after-rotation")
+            # A token the CLI issues reaches the running server with its next index refresh.
+            deadline = time.monotonic() + 10
+            while decided(fa, "/api/x", token) != 200:
+                assert time.monotonic() < deadline, "the server never learnt the new token"
+                time.sleep(0.05)
+            new_token.append(token)
             assert new_cookie[0].startswith(new + ".")
             time.sleep(2.0)
             cli("keys", "retire", keys, old)

@@ -305,9 +305,9 @@ async def test_delete_removes_the_passkeys_and_security_keys(svc, store, lines):
     await svc.delete("root", "alice", now=NOW + 1)
     assert await store.webauthn_credentials("alice") == []
     assert [c.name for c in await store.webauthn_credentials("bob")] == ["bob's"]
-    assert lines[-1] == ("account_deleted", {"user": "alice", "reason": "by root; tokens, sessions and database "
-                                                                       "credentials removed; 2 security key(s) and "
-                                                                       "passkey(s) removed"})
+    assert lines[-1] == ("account_deleted", {"user": "alice", "reason": "by root; tokens, sessions, approving devices "
+                                                                       "and database credentials removed; 2 security "
+                                                                       "key(s) and passkey(s) removed"})
     # A namesake inherits none of them.
     await svc.create(OPERATOR, "alice")
     assert await store.webauthn_credentials("alice") == []
