@@ -12,20 +12,18 @@ tests); an unknown user and a wrong password get the same one.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from forwardauth.core.redirects import safe_redirect
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.session import Session
-from forwardauth.services.audit import request_id
 from forwardauth.signin.flow import can_step_up
 from forwardauth.signin.service import Attempt, LocalAuth
 from forwardauth.signin.settings import settings
 from forwardauth.web.context import CTX, AppContext
+from forwardauth.web.facts import Facts
 from forwardauth.web.forms import form_page, query, redirect
 from forwardauth.web.oauth2_start import START_PATH, need_for, satisfied
 
@@ -82,27 +80,6 @@ def local_auth(request: web.Request | web.Application) -> LocalAuth:
 # --- request facts -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Facts:
-    now: float
-    client: str | None
-    request_id: str
-    session: Session | None
-
-
-def facts(request: web.Request, ctx: AppContext) -> Facts:
-    now = time.time()
-    return Facts(now, ctx.client(request), request_id(request.headers), ctx.current_session(request, now))
-
-
-def audit(ctx: AppContext, f: Facts, event: str, *, user: str | None = None, target: str | None = None,
-          level: str | None = None, reason: str | None = None) -> None:
-    host = path = None
-    if target:
-        parts = urlsplit(target)
-        host, path = parts.hostname, parts.path or "/"
-    ctx.audit.emit(event, user=user, client=f.client, host=host, path=path, level=level, reason=reason,
-                   request_id=f.request_id)
 
 
 def safe_rd(ctx: AppContext, value: str | None) -> str:

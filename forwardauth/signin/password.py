@@ -15,9 +15,7 @@ from forwardauth.signin.common import (
     MSG_LOCKED,
     MSG_TOO_LONG,
     MSG_WRONG,
-    audit,
     banned_message,
-    facts,
     level_of,
     local_auth,
     message,
@@ -27,6 +25,7 @@ from forwardauth.signin.common import (
 )
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
+from forwardauth.web.facts import audit, facts
 from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, offers
 from forwardauth.web.unavailable import attempting

@@ -22,10 +22,7 @@ from forwardauth.signin.common import (
     MSG_NO_TOTP_LEVEL,
     MSG_SECRET_UNREADABLE,
     MSG_SESSION_ENDED,
-    Facts,
-    audit,
     banned_message,
-    facts,
     level_of,
     local_auth,
     may_step_up,
@@ -39,6 +36,7 @@ from forwardauth.signin.common import (
 )
 from forwardauth.web.context import CTX, AppContext
 from forwardauth.web.factors import Need
+from forwardauth.web.facts import Facts, audit, facts
 from forwardauth.web.forms import MSG_MALFORMED, FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import START_PATH, need_for, offers
 from forwardauth.web.pages import group_secret

@@ -23,6 +23,7 @@ from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import WebAuthnCredential
 from forwardauth.state.records import webauthn_fingerprint as fingerprint
 from forwardauth.web.context import CTX, AppContext
+from forwardauth.web.facts import Facts, audit, facts
 from forwardauth.web.forms import csrf_ok, query
 from forwardauth.webauthn import challenges
 from forwardauth.webauthn.challenges import Ceremony, ChallengeError
@@ -36,14 +37,11 @@ from forwardauth.webauthn.common import (
     MSG_STORE,
     MSG_UNAVAILABLE,
     Current,
-    Facts,
     JsonError,
-    audit,
     banned_message,
     challenge_cookie,
     clear_challenge_cookie,
     current,
-    facts,
     json_answer,
     json_error,
     may_change,

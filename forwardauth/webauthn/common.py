@@ -5,10 +5,8 @@ rule for adding and removing keys, and the messages people see."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -18,8 +16,6 @@ from forwardauth.core.redirects import safe_redirect
 from forwardauth.core.runtime import Runtime
 from forwardauth.core.sealing import Sealer
 from forwardauth.core.session import Session
-from forwardauth.services.account_names import account_key
-from forwardauth.services.audit import request_id
 from forwardauth.services.regulation import RegulationConfig, Regulator, Verdict, failure_store
 from forwardauth.state.records import WebAuthnCredential
 from forwardauth.web import bodies
@@ -110,32 +106,6 @@ def sealed_challenge(request: web.Request, ctx: AppContext, ceremony: Ceremony) 
 # --- request facts, the audit line -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Facts:
-    now: float
-    client: str | None
-    request_id: str
-    session: Session | None
-
-    @property
-    def user(self) -> str | None:
-        """The account the session's keys belong to (a username, or "<source>:<sub>")."""
-        return account_key(self.session) if self.session is not None else None
-
-
-def facts(request: web.Request, ctx: AppContext) -> Facts:
-    now = time.time()
-    return Facts(now, ctx.client(request), request_id(request.headers), ctx.current_session(request, now))
-
-
-def audit(ctx: AppContext, f: Facts, event: str, *, user: str | None = None, target: str | None = None,
-          level: str | None = None, reason: str | None = None) -> None:
-    host = path = None
-    if target:
-        parts = urlsplit(target)
-        host, path = parts.hostname, parts.path or "/"
-    ctx.audit.emit(event, user=user, client=f.client, host=host, path=path, level=level, reason=reason,
-                   request_id=f.request_id)
 
 
 def safe_rd(ctx: AppContext, value: Any) -> str:

@@ -19,6 +19,7 @@ from forwardauth.state.base import StoreUnavailable
 from forwardauth.state.records import WebAuthnCredential, WebAuthnError
 from forwardauth.state.records import webauthn_fingerprint as fingerprint
 from forwardauth.web.context import CTX, AppContext
+from forwardauth.web.facts import Facts, audit, facts
 from forwardauth.web.forms import FormError, csrf_ok, form_page, query, read_form, redirect
 from forwardauth.web.oauth2_start import need_for, satisfied, start_url
 from forwardauth.web.pages import SCRIPT_HEADERS, page
@@ -31,10 +32,7 @@ from forwardauth.webauthn.common import (
     SIGN_IN_PATH,
     STEP_UP_PATH,
     Current,
-    Facts,
-    audit,
     current,
-    facts,
     manage_url,
     may_change,
     safe_rd,
