@@ -348,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="forwardauth",
         description="Forward-auth sidecar for nginx, Traefik and Caddy: who gets through, at which level.",
+        epilog="environment: FORWARDAUTH_CACHE_DIR where the YAML value of a config of 256 KB or more is kept "
+               "between runs (default $XDG_CACHE_HOME/forwardauth or ~/.cache/forwardauth; empty: off)",
     )
     p.add_argument("--version", action="version", version=f"forwardauth {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

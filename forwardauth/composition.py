@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 from forwardauth.core.authorize import StorePolicy
 from forwardauth.core.config import Config, SectionParser
-from forwardauth.core.config import load_config as _load
 from forwardauth.core.config import parse_config as _parse
 from forwardauth.core.runtime import Runtime
 from forwardauth.devices import settings as devices_settings
 from forwardauth.oidc import settings as oidc_settings
+from forwardauth.services import configcache
 from forwardauth.services.commands import CliEnv, Register
 from forwardauth.signin import settings as signin_settings
 from forwardauth.tokens import settings as tokens_settings
@@ -164,8 +164,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """A config file with every part's sections."""
-    return _load(path, SECTIONS)
+    """A config file with every part's sections (a large one's YAML value kept: services/configcache.py)."""
+    return configcache.load_config(path, SECTIONS)
 
 
 def audit_target(cfg: Config) -> str:

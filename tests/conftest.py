@@ -6,10 +6,25 @@ with the reason; under CI=true it fails, so CI can never go green by skipping.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from harness.forwardauth import ForwardAuth
 from harness.proxies import start_echo_app
+
+
+def pytest_configure(config):
+    """Large configs' kept YAML values (services/configcache.py) go to a directory of this run's,
+    never to the home directory of whoever runs the tests (servers and CLI children inherit it)."""
+    config._fa_cache_dir = tempfile.mkdtemp(prefix="forwardauth-test-cache-")
+    os.environ["FORWARDAUTH_CACHE_DIR"] = config._fa_cache_dir
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_fa_cache_dir", ""), ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -170,29 +170,48 @@ class Reader:
 def load_config(path: str | Path, sections: Mapping[str, SectionParser] | None = None) -> Config:
     """Read and validate a YAML config file. Raises ConfigError listing every problem.
     `sections`: the parts' config sections (composition.load_config passes them all)."""
-    p = Path(path)
+    data = read_file(path)
+    return parse_config(decode(data, path), str(path), sections)
+
+
+def read_file(path: str | Path) -> bytes:
+    """A config file's bytes, or ConfigError naming it."""
     try:
-        text = p.read_bytes().decode("utf-8")
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def decode(data: bytes, path: str | Path) -> str:
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:  # was a traceback out of `check` (found by bench/fuzz.py's inputs)
-        raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text, str(p), sections)
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
 def parse_config(text: str, file: str = "<config>", sections: Mapping[str, SectionParser] | None = None) -> Config:
     """Parse and validate config text; a key that is neither the core's nor one
     of `sections` is an error."""
-    parsers = sections or {}
-    r = Reader(file)
+    return validate(read_yaml(text, file), file, sections)
+
+
+def read_yaml(text: str, file: str = "<config>") -> Any:
+    """The YAML document's value (core.yamlsafe's bounds), or ConfigError naming the line."""
     try:
-        raw = yamlsafe.load(text)
+        return yamlsafe.load(text)
     except yamlsafe.YamlRefused as exc:
         raise ConfigError([f"{file}: YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise ConfigError([f"{file}: {where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+
+
+def validate(raw: Any, file: str = "<config>", sections: Mapping[str, SectionParser] | None = None) -> Config:
+    """A YAML document's value (read_yaml's, or the same value kept by
+    services.configcache) validated into a Config; ConfigError lists every problem."""
+    parsers = sections or {}
+    r = Reader(file)
     if raw is None:
         raw = {}
     core = {"server", "session", "keys", "state", "revocation", "headers", "levels", "policy", "limits"}

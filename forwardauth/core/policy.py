@@ -8,6 +8,7 @@ plus the few rules of that host, not a scan of the whole file.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import re
@@ -35,9 +36,17 @@ class PathPattern:
 
     @classmethod
     def parse(cls, text: str) -> PathPattern:
-        """Raises ValueError naming what is wrong with the pattern."""
+        """Raises ValueError naming what is wrong with the pattern.
+
+        The same text gives the same (immutable) object: a generated policy
+        repeats its patterns (`/api/**` for each of 2,500 hosts), so each is
+        compiled once and held once (_parsed, bounded)."""
         if not isinstance(text, str) or not text:
             raise ValueError(f"path pattern must be a non-empty string, got {show(text)}")
+        return _parsed(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> PathPattern:
         if text.startswith("re:"):
             try:
                 return cls(text, "regex", re.compile(text[3:]))
@@ -62,6 +71,11 @@ class PathPattern:
         if self.kind == "regex":
             return self.regex.match(path) is not None
         return self.regex.fullmatch(path) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> PathPattern:
+    return PathPattern._parse(text)
 
 
 def _glob_to_regex(glob: str) -> re.Pattern[str]:
