@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import segno
 from aiohttp import web
 
 from forwardauth.core.cookies import clear_cookie, set_cookie
@@ -110,6 +109,8 @@ class NewPairing:
 
 def _qr(url: str) -> str:
     """The QR code of `url` as an inline <svg> (no script, no style attribute)."""
+    import segno  # here, not at the top: it costs 60 ms of every start (xml.sax), for a page seldom shown
+
     return segno.make(url, error="m").svg_inline(scale=4, border=2, dark="#111", light="#fff",
                                                  title="QR code: open it on the phone to pair", omitsize=True)
 

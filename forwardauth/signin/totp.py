@@ -22,7 +22,6 @@ import time
 from typing import TextIO
 
 import pyotp
-import segno
 
 from forwardauth.core.keyring import KeyRing
 from forwardauth.core.sealing import Sealer, SealError
@@ -81,6 +80,8 @@ def provisioning_uri(secret: str, username: str, issuer: str) -> str:
 
 def qr_svg(uri: str) -> str:
     """The QR code of `uri` as an inline <svg> element (no script, no style attribute)."""
+    import segno  # here, not at the top: it costs 60 ms of every start (xml.sax), for a page seldom shown
+
     qr = segno.make(uri, error="m")
     return qr.svg_inline(scale=5, border=2, dark="#111", light="#fff", title="QR code for your authenticator app",
                          omitsize=True)
@@ -88,6 +89,8 @@ def qr_svg(uri: str) -> str:
 
 def qr_terminal(uri: str, out: TextIO) -> None:
     """The QR code drawn with block characters on a terminal."""
+    import segno
+
     segno.make(uri, error="m").terminal(out=out, compact=True)
 
 
