@@ -131,10 +131,11 @@ class LimitedHandler(RequestHandler):
     connection from its start, on a kept-alive one from the first byte of the next head. That
     byte may come while the previous request is still being answered (even in the same packet,
     pipelined), so the clock is not tied to aiohttp waiting for a request; a head is late
-    header_timeout after its first byte or after the previous answer was sent, whichever is
-    later. The clock must not run for body bytes (the body timeout's), nor on a connection idle
-    after its answers: an unasked 408 there would be read by a proxy (nginx's upstream
-    keep-alive) as the answer to its next request.
+    header_timeout after its first byte, or, when an answer was still pending then, at the
+    first further header_timeout after that answer was sent. The clock must not run for body
+    bytes (the body timeout's), nor on a connection idle after its answers: an unasked 408
+    there would be read by a proxy (nginx's upstream keep-alive) as the answer to its next
+    request.
 
     aiohttp does not say where in a packet a message ended, so `data_received` hands it the
     packet's last byte that is not CR or LF on its own (its parsers take any split): when that
@@ -178,11 +179,17 @@ class LimitedHandler(RequestHandler):
             super().data_received(data)  # an accepted upgrade (WebSocket), or closing: no more heads
             return
         count = self._request_count
-        end = len(data.rstrip(b"\r\n"))  # just past the last byte that is not CR or LF
-        if end > 1:
-            self._feed(data[:end - 1])
-            data = data[end - 1:]
-        ended = self._feed(data)
+        if data.endswith(b"\r\n\r\n"):
+            # Most packets (every proxy subrequest): no split needed. A head is complete once an empty
+            # line ends it, so what ends in CRLF CRLF is a whole head, a body or empty lines: whatever
+            # message ended, nothing of a next head is left (end = 0: nothing learnt of one).
+            ended, end = self._feed(data), 0
+        else:
+            end = len(data.rstrip(b"\r\n"))  # just past the last byte that is not CR or LF
+            if end > 1:
+                self._feed(data[:end - 1])
+                data = data[end - 1:]
+            ended = self._feed(data)
         if self._reading_paused or self._buffer_paused or self._message_tail \
                 or (not data and self._next_head is _After.UNKNOWN and self._body is None):
             # aiohttp holds bytes back unparsed, or (b"", its call to resume) has parsed bytes it held:
@@ -212,15 +219,6 @@ class LimitedHandler(RequestHandler):
             return True
         return False
 
-    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
-                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
-        """The answer, sent; then the clock of a next head begun meanwhile runs again if it
-        ran out while this request was answered (a head is late once no answer is pending)."""
-        done = await super().finish_response(request, resp, start_time)
-        if self._next_head is not _After.NOTHING and self._head_timer is None and not self._force_close:
-            self._start_head_clock()
-        return done
-
     def _start_head_clock(self) -> None:
         self._head_count = self._request_count
         self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
@@ -228,9 +226,13 @@ class LimitedHandler(RequestHandler):
     def _head_late(self) -> None:
         self._head_timer = None
         transport = self.transport
-        if self._request_count != self._head_count or self._force_close or transport is None \
-                or self._request_in_progress or self._messages:
-            return  # the head came whole, or a request is answered (finish_response starts it again)
+        if self._request_count != self._head_count or self._force_close or transport is None:
+            return  # the head came whole, or the connection is closing
+        if self._request_in_progress or self._messages:
+            # A request is still answered: a head is not late while an answer is pending. Asked again
+            # one header_timeout on (rather than hooking every answer's end: this is the rare case).
+            self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
+            return
         if self._request_count and self._next_head is _After.NOTHING:
             return  # what seemed unknown was a body
         partial = self._next_head is _After.HEAD
