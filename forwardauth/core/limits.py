@@ -17,8 +17,10 @@ config.example.yaml with their values). What happens at each limit:
   Traefik 90 s, Caddy 2 m), so that normally the proxy closes first.
 - `header_timeout`: a request head (request line and headers) must arrive
   whole within this, counted from the connection's start or from the head's
-  first byte: an unfinished head is answered 408 and closed; a new
-  connection that sends nothing is closed.
+  first byte (a head begun while an answer is pending: at the first
+  header_timeout step after it is sent): an unfinished head is answered 408 and closed; a new
+  connection that sends nothing is closed (and so, without the 408, is one
+  idle after pipelined bytes aiohttp held back: web/connections.py).
 - `header_bytes`: the request line and each header line; `headers`: header
   fields per request. Over either: 431 (414 for the request line), closed.
 - `body_timeout`: a request body must arrive whole within this: 408.

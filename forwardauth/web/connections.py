@@ -28,6 +28,7 @@ forwardauth_bad_requests_total{reason}.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import resource
 import sys
@@ -37,6 +38,7 @@ from typing import Any
 import aiohttp.web_response
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Counter
 
@@ -114,17 +116,45 @@ def frames_of(exc: BaseException | None, limit: int = 12) -> dict[str, Any]:
     return {"error": " <- ".join(types), "where": where}
 
 
-class LimitedHandler(RequestHandler):
-    """aiohttp's protocol, with the head timeout and quiet refusals."""
+class _After(enum.Enum):
+    """What the bytes received after the last whole request are (LimitedHandler._next_head)."""
 
-    __slots__ = ("_header_timeout", "_head_timer", "_head_count", "_head_bytes", "refuse")
+    NOTHING = "nothing, a body, or empty lines"
+    HEAD = "part of a head"
+    UNKNOWN = "unknown: aiohttp held bytes back unparsed"
+
+
+class LimitedHandler(RequestHandler):
+    """aiohttp's protocol, with the head timeout and quiet refusals.
+
+    The head clock runs while part of a request head waits in aiohttp's parser: on a new
+    connection from its start, on a kept-alive one from the first byte of the next head. That
+    byte may come while the previous request is still being answered (even in the same packet,
+    pipelined), so the clock is not tied to aiohttp waiting for a request; a head is late
+    header_timeout after its first byte, or, when an answer was still pending then, at the
+    first further header_timeout after that answer was sent. The clock must not run for body
+    bytes (the body timeout's), nor on a connection idle after its answers: an unasked 408
+    there would be read by a proxy (nginx's upstream keep-alive) as the answer to its next
+    request.
+
+    aiohttp does not say where in a packet a message ended, so `data_received` hands it the
+    packet's last byte that is not CR or LF on its own (its parsers take any split): when that
+    byte ends a message (its head, or its body), nothing follows it but empty lines, which are
+    no head (RFC 9112 2.2); when it ends nothing and no body is arriving, a head has begun.
+    While aiohttp holds bytes back unparsed (its queue of 32 pipelined requests full, a body
+    over its buffer, bytes after an Upgrade request) where they end is unknown: a connection
+    that then stays idle is closed after header_timeout, without a 408.
+    """
+
+    __slots__ = ("_header_timeout", "_head_timer", "_head_count", "_next_head", "_body", "refuse")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, **kw: Any) -> None:
         super().__init__(manager, **kw)
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
-        self._head_bytes = False
+        self._next_head = _After.NOTHING
+        self._body: StreamReader | None = None  # the newest request's body while it is still arriving
         self.refuse = False  # set by LimitedServer: over the cap with every connection busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,7 +166,7 @@ class LimitedHandler(RequestHandler):
             transport.write(BUSY_ANSWER)  # type: ignore[attr-defined]
             self.force_close()
         elif not self._force_close:  # the first head's clock starts now
-            self._start_head_clock(got_bytes=False)
+            self._start_head_clock()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
@@ -145,40 +175,75 @@ class LimitedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._payload_parser is not None or self._close or self._force_close:
+            super().data_received(data)  # an accepted upgrade (WebSocket), or closing: no more heads
+            return
         count = self._request_count
-        super().data_received(data)
-        if self._request_count != count:  # a whole head (or a refused one) arrived: its clock stops
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-        elif self._head_timer is not None:
-            self._head_bytes = True
+        if data.endswith(b"\r\n\r\n"):
+            # Most packets (every proxy subrequest): no split needed. A head is complete once an empty
+            # line ends it, so what ends in CRLF CRLF is a whole head, a body or empty lines: whatever
+            # message ended, nothing of a next head is left (end = 0: nothing learnt of one).
+            ended, end = self._feed(data), 0
         else:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                # Waiting for a request, and part of its head came: the rest has header_timeout.
-                # (Bytes while a request is answered are its body: the body timeout's.)
-                self._start_head_clock(got_bytes=True)
+            end = len(data.rstrip(b"\r\n"))  # just past the last byte that is not CR or LF
+            if end > 1:
+                self._feed(data[:end - 1])
+                data = data[end - 1:]
+            ended = self._feed(data)
+        if self._reading_paused or self._buffer_paused or self._message_tail \
+                or (not data and self._next_head is _After.UNKNOWN and self._body is None):
+            # aiohttp holds bytes back unparsed, or (b"", its call to resume) has parsed bytes it held:
+            # where they end is unknown. (With none held, b"" parses nothing and changes nothing.)
+            self._next_head = _After.UNKNOWN
+        elif ended or self._body is not None:
+            self._next_head = _After.NOTHING  # the bytes ended a message or a body, or a body is arriving
+        elif end:
+            self._next_head = _After.HEAD  # a byte after the last whole message and its body: a head began
+        # (else only CR/LF that ended nothing: a head goes on, or none began)
+        if self._request_count != count and self._head_timer is not None:  # a head arrived whole
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._next_head is not _After.NOTHING and self._head_timer is None:
+            self._start_head_clock()
 
-    def _start_head_clock(self, got_bytes: bool) -> None:
+    def _feed(self, part: bytes) -> bool:
+        """`part` to aiohttp; whether a message (its head without a body, or its body) ended in it."""
+        count, body = self._request_count, self._body
+        super().data_received(part)
+        if self._request_count != count:
+            payload = self._messages[-1][1]
+            self._body = None if payload.is_eof() else payload
+            return True
+        if body is not None and body.is_eof():
+            self._body = None
+            return True
+        return False
+
+    def _start_head_clock(self) -> None:
         self._head_count = self._request_count
-        self._head_bytes = got_bytes
         self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
 
     def _head_late(self) -> None:
         self._head_timer = None
         transport = self.transport
-        if self._request_count != self._head_count or self._force_close or transport is None \
-                or self._request_in_progress or self._messages:
+        if self._request_count != self._head_count or self._force_close or transport is None:
+            return  # the head came whole, or the connection is closing
+        if self._request_in_progress or self._messages:
+            # A request is still answered: a head is not late while an answer is pending. Asked again
+            # one header_timeout on (rather than hooking every answer's end: this is the rare case).
+            self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
             return
-        if self._head_bytes:
+        if self._request_count and self._next_head is _After.NOTHING:
+            return  # what seemed unknown was a body
+        partial = self._next_head is _After.HEAD
+        if partial:
             transport.write(HEAD_TIMEOUT_ANSWER)
         CLOSED.labels("header_timeout").inc()
         skipped = _TIMEOUT_LOG.allow()
         if skipped is not None:
             log.info("closed a connection: no complete request head in time",
                      extra={"fields": _fields(skipped, client=_peer(transport), header_timeout=self._header_timeout,
-                                              partial=self._head_bytes)})
+                                              partial=partial)})
         self.force_close()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
