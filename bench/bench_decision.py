@@ -26,6 +26,7 @@ import gc
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -322,6 +323,8 @@ def http_bench(args, workdir: Path) -> dict:
                 fa.proc.cwd = str(Path(source).resolve())
             if w > 1:
                 fa.proc.argv += ["--workers", str(w)]
+            elif args.cpu is not None:
+                fa.proc.argv = ["taskset", "-c", args.cpu, *fa.proc.argv]
             procs.append(fa.proc)
             fa.start()
             fas[name] = fa
@@ -336,7 +339,8 @@ def http_bench(args, workdir: Path) -> dict:
                 other.start()
 
         bare_port = free_port()
-        bare = Proc("bare_app", [sys.executable, REPO / "bench" / "bare_app.py", "--listen",
+        pin = ["taskset", "-c", args.cpu] if args.cpu is not None else []
+        bare = Proc("bare_app", [*pin, sys.executable, REPO / "bench" / "bare_app.py", "--listen",
                                  f"127.0.0.1:{bare_port}", "--body", args.bare_body], workdir / "bare_app.log").start()
         procs.append(bare)
         bare.wait_until(lambda: http_status(bare_port, "/") == 200, what="answering")
@@ -571,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="before the rounds, profile the forwardauth worker with py-spy for this long in each mode")
     p.add_argument("--profile-top", type=int, default=30, help="functions shown per profile (default %(default)s)")
+    p.add_argument("--cpu", default="none",
+                   help="pin every one-worker backend (forwardauth and the bare handler alike) to this CPU with "
+                        "taskset, as bench_oauth2_proxy.py does; nginx and wrk stay free (default %(default)s: not "
+                        "pinned, the scheduler mixes all four on the cores)")
     p.add_argument("--skip-http", action="store_true", help="only time the policy decision")
     p.add_argument("--skip-policy", action="store_true", help="only run the HTTP benchmark")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
@@ -581,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--modes: a comma-separated list of {', '.join(MODES)}")
     args.fa_extra = None
     args.workers = [int(w) for w in args.workers.split(",")]
+    if args.cpu == "none":
+        args.cpu = None
+    elif shutil.which("taskset") is None:
+        raise SystemExit("--cpu needs taskset (util-linux)")
 
     workdir = Path(tempfile.mkdtemp(prefix="forwardauth-bench-"))
     print(f"forwardauth benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, work dir {workdir}")
@@ -588,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_http:
             print(f"\nHTTP through nginx auth_request: wrk -t{args.threads} -c{args.connections} "
                   f"-d{args.duration:g}s x {args.rounds} rounds, {args.rules}-rule policy, host {target_host(args.rules)}, "
-                  f"forwardauth with {'/'.join(map(str, args.workers))} worker(s); load {load_text()}", flush=True)
+                  f"forwardauth with {'/'.join(map(str, args.workers))} worker(s), one-worker backends "
+                  f"{'pinned to CPU ' + args.cpu if args.cpu is not None else 'not pinned'}; load {load_text()}",
+                  flush=True)
             res = http_bench(args, workdir)
             report_http(args, res)
         if not args.skip_policy:
@@ -607,7 +621,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(full_exact_hosts(n1))}) and 4 paths, so it also measures a bigger working set")
     finally:
         if not args.keep:
-            import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
