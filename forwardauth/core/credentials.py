@@ -151,6 +151,11 @@ class SessionCodec:
             source=source,
         )
 
+    @property
+    def opened(self) -> Lru:
+        """The cookies opened (value -> Session), least recently used out: a cache."""
+        return self._opened
+
     def seal(self, session: Session) -> str:
         return self.sealer.seal(session.to_json())
 

@@ -64,6 +64,10 @@ class Memo(Generic[R]):
         # [hits, misses] of answer(): a list shared with the metrics (counted without a call or a lock)
         self.counts = counts if counts is not None else [0, 0]
 
+    def tables(self) -> tuple[Lru, ...]:
+        """Every table (web/retire.py empties a replaced memo's off the event loop)."""
+        return (self._requests, self._answers, self.rules, self.results)
+
     def request(self, key: Key, parse: Callable[..., OriginalRequest], *args: object) -> OriginalRequest:
         """The parsed request for these header values: `parse(*args)`, which
         raises BadRequest for malformed ones (those are not remembered)."""

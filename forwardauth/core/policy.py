@@ -276,6 +276,11 @@ class Policy:
         self.__dict__.update(state)
         self.__dict__["_cache"] = Lru(4096)
 
+    @property
+    def cache(self) -> Lru:
+        """Per host, its candidate rules and their tests (least recently used out): a cache."""
+        return self._cache  # type: ignore[attr-defined]
+
     def candidates(self, host: str) -> tuple[Rule, ...]:
         """The rules that may apply to `host`, in file order (memoised per host)."""
         return tuple(r for r, _ in self._tests(host))

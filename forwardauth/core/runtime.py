@@ -6,8 +6,10 @@ replaces a good one.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from forwardauth.core.config import Config
 from forwardauth.core.credentials import SessionCodec
@@ -23,6 +25,11 @@ class Runtime:
     keyring: KeyRing
     codec: SessionCodec
     trusted: TrustedNetworks
+
+    def caches(self) -> tuple[MutableMapping[Any, Any], ...]:
+        """What this runtime remembers as it serves (the opened cookies, the policy's per-host tests):
+        emptied off the event loop once a reload replaced it (web/retire.py)."""
+        return (self.codec.opened, self.config.policy.cache)
 
     @classmethod
     def build(cls, config: Config) -> Runtime:

@@ -36,6 +36,7 @@ from forwardauth.state.base import StateStore
 from forwardauth.state.refresh import Refresher
 from forwardauth.state.revocations import Revocations
 from forwardauth.web.factors import Factor
+from forwardauth.web.retire import retire
 
 log = logging.getLogger("forwardauth")
 
@@ -229,7 +230,8 @@ class AppContext:
     def _swap(self, rt: Runtime, took: float | None = None) -> None:
         if rt.config.state != self.runtime.config.state:
             log.warning("state URL changes need a restart; keeping the current store")
-        self.runtime = rt
+        old, self.runtime = self.runtime, rt
+        retire(old.caches())  # emptied off the loop (web/retire.py)
         fields: dict[str, object] = {"rules": len(rt.config.policy.rules)}
         if took is not None:
             fields["seconds"] = round(took, 2)  # from the start of the reload to the swap (off the loop)

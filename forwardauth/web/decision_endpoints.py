@@ -27,6 +27,7 @@ from forwardauth.core.runtime import Runtime
 from forwardauth.services.audit import request_id
 from forwardauth.web.context import AppContext
 from forwardauth.web.metrics import BUCKETS, DECISIONS, STATS
+from forwardauth.web.retire import retire
 
 log = logging.getLogger("forwardauth")
 
@@ -56,6 +57,8 @@ class DecisionEndpoint:
         """The pipeline of `runtime`: built again (with an empty memo) when a reload swapped it."""
         a = self.authorizer
         if a is None or a.runtime is not runtime:
+            if a is not None:  # its memo is emptied off the loop, not freed here in one stretch
+                retire(a.memo.tables())
             ctx = self.ctx
             a = self.authorizer = Authorizer(runtime, self.convention, redirects=self.redirects,
                                              revocations=ctx.revocations, hooks=ctx.hooks(runtime),
