@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         took = reload_seconds(fa.proc.log(tail=10**9))
         print(f"  SIGHUPs sent: {signals}, reloads done: {reloads} (SIGHUPs during a reload fold into one "
               "more reload after it); each took " + (", ".join(f"{t:.1f}" for t in took) or "-")
-              + " s (the config parsed in a child process at nice 10)")
+              + " s (the config parsed in a child process at nice 19)")
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -34,9 +34,9 @@ def load_apart(load: Callable[[str], T], path: str, meanwhile: Callable[[], obje
     """`load(path)` in a new child process (spawned: nothing of this process's
     state, threads or event loop is copied), its result pickled back and its
     exception (a ConfigError) raised here. `meanwhile()` runs here while the
-    child works. `background`: the child runs at a lower CPU priority (nice 10:
-    a reload, the workers' decisions come first and the reload still gets
-    about a tenth of a busy core). Raises OSError or
+    child works. `background`: the child runs at the lowest CPU priority (nice
+    19: a reload; the workers' decisions come first, and the reload gets what
+    they leave, on a saturated core about 1/70 of it). Raises OSError or
     concurrent.futures' BrokenProcessPool when no child can run."""
     init = _background_priority if background else None
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init) as pool:
@@ -47,4 +47,4 @@ def load_apart(load: Callable[[str], T], path: str, meanwhile: Callable[[], obje
 
 
 def _background_priority() -> None:
-    os.nice(10)
+    os.nice(19)

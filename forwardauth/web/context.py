@@ -195,18 +195,20 @@ class AppContext:
         child process (none can be started, or the loader does not pickle),
         the thread parses itself."""
         path = self.runtime.config.path
-        try:
-            config = load_apart(self.load_config, path, background=True) if is_large(path) else None
-        except ConfigError as exc:
-            log.error("reload refused; the running configuration is kept", extra={"fields": {"problems": exc.problems}})
-            return None
-        except Exception:  # noqa: BLE001 - no child process: the same work here
-            config = None
         interval = sys.getswitchinterval()
         collecting = gc.isenabled()
+        # From the start: the child's result is unpickled by the executor's own thread, as it arrives.
         sys.setswitchinterval(min(interval, RELOAD_SWITCH_INTERVAL))
-        gc.disable()
         try:
+            try:
+                config = load_apart(self.load_config, path, background=True) if is_large(path) else None
+            except ConfigError as exc:
+                log.error("reload refused; the running configuration is kept",
+                          extra={"fields": {"problems": exc.problems}})
+                return None
+            except Exception:  # noqa: BLE001 - no child process: the same work here
+                config = None
+            gc.disable()
             if config is None:
                 return self._build_runtime()
             try:
