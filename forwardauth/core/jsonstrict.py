@@ -42,6 +42,7 @@ class StrictDecoder(json.JSONDecoder):
 
 
 _DECODER = StrictDecoder()
+NOT_JSON = "not valid JSON"  # the message of a text that does not parse (no detail: it may quote the input)
 
 
 def loads(raw: bytes | str, max_depth: int = 16) -> Any:
@@ -57,7 +58,7 @@ def loads(raw: bytes | str, max_depth: int = 16) -> Any:
     except RecursionError:
         raise JsonError(f"nested deeper than {max_depth} levels") from None
     except ValueError:  # json.JSONDecodeError, and int() of over 4300 digits
-        raise JsonError("not valid JSON") from None
+        raise JsonError(NOT_JSON) from None
     if depth(value, max_depth) > max_depth:
         raise JsonError(f"nested deeper than {max_depth} levels")
     return value

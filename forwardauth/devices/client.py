@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from forwardauth.core import jsonstrict
 from forwardauth.devices.credentials import normalise_code
 
 BASE_DELAY = 1.0
@@ -124,10 +125,24 @@ def _loopback(host: str) -> bool:
         return False
 
 
+MAX_ANSWER = 256 * 1024  # bytes of one answer of the server's (a page of waiting requests is a few KB)
+
+
+async def read_json(resp: aiohttp.ClientResponse) -> Any:
+    """The answer's body as JSON that reads one way only (core.jsonstrict), read up to MAX_ANSWER
+    bytes: a server or a proxy in between that sends more, or anything else, is a ValueError."""
+    body = bytearray()
+    while chunk := await resp.content.read(64 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise ValueError(f"answer over {MAX_ANSWER // 1024} KB")
+    return jsonstrict.loads(bytes(body))
+
+
 async def _error_of(resp: aiohttp.ClientResponse) -> str:
     """The server's `error_description` (its JSON error), else the status line."""
     try:
-        body = await resp.json(content_type=None)
+        body = await read_json(resp)
         if isinstance(body, dict) and isinstance(body.get("error_description"), str):
             return body["error_description"][:300]
     except (ValueError, aiohttp.ClientError):
@@ -150,12 +165,15 @@ async def pair(url: str, code: str | None, name: str, path: Path) -> Saved:
             async with http.post(f"{base}/api/v1/device/pair", json={"code": text, "name": name}) as resp:
                 if resp.status != 201:
                     raise ClientError(f"pairing refused: {await _error_of(resp)}")
-                body = await resp.json()
+                try:
+                    body = await read_json(resp)
+                except ValueError:
+                    raise ClientError("the server's answer is not a pairing") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ClientError(f"cannot reach {base}: {type(exc).__name__}") from None
     try:
         saved = Saved(base, str(body["device"]["id"]), str(body["device"]["name"]), str(body["credential"]))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         raise ClientError("the server's answer is not a pairing") from None
     save(path, saved)
     return saved
@@ -277,10 +295,13 @@ class Watcher:
         try:
             async with http.get(f"{self.saved.url}/api/v1/device/requests", headers=headers) as resp:
                 if resp.status == 200:
-                    body = await resp.json()
+                    body = await read_json(resp)  # ValueError: backed off below, like an error answer
+                    requests = body.get("requests") if isinstance(body, dict) else None
+                    if not isinstance(requests, list):
+                        raise ValueError("not a list of requests")
                     self.etag = resp.headers.get("ETag")
                     self.backoff.reset()
-                    return await self._show(http, body.get("requests", []), once)
+                    return await self._show(http, requests, once)
                 await resp.read()  # so the connection goes back to the pool
                 if resp.status == 304:
                     self.backoff.reset()
@@ -293,7 +314,10 @@ class Watcher:
                 self.errors += 1
                 hint = retry_after(resp.headers.get("Retry-After"), time.time())
                 await self._wait(self.backoff.next(hint), f"server answered HTTP {resp.status}")
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        except ValueError as exc:  # an answer that is not one: too large, not JSON, not a list of requests
+            self.errors += 1
+            await self._wait(self.backoff.next(), f"the server's answer was refused ({exc})")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.errors += 1
             await self._wait(self.backoff.next(), f"{self.saved.url} unreachable ({type(exc).__name__})")
         return None
@@ -311,7 +335,10 @@ class Watcher:
 
     async def _handle(self, http: aiohttp.ClientSession, r: dict[str, Any]) -> int | None:
         phrases = [str(p) for p in r.get("phrases", [])][:3]
-        left = max(0, int(float(r.get("expires", 0)) - time.time()))
+        try:
+            left = max(0, min(86_400, int(float(r.get("expires", 0)) - time.time())))
+        except (TypeError, ValueError, OverflowError):  # not a time: shown as expired, still answerable
+            left = 0
         lines = [f"Sign-in waiting for approval: {r.get('host')}{r.get('path')} (level {r.get('level')})",
                  f"  from {r.get('client') or 'an unknown address'}, {r.get('user_agent') or 'unknown browser'}; "
                  f"expires in {left}s"]
@@ -331,9 +358,12 @@ class Watcher:
                 if resp.status != 200:
                     self.say(f"not recorded: {await _error_of(resp)}")
                     return 1
-                result = await resp.json()
+                result = await read_json(resp)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.say(f"not recorded: {self.saved.url} unreachable ({type(exc).__name__})")
+            return 1
+        if not isinstance(result, dict):
+            self.say("not recorded: the server's answer is not a decision")
             return 1
         if result.get("state") == "approved":
             self.say("approved")

@@ -273,7 +273,7 @@ def _json_object(body: bytes, what: str) -> dict:
     try:
         d = jsonstrict.loads(body, MAX_DOCUMENT_DEPTH)
     except jsonstrict.JsonError as exc:
-        if str(exc) == "not valid JSON":
+        if str(exc) == jsonstrict.NOT_JSON:
             raise ProviderDown(f"{what}: answer is not JSON") from None
         raise ProviderDown(f"{what}: answer refused ({exc})") from None
     if not isinstance(d, dict):

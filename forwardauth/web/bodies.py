@@ -80,4 +80,6 @@ async def read_json(request: web.Request, max_bytes: int = MAX_JSON_BYTES, max_d
     try:
         return jsonstrict.loads(raw, max_depth)
     except jsonstrict.JsonError as exc:
-        raise BodyError(400, f"the body is not valid JSON ({exc})") from None
+        why = str(exc)
+        raise BodyError(400, "the body is not valid JSON" if why == jsonstrict.NOT_JSON
+                        else f"the body is not valid JSON ({why})") from None

@@ -54,7 +54,7 @@ def err(code: str, description: str) -> dict:
     ({"data": "code=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415,
      err("invalid_request", "the body must be application/json")),
     ({"data": "{", "headers": {"Content-Type": "application/json"}}, 400,
-     err("invalid_request", "the body is not valid JSON (not valid JSON)")),
+     err("invalid_request", "the body is not valid JSON")),
     ({"data": '{"code": "ABCD-EFGH-JKLM-NPQR", "name": "a", "name": "b"}', "headers": {"Content-Type": "application/json"}},
      400, err("invalid_request", "the body is not valid JSON (a key appears twice in one object)")),
     ({"data": "[" * 17 + "]" * 17, "headers": {"Content-Type": "application/json"}}, 400,

@@ -274,3 +274,53 @@ def test_backoff_grows_with_jitter_and_is_capped():
 ])
 def test_retry_after(value, seconds):
     assert cl.retry_after(value, 1445412480.0) == seconds
+
+
+@pytest.mark.parametrize("body, shown", [
+    (b"x" * (cl.MAX_ANSWER + 1), "the server's answer was refused (answer over 256 KB)"),
+    (b'{"requests": [], "requests": [{"id": "r1"}]}', "the server's answer was refused (a key appears twice in one object)"),
+    (b"[1, 2]", "the server's answer was refused (not a list of requests)"),
+    (b'{"requests": {"id": "r1"}}', "the server's answer was refused (not a list of requests)"),
+    (b"<html>", "the server's answer was refused (not valid JSON)"),
+])
+async def test_an_answer_that_is_not_one_is_refused_and_backed_off(body, shown):
+    """A 200 from the server (or a proxy before it) that is too large, reads two ways or has the
+    wrong shape: refused with the reason, backed off like an error, never a crash or a read without end."""
+    hits: list[float] = []
+
+    async def handler(request):
+        hits.append(time.monotonic())
+        if len(hits) == 1:
+            return web.Response(body=body, content_type="application/json")
+        return web.Response(status=401)
+
+    runner, url = await fake_server(handler)
+    person = Person()
+    try:
+        code = await cl.Watcher(cl.Saved(url, "d", "n", "fad1_x"), person.ask, person.say,
+                                backoff=cl.Backoff(0.05, 0.1)).run()
+    finally:
+        await runner.cleanup()
+    assert code == 2 and len(hits) == 2
+    assert person.lines[0] == f"{shown}; trying again"
+
+
+async def test_a_pairing_answer_that_is_not_one_is_refused(tmp_path):
+    app = web.Application()
+
+    async def pair_handler(request):
+        return web.Response(body=b'{"device": {"id": "d1", "id": "d2"}}', content_type="application/json",
+                            status=201)
+
+    app.router.add_post("/api/v1/device/pair", pair_handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with pytest.raises(cl.ClientError) as e:
+            await cl.pair(f"http://127.0.0.1:{port}", "ABCD-EFGH-JKLM-NPQR", "laptop", tmp_path / "device.json")
+    finally:
+        await runner.cleanup()
+    assert str(e.value) == "the server's answer is not a pairing"
+    assert not (tmp_path / "device.json").exists()
