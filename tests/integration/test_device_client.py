@@ -309,8 +309,9 @@ async def test_a_pairing_answer_that_is_not_one_is_refused(tmp_path):
     app = web.Application()
 
     async def pair_handler(request):
-        return web.Response(body=b'{"device": {"id": "d1", "id": "d2"}}', content_type="application/json",
-                            status=201)
+        # Reads two ways (a plain JSON parser keeps the last credential): refused, nothing saved.
+        return web.Response(body=b'{"device": {"id": "d1", "name": "laptop"}, "credential": "fad1_a", '
+                                 b'"credential": "fad1_b"}', content_type="application/json", status=201)
 
     app.router.add_post("/api/v1/device/pair", pair_handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
