@@ -38,7 +38,7 @@ from forwardauth.webauthn.common import (
     MSG_UNAVAILABLE,
     Current,
     JsonError,
-    banned_message,
+    banned,
     challenge_cookie,
     clear_challenge_cookie,
     current,
@@ -55,23 +55,25 @@ from forwardauth.webauthn.service import Proof
 from forwardauth.webauthn.verify import Reason, Refused
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+Ceremonial = Callable[[web.Request, AppContext, Current, Facts], Awaitable[web.Response]]
 
 
-def _guarded(fn: Handler) -> Handler:
-    """No 500 for what a browser sends: bad JSON and a store outage get their answer."""
+def _guarded(fn: Ceremonial) -> Handler:
+    """The route handler of one ceremony step: 404 while the part is off, the request's facts
+    for `fn`, and no 500 for what a browser sends (bad JSON, a store outage get their answer)."""
 
     async def run(request: web.Request) -> web.Response:
         ctx = request.app[CTX]
-        if current(request) is None:
+        part = current(request)
+        if part is None:
             return json_error(404, MSG_UNAVAILABLE)
+        f = facts(request, ctx)
         try:
-            return await fn(request)
+            return await fn(request, ctx, part, f)
         except JsonError as exc:
-            f = facts(request, ctx)
             audit(ctx, f, "webauthn_failed", user=f.user, reason=exc.reason)
             return json_error(exc.status, exc.message)
         except StoreUnavailable:
-            f = facts(request, ctx)
             audit(ctx, f, "webauthn_failed", user=f.user, reason="state store unavailable")
             return json_error(503, MSG_STORE, {"Retry-After": "5"})
 
@@ -129,11 +131,7 @@ async def _registration_gate(request: web.Request, ctx: AppContext, part: Curren
 
 
 @_guarded
-async def register_options(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def register_options(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level", "name"})  # the script sends the name both times
     if (refused := await _registration_gate(request, ctx, part, f, data)) is not None:
         return refused
@@ -147,11 +145,7 @@ async def register_options(request: web.Request) -> web.Response:
 
 
 @_guarded
-async def register(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def register(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level", "name", "credential"})
     if (refused := await _registration_gate(request, ctx, part, f, data)) is not None:
         return refused
@@ -185,11 +179,7 @@ def describe(c: WebAuthnCredential) -> str:
 
 
 @_guarded
-async def step_up_options(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def step_up_options(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level"})
     rd = safe_rd(ctx, data.get("rd"))
     if f.session is None or f.user is None:
@@ -202,7 +192,7 @@ async def step_up_options(request: web.Request) -> web.Response:
     verdict = await part.regulator.check(f.user, f.client, f.now)
     if verdict.banned:
         audit(ctx, f, "webauthn_failed", user=f.user, target=rd, level=level, reason="step-up: banned")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     try:
         challenge, options = await part.service.start_step_up(f.user, f.session.sid, level, f.now)
     except Refused as exc:
@@ -211,11 +201,7 @@ async def step_up_options(request: web.Request) -> web.Response:
 
 
 @_guarded
-async def step_up(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def step_up(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level", "credential"})
     rd = safe_rd(ctx, data.get("rd"))
     if f.session is None or f.user is None:
@@ -234,7 +220,7 @@ async def step_up(request: web.Request) -> web.Response:
     verdict, ticket = await part.regulator.reserve(user, f.client, f.now)
     if ticket is None:
         audit(ctx, f, "webauthn_failed", user=user, target=rd, level=level, reason="step-up: banned")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     try:
         proof = await part.service.finish_assertion(challenge, data.get("credential", {}), f.now)
     except Refused as exc:
@@ -243,7 +229,7 @@ async def step_up(request: web.Request) -> web.Response:
     verdict = await part.regulator.passed(ticket, f.now)
     if verdict.banned:
         audit(ctx, f, "webauthn_failed", user=user, target=rd, level=level, reason="step-up: banned meanwhile")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     new = part.service.raised(session, proof, f.now)
     await ctx.store.revoke(session.sid, session.exp)
     audit(ctx, f, "step_up", user=user, target=rd, level=proof.level.name, reason=_proved(proof))
@@ -263,11 +249,7 @@ def _proved(proof: Proof) -> str:
 
 
 @_guarded
-async def sign_in_options(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def sign_in_options(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level"})
     rd = safe_rd(ctx, data.get("rd"))
     if not part.settings.passwordless:
@@ -278,17 +260,13 @@ async def sign_in_options(request: web.Request) -> web.Response:
     verdict = await part.regulator.check_client(f.client, f.now)
     if verdict.banned:
         audit(ctx, f, "webauthn_failed", target=rd, reason="sign-in: banned")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     challenge, options = await part.service.start_sign_in(f.now)
     return _options(ctx, Ceremony.SIGN_IN, part, challenge, options)
 
 
 @_guarded
-async def sign_in(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    part = current(request)
-    assert part is not None
-    f = facts(request, ctx)
+async def sign_in(request: web.Request, ctx: AppContext, part: Current, f: Facts) -> web.Response:
     data = await read_json(request, {"csrf", "rd", "level", "credential"})
     rd = safe_rd(ctx, data.get("rd"))
     if not part.settings.passwordless:
@@ -321,7 +299,7 @@ async def _sign_in_as(request: web.Request, ctx: AppContext, part: Current, f: F
     verdict, ticket = await part.regulator.reserve(user, f.client, f.now)
     if ticket is None:
         audit(ctx, f, "webauthn_failed", user=user, target=rd, reason="sign-in: banned")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     try:
         proof = await part.service.finish_assertion(challenge, data.get("credential", {}), f.now)
     except Refused as exc:
@@ -341,7 +319,7 @@ async def _sign_in_as(request: web.Request, ctx: AppContext, part: Current, f: F
     verdict = await part.regulator.passed(ticket, f.now)
     if verdict.banned:
         audit(ctx, f, "webauthn_failed", user=user, target=rd, reason="sign-in: banned meanwhile")
-        return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+        return banned(verdict)
     session = ctx.runtime.codec.new(account.username, proof.level.name, f.now, email=account.email,
                                     name=account.display_name, groups=account.groups,
                                     proofs={proof.level.name: f.now}, source="local")

@@ -189,6 +189,11 @@ def banned_message(verdict: Verdict) -> str:
     return f"Too many failed attempts. Try again in {m} minute{'s' if m != 1 else ''}."
 
 
+def banned(verdict: Verdict) -> web.Response:
+    """429 for a user or client the regulation holds back, with when to try again."""
+    return json_error(429, banned_message(verdict), {"Retry-After": str(int(verdict.retry_after) + 1)})
+
+
 def json_answer(data: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     resp = web.Response(status=status, text=json.dumps(data), content_type="application/json",
                         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
