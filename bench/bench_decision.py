@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             (n0, m0, d0, x0), (n1, m1, d1, x1) = rows[0], rows[-1]
             ratios = (m1 / m0, d1 / d0, x1 / x0)
             print(f"  {f'{n1}/{n0}':>8}" + "".join(f"{r:>13.2f}x" for r in ratios))
-            print(f"  target: decide() hot within 1.5x -> {'met' if ratios[1] <= 1.5 else 'NOT met'} "
+            print(f"  target: decide() hot within 1.2x -> {'met' if ratios[1] <= 1.2 else 'NOT met'} "
                   f"({ratios[1]:.2f}x)")
             print("  hot: the same request every time (the matched rule is one host's catch-all in both sizes);")
             print(f"  mix: 1,000 requests over every exact host ({len(full_exact_hosts(n0))} vs "

@@ -40,7 +40,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_decision import BENCH_PATH, WrkResult, nginx_conf, parse_wrk, policy_of, target_host  # noqa: E402
+from bench_decision import (  # noqa: E402
+    BENCH_PATH,
+    WrkResult,
+    cold_script,
+    nginx_conf,
+    parse_wrk,
+    policy_of,
+    target_host,
+)
 from oauth2_proxy_peer import OAuth2Proxy, ensure_built, sign_in_many, start_provider  # noqa: E402
 
 from harness.forwardauth import COOKIE, ForwardAuth  # noqa: E402 (tests/ is on sys.path via oauth2_proxy_peer)
@@ -48,24 +56,6 @@ from harness.procs import Proc, find_tool, free_port, http_status  # noqa: E402
 
 TARGETS = ("forwardauth", "oauth2-proxy")
 AUTH_PATHS = {"forwardauth": "/auth/nginx", "oauth2-proxy": "/oauth2/auth"}
-
-# Every request a path never asked before, and the next user's cookie (one
-# Cookie header value a line in COOKIES); each thread starts elsewhere in the list.
-COLD_LUA = """
-local threads = 0
-function setup(thread) thread:set("tid", threads); threads = threads + 1 end
-function init(args)
-  cookies = {}
-  for line in io.lines("{cookies}") do cookies[#cookies + 1] = line end
-  n = 0
-  first = math.floor(#cookies * tid / {threads})
-end
-function request()
-  n = n + 1
-  wrk.headers["Cookie"] = cookies[(first + n) % #cookies + 1]
-  return wrk.format(nil, "{path}/" .. tid .. "/" .. n)
-end
-"""
 
 
 # --- the two backends ---------------------------------------------------------
@@ -268,12 +258,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         res: dict = {"answers": {n: auth_answer(backends[n], AUTH_PATHS[n], host, hot[n]) for n in TARGETS},
                      "cookie_bytes": {n: len(hot[n].partition("=")[2]) for n in TARGETS}, "host": host}
 
-        scripts = {}
-        for name in TARGETS:
-            (workdir / f"cookies-{name}.txt").write_text("\n".join(cookies[name]) + "\n")
-            scripts[name] = workdir / f"cold-{name}.lua"
-            scripts[name].write_text(COLD_LUA.replace("{cookies}", str(workdir / f"cookies-{name}.txt"))
-                                     .replace("{threads}", str(args.threads)).replace("{path}", BENCH_PATH))
+        scripts = {name: cold_script(workdir, name, cookies[name], args.threads) for name in TARGETS}
 
         pids = {"forwardauth": fa.proc.popen.pid, "oauth2-proxy": o2p.proc.popen.pid}
 
