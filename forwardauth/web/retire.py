@@ -38,17 +38,10 @@ def retire(tables: Iterable[MutableMapping[Any, Any]]) -> None:
             _thread.start()
 
 
-def drained() -> bool:
-    """Whether nothing is waiting (tests)."""
-    return _queue.empty()
-
-
 def _run() -> None:
     while True:
-        tables = _queue.get()
-        for t in tables:
-            empty(t)
-        del tables, t
+        for table in _queue.get():
+            empty(table)
 
 
 def empty(table: MutableMapping[Any, Any]) -> None:

@@ -34,6 +34,10 @@ async def test_retired_tables_are_emptied_on_another_thread():
     retire([big, small])
     assert await until_empty(big, small)
     assert retire_module._thread is not None and retire_module._thread.name == "forwardauth-retire"
+    retire([])  # nothing to empty: the thread goes on with the next hand-over
+    later = {i: i for i in range(100)}
+    retire([later])
+    assert await until_empty(later) and retire_module._thread.is_alive()
 
 
 def test_empty_stops_when_the_table_is_emptied_by_its_owner():
