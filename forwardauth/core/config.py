@@ -134,6 +134,14 @@ class Reader:
             return default
         return v
 
+    def integer(self, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
+        """An integer from lo to hi (a YAML true is not 1); the default when absent or wrong."""
+        v = d.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
+            return default
+        return v
+
     def duration(self, d: dict, key: str, where: str, default: float | None) -> float | None:
         if key not in d:
             return default
@@ -266,14 +274,8 @@ def _server(r: Reader, raw: Any) -> ServerConfig:
     for i, dom in enumerate(domains):
         if not _HOST_RE.match(dom.lstrip(".").lower()) or dom.startswith("*"):
             r.error(f"{w}.allowed_redirect_domains[{i}]", f"must be a host or .domain, got {show(dom)}")
-    workers = d.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-        r.error(f"{w}.workers", f"must be an integer from 1 to 64, got {show(workers)}")
-        workers = 1
-    memo = d.get("memo_entries", dflt.memo_entries)
-    if isinstance(memo, bool) or not isinstance(memo, int) or not 100 <= memo <= 10_000_000:
-        r.error(f"{w}.memo_entries", f"must be an integer from 100 to 10000000, got {show(memo)}")
-        memo = dflt.memo_entries
+    workers = r.integer(d, "workers", w, 1, 1, 64)
+    memo = r.integer(d, "memo_entries", w, dflt.memo_entries, 100, 10_000_000)
     tls = r.mapping(d.get("tls"), f"{w}.tls", {"cert", "key"})
     cert, key = r.string(tls, "cert", f"{w}.tls"), r.string(tls, "key", f"{w}.tls")
     if bool(cert) != bool(key):

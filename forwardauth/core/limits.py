@@ -37,8 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from forwardauth.core.shown import show
-
 if TYPE_CHECKING:
     from forwardauth.core.config import Reader
 
@@ -71,22 +69,14 @@ def parse_limits(r: Reader, raw: Any) -> Limits:
     d = r.mapping(raw, w, _KEYS)
     dflt = Limits()
     return Limits(
-        max_connections=_int(r, d, "max_connections", dflt.max_connections, 16, 1_000_000),
+        max_connections=r.integer(d, "max_connections", "limits", dflt.max_connections, 16, 1_000_000),
         keepalive_timeout=_seconds(r, d, "keepalive_timeout", dflt.keepalive_timeout, 1.0, 3600.0),
         header_timeout=_seconds(r, d, "header_timeout", dflt.header_timeout, 0.1, 300.0),
-        header_bytes=_int(r, d, "header_bytes", dflt.header_bytes, 1024, 65536),
-        headers=_int(r, d, "headers", dflt.headers, 16, 1024),
+        header_bytes=r.integer(d, "header_bytes", "limits", dflt.header_bytes, 1024, 65536),
+        headers=r.integer(d, "headers", "limits", dflt.headers, 16, 1024),
         body_timeout=_seconds(r, d, "body_timeout", dflt.body_timeout, 0.1, 300.0),
-        denial_log_lines=_int(r, d, "denial_log_lines", dflt.denial_log_lines, 0, 100_000),
+        denial_log_lines=r.integer(d, "denial_log_lines", "limits", dflt.denial_log_lines, 0, 100_000),
     )
-
-
-def _int(r: Reader, d: dict, key: str, default: int, lo: int, hi: int) -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"limits.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
-        return default
-    return v
 
 
 def _seconds(r: Reader, d: dict, key: str, default: float, lo: float, hi: float) -> float:

@@ -80,14 +80,6 @@ def settings(config: Config) -> DevicesSettings:
     return found if isinstance(found, DevicesSettings) else DevicesSettings()
 
 
-def _int(r: Reader, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
-        return default
-    return v
-
-
 def _seconds(r: Reader, d: dict, key: str, where: str, default: float, lo: float, hi: float) -> float:
     v = r.duration(d, key, where, default)
     if v is None:
@@ -130,16 +122,16 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> DevicesSettings:
                                        f"raise those above it, or use 50s")
     request_ttl = _seconds(r, d, "request_ttl", w, dflt.request_ttl, 10, 1800)
     pairing_ttl = _seconds(r, d, "pairing_ttl", w, dflt.pairing_ttl, 30, 86400)
-    max_devices = _int(r, d, "max_devices", w, dflt.max_devices, 1, 100)
+    max_devices = r.integer(d, "max_devices", w, dflt.max_devices, 1, 100)
     passwordless = r.boolean(d, "passwordless", w, True)
 
     lw = f"{w}.limits"
     ld = r.mapping(d.get("limits"), lw, {"polls_per_user", "requests_per_user", "requests_per_client", "window"})
     ldef = Limits()
     limits = Limits(
-        _int(r, ld, "polls_per_user", lw, ldef.polls_per_user, 1, 1000),
-        _int(r, ld, "requests_per_user", lw, ldef.requests_per_user, 1, 1000),
-        _int(r, ld, "requests_per_client", lw, ldef.requests_per_client, 1, 100000),
+        r.integer(ld, "polls_per_user", lw, ldef.polls_per_user, 1, 1000),
+        r.integer(ld, "requests_per_user", lw, ldef.requests_per_user, 1, 1000),
+        r.integer(ld, "requests_per_client", lw, ldef.requests_per_client, 1, 100000),
         _seconds(r, ld, "window", lw, ldef.window, 10, 86400),
     )
     return DevicesSettings(enabled, level, pairing_max_age, poll_timeout, request_ttl, pairing_ttl, max_devices,

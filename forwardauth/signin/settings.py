@@ -61,14 +61,6 @@ def totp_levels(levels: Levels) -> tuple[Level, ...]:
     return tuple(lv for lv in levels.items if lv.local_factor == "totp")
 
 
-def _int(r: Reader, d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"{where}.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
-        return default
-    return v
-
-
 def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     w = "local"
     d = r.mapping(raw, w, {"enabled", "password_level", "min_password_length", "scrypt", "totp", "regulation",
@@ -79,13 +71,13 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
     if plevel is not None and plevel not in levels:
         r.error(f"{w}.password_level", f"unknown level {show(plevel)} (levels: {', '.join(levels.names)})")
         plevel = None
-    min_len = _int(r, d, "min_password_length", w, 10, 8, 256)
+    min_len = r.integer(d, "min_password_length", w, 10, 8, 256)
 
     sd = r.mapping(d.get("scrypt"), f"{w}.scrypt", {"log_n", "r", "p"})
     dflt = ScryptParams()
-    log_n = _int(r, sd, "log_n", f"{w}.scrypt", dflt.log_n, 10, 22)
-    sr = _int(r, sd, "r", f"{w}.scrypt", dflt.r, 1, 32)
-    sp = _int(r, sd, "p", f"{w}.scrypt", dflt.p, 1, 16)
+    log_n = r.integer(sd, "log_n", f"{w}.scrypt", dflt.log_n, 10, 22)
+    sr = r.integer(sd, "r", f"{w}.scrypt", dflt.r, 1, 32)
+    sp = r.integer(sd, "p", f"{w}.scrypt", dflt.p, 1, 16)
 
     td = r.mapping(d.get("totp"), f"{w}.totp", {"issuer", "self_enrolment"})
     issuer = r.string(td, "issuer", f"{w}.totp", "forwardauth", _ISSUER_RE)
@@ -95,8 +87,8 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> LocalSettings:
                                                               "ban_time"})
     rdef = RegulationConfig()
     reg = RegulationConfig(
-        _int(r, rd, "max_failures", f"{w}.regulation", rdef.max_failures, 1, 1000),
-        _int(r, rd, "max_client_failures", f"{w}.regulation", rdef.max_client_failures, 1, 100000),
+        r.integer(rd, "max_failures", f"{w}.regulation", rdef.max_failures, 1, 1000),
+        r.integer(rd, "max_client_failures", f"{w}.regulation", rdef.max_client_failures, 1, 100000),
         r.duration(rd, "window", f"{w}.regulation", rdef.window) or rdef.window,
         r.duration(rd, "ban_time", f"{w}.regulation", rdef.ban_time) or rdef.ban_time,
     )

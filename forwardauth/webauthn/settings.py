@@ -116,14 +116,6 @@ def _is_localhost(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
-def _int(r: Reader, d: dict, key: str, default: int, lo: int, hi: int) -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        r.error(f"webauthn.{key}", f"must be an integer from {lo} to {hi}, got {show(v)}")
-        return default
-    return v
-
-
 def _choice(r: Reader, d: dict, key: str, choices: tuple[str, ...], default: str) -> str:
     v = d.get(key, default)
     if v not in choices:
@@ -240,7 +232,7 @@ def parse(r: Reader, raw: Any, so_far: dict[str, Any]) -> WebAuthnSettings | Non
         for key in ("aaguids", "attestation_roots"):
             if key in d:
                 r.error(f"webauthn.{key}", "only applies with attestation: direct")
-    max_creds = _int(r, d, "max_credentials", 10, 1, 100)
+    max_creds = r.integer(d, "max_credentials", "webauthn", 10, 1, 100)
     timeout = r.duration(d, "timeout", "webauthn", DEFAULT_TIMEOUT)
     if timeout is None:
         timeout = DEFAULT_TIMEOUT
