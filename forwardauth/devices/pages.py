@@ -126,7 +126,9 @@ async def _devices_page(request: web.Request, ctx: AppContext, s: DevicesSetting
                      can_add=len(devices) < s.max_devices, max_devices=s.max_devices, error=error)
 
 
-async def devices_get(request: web.Request) -> web.StreamResponse:
+async def _devices_session(request: web.Request
+                           ) -> tuple[AppContext, DevicesSettings, Session] | web.StreamResponse:
+    """What the devices page needs: the part on, and a session fresh enough (else the answer)."""
     ctx = request.app[CTX]
     s = _on(request)
     if s is None:
@@ -134,18 +136,22 @@ async def devices_get(request: web.Request) -> web.StreamResponse:
     session, elsewhere = await _fresh(request, ctx, s)
     if session is None:
         return elsewhere  # type: ignore[return-value]
-    return await _devices_page(request, ctx, s, session)
+    return ctx, s, session
+
+
+async def devices_get(request: web.Request) -> web.StreamResponse:
+    got = await _devices_session(request)
+    if isinstance(got, web.StreamResponse):
+        return got
+    return await _devices_page(request, *got)
 
 
 async def _devices_form(request: web.Request, fields: tuple[str, ...]
                         ) -> tuple[AppContext, DevicesSettings, Session, dict[str, str]] | web.StreamResponse:
-    ctx = request.app[CTX]
-    s = _on(request)
-    if s is None:
-        return message(request, ctx, 404, "Your devices", MSG_OFF)
-    session, elsewhere = await _fresh(request, ctx, s)
-    if session is None:
-        return elsewhere  # type: ignore[return-value]
+    got = await _devices_session(request)
+    if isinstance(got, web.StreamResponse):
+        return got
+    ctx, s, session = got
     try:
         form = await read_form(request, fields, MAX_FORM)
     except FormError as exc:
